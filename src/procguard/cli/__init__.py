@@ -1,0 +1,1 @@
+"""The ``procguard`` command line: one module per group of subcommands."""

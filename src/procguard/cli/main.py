@@ -1,0 +1,111 @@
+"""Entry point of the ``procguard`` command.
+
+Only the module of the subcommand being run is imported, so ``procguard
+--help`` and ``procguard status`` start fast. A subcommand module defines,
+for each command ``NAME`` it serves, ``configure_NAME(parser)`` (adds flags)
+and ``run_NAME(args) -> int`` (does the work, returns the exit status).
+Errors derived from :class:`~procguard.errors.ProcguardError` are printed as
+one line with their own exit status; a traceback is never shown for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import ProcguardError
+from ..reasons import ExitStatus
+from .parser import CommandParser
+
+#: command -> (module under procguard.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "run a function or a command as a managed worker"),
+    "ps": ("instances", "list running instances started with 'procguard run'"),
+    "cleanup": ("cleanup", "stop every instance and leftover process of a name, safely"),
+    "up": ("stack", "start the workers of procguard.toml and supervise them"),
+    "down": ("stack", "stop the running supervisor and all its workers"),
+    "status": ("stack", "show the state of the supervised workers"),
+    "start": ("stack", "start one stopped worker of the running supervisor"),
+    "stop": ("stack", "stop one worker of the running supervisor"),
+    "restart": ("stack", "restart one worker of the running supervisor"),
+    "logs": ("stack", "print (or follow) the log of one worker"),
+    "history": ("stack", "show past starts and stops, newest first"),
+    "check": ("check", "validate procguard.toml without starting anything"),
+    "deploy": ("deploy", "generate systemd, supervisord or Kubernetes files"),
+}
+
+_LOG_FORMAT = "%(asctime)s procguard[%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def _top_level_help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: procguard COMMAND [options]",
+        "",
+        "Keep long-running workers well behaved: bounded life, graceful stop,",
+        "health over HTTP, one instance per name, no orphans.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help     show this help and exit",
+        "  --version      print the version and exit",
+        "",
+        "Run 'procguard COMMAND --help' for the options of a command.",
+    ]
+    return "\n".join(lines)
+
+
+def _configure_logging() -> None:
+    level_name = os.environ.get("PROCGUARD_LOG_LEVEL", "INFO").upper()
+    level = getattr(logging, level_name, None)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
+
+
+def build_parser(command: str) -> tuple[CommandParser, object]:
+    """The parser of one subcommand and its module (used by main and the docs)."""
+    module_name, help_ = COMMANDS[command]
+    module = importlib.import_module(f"procguard.cli.{module_name}")
+    parser = CommandParser(prog=f"procguard {command}", description=help_[0].upper() + help_[1:] + ".")
+    getattr(module, f"configure_{command.replace('-', '_')}")(parser)
+    return parser, module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``procguard`` command line and return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_top_level_help())
+        return ExitStatus.OK if args else ExitStatus.USAGE
+    if args[0] == "--version":
+        print(f"procguard {__version__}")
+        return ExitStatus.OK
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        sys.stderr.write(
+            f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"
+        )
+        return ExitStatus.USAGE
+    try:
+        parser, module = build_parser(command)
+        namespace = parser.parse_args(rest)
+        _configure_logging()
+        return int(getattr(module, f"run_{command.replace('-', '_')}")(namespace))
+    except ProcguardError as error:
+        sys.stderr.write(f"procguard {command}: {error}\n")
+        return int(error.exit_status)
+    except KeyboardInterrupt:
+        return 128 + 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The numbers a worker exposes, as one immutable value.
+
+``WorkerSnapshot`` is produced by whoever watches a worker — the in-process
+:class:`~procguard.manager.ProcessManager`, or the runner/supervisor watching
+a child from outside — and rendered by the health server as the ``/metrics``
+JSON of DESIGN.md section 4 or as Prometheus text. Keeping it a plain value
+means the HTTP layer never reaches into the worker's internals, and a
+snapshot can be copied to another thread or process as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HEALTHY = "healthy"
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """A yes/no with the reason a person can act on (``"healthy"`` when fine)."""
+
+    is_healthy: bool
+    reason: str = HEALTHY
+
+    def to_json(self) -> dict[str, Any]:
+        return {"is_healthy": self.is_healthy, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """Everything /health, /ready and /metrics need, taken at one instant.
+
+    Sizes are bytes, durations seconds, CPU in percent of one core (100 = one
+    core busy). ``None`` means "not applicable" (no limit, no heartbeat yet).
+    """
+
+    name: str
+    pid: int
+    health: HealthStatus
+    ready: HealthStatus
+    started: bool = True
+    stopping: bool = False
+    uptime_seconds: float = 0.0
+    cpu_percent: float = 0.0
+    memory_bytes: int = 0
+    memory_percent: float = 0.0
+    num_threads: int = 0
+    num_children: int = 0
+    heartbeat_age_seconds: float | None = None
+    iterations: int = 0
+    failed_iterations: int = 0
+    max_iterations: int | None = None
+    max_runtime_seconds: float | None = None
+    remaining_seconds: float | None = None
+    memory_limit_bytes: int | None = None
+    cpu_limit_percent: float | None = None
+    stop_reason: str | None = None
+    stop_reasons_total: Mapping[str, int] = field(default_factory=dict)
+
+    def to_metrics_json(self) -> dict[str, Any]:
+        """The ``/metrics`` JSON document, exactly the keys of DESIGN.md section 4."""
+        remaining_hours = (
+            None if self.remaining_seconds is None else round(self.remaining_seconds / 3600, 4)
+        )
+        return {
+            "metrics": {
+                "pid": self.pid,
+                "uptime_seconds": round(self.uptime_seconds, 3),
+                "cpu_percent": round(self.cpu_percent, 1),
+                "memory_mb": round(self.memory_bytes / (1024 * 1024), 1),
+                "memory_percent": round(self.memory_percent, 2),
+                "num_threads": self.num_threads,
+                "heartbeat_age_seconds": (
+                    None
+                    if self.heartbeat_age_seconds is None
+                    else round(self.heartbeat_age_seconds, 3)
+                ),
+            },
+            "health": self.health.to_json(),
+            "runtime": {
+                "uptime_hours": round(self.uptime_seconds / 3600, 4),
+                "remaining_hours": remaining_hours,
+            },
+        }
+
+
+#: What a health server is given: a cheap callable returning a fresh snapshot.
+SnapshotSource = Callable[[], WorkerSnapshot]
