@@ -1,0 +1,47 @@
+"""``procguard check [-c FILE]``: validate procguard.toml without starting anything.
+
+Checks what ``up`` and ``deploy`` would refuse: the config itself (keys,
+types, units, names, ports, dependencies), the ``[deploy.*]`` tables, and the
+timeout/memory budget. Prints one line per worker when all is well.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import format_bytes, load_config, start_order
+from ..reasons import ExitStatus
+
+
+def _duration(seconds: float) -> str:
+    """Exact and short: ``24h``, ``90m``, ``45s``."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def configure_check(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``procguard check``."""
+    parser.add_argument("-c", "--config", metavar="FILE", help="procguard.toml (default: ./procguard.toml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when the file is valid")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Validate; exit 0 when valid, 2 (one line naming file and key) when not."""
+    from ..deploy import all_settings
+    from ..deploy.budget import enforce_budget
+
+    config = load_config(args.config)
+    enforce_budget(config, all_settings(config))
+    if args.quiet:
+        return ExitStatus.OK
+    print(f"{config.path}: project {config.project.name!r}, {len(config.workers)} workers, OK")
+    for name in start_order(config):
+        worker = config.workers[name]
+        target = worker.run if worker.run else " ".join(worker.command or ())
+        memory = format_bytes(worker.memory_limit_bytes) if worker.memory_limit_bytes else "no limit"
+        runtime = _duration(worker.max_runtime_s) if worker.max_runtime_s else "no limit"
+        port = f", health :{worker.health_port}" if worker.health_port else ""
+        print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {worker.grace_s:g}s{port})")
+    return ExitStatus.OK

@@ -1,0 +1,616 @@
+"""``procguard.toml``, parsed and validated once into typed, frozen settings.
+
+Everything downstream (``procguard up``, ``procguard check``, the deploy
+renderers) works from :class:`StackConfig` and never sees raw TOML: a value
+is converted to seconds, bytes or a percentage here, once, with the units of
+DESIGN.md (bare numbers keep the seed's units), so a typo in a config is
+reported before anything starts, with the file, the key and what is
+accepted (:class:`~procguard.errors.ConfigError`, exit status 2).
+
+Layout::
+
+    [project]            # name, status_port, status_host, log_max_bytes, log_backups
+    [defaults]           # any worker key; merged under every worker (env tables merge too)
+    [workers.NAME]       # run = "pkg.mod:fn"  or  command = "prog --flag" / ["prog", "--flag"]
+    [deploy.systemd]     # raw tables, validated by procguard.deploy
+    [deploy.supervisor]
+    [deploy.kubernetes]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pathlib
+import re
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple, get_args
+
+from .errors import ConfigError, UsageError
+from .units import MB, parse_count, parse_duration, parse_percent, parse_port, parse_size
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+logger = logging.getLogger(__name__)
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
+
+DEFAULT_FILENAME = "procguard.toml"
+
+#: Worker and project names end up in file names, unit names and Kubernetes
+#: object names, so they are kept to a set every one of those accepts.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
+NAME_ACCEPTED = "letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
+
+_TARGET_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+DEPLOY_TARGETS: tuple[str, ...] = ("systemd", "supervisor", "kubernetes")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One ``[workers.NAME]`` table with ``[defaults]`` merged under it.
+
+    Durations are seconds, sizes bytes; ``None`` means "no limit" (or "not
+    set" for ``heartbeat_timeout_s`` / ``health_port``). Exactly one of
+    ``run`` (function mode) and ``command`` (an external program) is set.
+    A relative ``cwd`` is relative to the config file's directory (``procguard
+    up``) or to the deploy working directory (``procguard deploy``).
+    ``heartbeat_timeout_s`` and ``drain_delay_s`` are not ``procguard run``
+    flags: they feed health probing, ``WatchdogSec`` and the stop budgets.
+    """
+
+    name: str
+    run: str | None = None
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    cwd: str | None = None
+    interval_s: float = 600.0
+    max_runtime_s: float | None = 24 * 3600.0
+    max_iterations: int | None = None
+    memory_limit_bytes: int | None = 2048 * MB
+    cpu_limit_percent: float | None = 80.0
+    grace_s: float = 30.0
+    drain_delay_s: float = 0.0
+    heartbeat_timeout_s: float | None = None
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    restart: RestartPolicy = "always"
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    backoff_reset_s: float = 60.0
+    start_limit: int = 5
+    start_limit_interval_s: float = 60.0
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The ``[project]`` table: what the whole stack shares."""
+
+    name: str
+    status_port: int = 0
+    status_host: str = "127.0.0.1"
+    log_max_bytes: int = 10 * MB
+    log_backups: int = 3
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A whole validated ``procguard.toml``."""
+
+    path: pathlib.Path
+    project: ProjectConfig
+    workers: Mapping[str, WorkerConfig]
+    deploy: Mapping[str, Mapping[str, Any]]
+
+
+# ---------------------------------------------------------------------------
+# key -> converter tables (each key declared once; the docs list these)
+
+
+class _Ctx:
+    """Where a value came from, so every error names file and key."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, key=key)
+
+
+def _wrap(convert: Callable[[object], Any]) -> Callable[[_Ctx, str, object], Any]:
+    def converter(ctx: _Ctx, key: str, value: object) -> Any:
+        try:
+            return convert(value)
+        except UsageError as error:
+            raise ctx.error(key, str(error)) from None
+
+    return converter
+
+
+def _str(ctx: _Ctx, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(key, f"{value!r} is not a string (use a quoted string)")
+    if "\x00" in value:
+        raise ctx.error(key, f"{value!r} contains a NUL character (not accepted)")
+    return value
+
+
+def _nonempty_str(ctx: _Ctx, key: str, value: object) -> str:
+    text = _str(ctx, key, value)
+    if not text.strip():
+        raise ctx.error(key, "is empty (use a non-empty string)")
+    return text
+
+
+def _name(ctx: _Ctx, key: str, value: object) -> str:
+    text = _str(ctx, key, value)
+    if not NAME_RE.match(text):
+        raise ctx.error(key, f"{text!r} is not a valid name (use {NAME_ACCEPTED})")
+    return text
+
+
+def _str_list(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return _split(ctx, key, value)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ctx.error(key, f'{value!r} is not a list of strings (use ["a", "b"] or a string)')
+    for item in value:
+        _str(ctx, key, item)
+    return tuple(value)
+
+
+def _split(ctx: _Ctx, key: str, value: str) -> tuple[str, ...]:
+    _str(ctx, key, value)
+    try:
+        return tuple(shlex.split(value))
+    except ValueError as error:
+        raise ctx.error(key, f"{value!r} cannot be split like a shell command ({error})") from None
+
+
+def _command(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
+    argv = _str_list(ctx, key, value)
+    if not argv or not argv[0].strip():
+        raise ctx.error(key, "is empty (use a program and its arguments)")
+    return argv
+
+
+def _target(ctx: _Ctx, key: str, value: object) -> str:
+    text = _str(ctx, key, value).strip()
+    if not _TARGET_RE.match(text):
+        raise ctx.error(key, f'{text!r} is not a function target (use "package.module:function")')
+    return text
+
+
+def _env(ctx: _Ctx, key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ctx.error(key, f'{value!r} is not a table (use env = {{ NAME = "value" }})')
+    env: dict[str, str] = {}
+    for name, item in value.items():
+        if not _ENV_NAME_RE.match(name):
+            raise ctx.error(f"{key}.{name}", "is not a valid variable name (use letters, digits and '_')")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise ctx.error(f"{key}.{name}", f"{item!r} is not a string or number")
+        text = item if isinstance(item, str) else str(item)
+        if "\x00" in text:
+            raise ctx.error(f"{key}.{name}", "contains a NUL character (not accepted)")
+        env[name] = text
+    return env
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9._:%-]{1,253}\Z")
+
+
+def _host(ctx: _Ctx, key: str, value: object) -> str:
+    text = _str(ctx, key, value)
+    if not _HOST_RE.match(text):
+        raise ctx.error(key, f"{text!r} is not an address (use e.g. 127.0.0.1, 0.0.0.0, ::1 or a host name)")
+    return text
+
+
+def _restart(ctx: _Ctx, key: str, value: object) -> str:
+    if value not in RESTART_POLICIES:
+        raise ctx.error(key, f"{value!r} is not a restart policy (use one of: {', '.join(RESTART_POLICIES)})")
+    return str(value)
+
+
+def _none_if_zero(convert: Callable[[object], Any]) -> Callable[[object], Any]:
+    def converter(value: object) -> Any:
+        result = convert(value)
+        return None if result == 0 else result
+
+    return converter
+
+
+def _positive(convert: Callable[[object], float], accepted: str) -> Callable[[object], float]:
+    def converter(value: object) -> float:
+        result = convert(value)
+        if result <= 0:
+            raise UsageError(f"{value!r} must be greater than zero (use {accepted})")
+        return result
+
+    return converter
+
+
+def _cpu_maximum() -> float:
+    return 100.0 * (os.cpu_count() or 1)
+
+
+def _cpu(value: object) -> float | None:
+    percent = parse_percent(value, maximum=_cpu_maximum())
+    return None if percent == 0 else percent
+
+
+_Converter = Callable[[_Ctx, str, object], Any]
+
+
+class Key(NamedTuple):
+    """One TOML key, declared once: the field it fills, its converter, its documentation."""
+
+    field: str
+    convert: _Converter
+    doc: str
+
+
+_DUR = "duration (90s, 10m, 24h)"
+
+#: ``[workers.NAME]`` / ``[defaults]`` keys. Bare numbers keep the seed's units.
+WORKER_KEYS: dict[str, Key] = {
+    "run": Key("run", _target, '`"package.module:function"` called every interval (function mode)'),
+    "command": Key("command", _command, "a program: a string split like a shell, or a list taken as is"),
+    "args": Key("args", _str_list, "extra arguments appended to `command`"),
+    "env": Key("env", _env, "environment variables (a table; `[defaults]` and worker tables merge)"),
+    "cwd": Key("cwd", _nonempty_str, "working directory, relative to the config file's directory"),
+    "interval": Key(
+        "interval_s",
+        _wrap(lambda v: parse_duration(v, default_unit="m")),
+        f"time between iterations of a `run` worker; bare number = minutes, or a {_DUR}; default 10m",
+    ),
+    "max_runtime": Key(
+        "max_runtime_s",
+        _wrap(_none_if_zero(lambda v: parse_duration(v, default_unit="h"))),
+        "planned recycle after this long; bare number = hours; default 24h; 0 = no limit",
+    ),
+    "max_iterations": Key(
+        "max_iterations", _wrap(_none_if_zero(parse_count)), "planned recycle after N iterations (`run` only)"
+    ),
+    "memory_limit": Key(
+        "memory_limit_bytes",
+        _wrap(_none_if_zero(lambda v: parse_size(v, default_unit="MB"))),
+        "worker + children RSS; bare number = MB, or 512MB, 2GiB; default 2048; 0 = no limit",
+    ),
+    "cpu_limit": Key(
+        "cpu_limit_percent", _wrap(_cpu), "percent of one core, averaged; default 80; 0 = no limit"
+    ),
+    "grace": Key(
+        "grace_s",
+        _wrap(_positive(parse_duration, "a duration like 30s")),
+        "how long a graceful stop may take; bare number = seconds; default 30s",
+    ),
+    "drain_delay": Key(
+        "drain_delay_s", _wrap(parse_duration), "not-ready time before the graceful stop begins; default 0"
+    ),
+    "heartbeat_timeout": Key(
+        "heartbeat_timeout_s",
+        _wrap(_none_if_zero(parse_duration)),
+        "a loop silent this long is stuck (health probing, systemd `WatchdogSec`)",
+    ),
+    "health_port": Key(
+        "health_port", _wrap(_none_if_zero(parse_port)), "serve /health, /ready, /metrics here; default none"
+    ),
+    "health_host": Key("health_host", _host, "address the health server binds; default 127.0.0.1"),
+    "restart": Key("restart", _restart, "`always` (default), `on-failure` or `never`"),
+    "backoff_initial": Key("backoff_initial_s", _wrap(parse_duration), "first restart delay; default 0.5s"),
+    "backoff_max": Key("backoff_max_s", _wrap(parse_duration), "longest restart delay; default 30s"),
+    "backoff_reset": Key(
+        "backoff_reset_s", _wrap(parse_duration), "running this long resets the backoff; default 60s"
+    ),
+    "start_limit": Key(
+        "start_limit",
+        _wrap(lambda v: parse_count(v, minimum=1)),
+        "failed starts within `start_limit_interval` before the worker is FATAL; default 5",
+    ),
+    "start_limit_interval": Key(
+        "start_limit_interval_s",
+        _wrap(_positive(parse_duration, "a duration like 60s")),
+        "window of `start_limit`; default 60s",
+    ),
+    "depends_on": Key("depends_on", _str_list, "workers started before (and stopped after) this one"),
+}
+
+#: ``[project]`` keys.
+PROJECT_KEYS: dict[str, Key] = {
+    "name": Key(
+        "name", _name, "stack name (unit, group, object names); default: the config's directory name"
+    ),
+    "status_port": Key(
+        "status_port", _wrap(parse_port), "`procguard up` status page and API; default 0 = off"
+    ),
+    "status_host": Key("status_host", _host, "address of the status page; default 127.0.0.1"),
+    "log_max_bytes": Key(
+        "log_max_bytes",
+        _wrap(lambda v: parse_size(v, default_unit="B")),
+        "rotate a worker's log at this size; bare number = bytes; default 10MB",
+    ),
+    "log_backups": Key("log_backups", _wrap(parse_count), "rotated log files kept per worker; default 3"),
+}
+
+
+def reference_markdown() -> str:
+    """The procguard.toml key reference as Markdown tables, generated from the declarations above."""
+    lines = ["| `[project]` key | meaning |", "|---|---|"]
+    lines += [f"| `{key}` | {spec.doc} |" for key, spec in PROJECT_KEYS.items()]
+    lines += ["", "| `[workers.NAME]` / `[defaults]` key | meaning |", "|---|---|"]
+    lines += [f"| `{key}` | {spec.doc} |" for key, spec in WORKER_KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
+_SECTIONS = ("project", "defaults", "workers", "deploy")
+
+
+def _accepted(keys: Sequence[str]) -> str:
+    return ", ".join(sorted(keys))
+
+
+def _table(ctx: _Ctx, key: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ctx.error(key, f"{value!r} is not a table (use [{key}])")
+    return value
+
+
+def _convert(ctx: _Ctx, prefix: str, table: Mapping[str, Any], keys: Mapping[str, Key]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in keys:
+            raise ctx.error(f"{prefix}.{key}", f"unknown key (use one of: {_accepted(list(keys))})")
+        spec = keys[key]
+        values[spec.field] = spec.convert(ctx, f"{prefix}.{key}", raw)
+    return values
+
+
+def _default_project_name(path: pathlib.Path) -> str:
+    """The config file's directory name, made usable as a unit/file name."""
+    raw = path.parent.name or "procguard"
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-_")[:63]
+    return name or "procguard"
+
+
+def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
+    for worker in workers.values():
+        for other in worker.depends_on:
+            if other == worker.name or other not in workers:
+                known = [n for n in workers if n != worker.name]
+                raise ctx.error(
+                    f"workers.{worker.name}.depends_on",
+                    f"{other!r} is not another worker of this file"
+                    f" (use one of: {_accepted(known) or 'none'})",
+                )
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
+            raise ctx.error(f"workers.{name}.depends_on", f"dependency cycle {cycle} (remove one of these)")
+        state[name] = 1
+        for other in workers[name].depends_on:
+            visit(other, [*trail, name])
+        state[name] = 2
+
+    for name in workers:
+        visit(name, [])
+
+
+def _check_ports(ctx: _Ctx, project: ProjectConfig, workers: Mapping[str, WorkerConfig]) -> None:
+    owners: dict[int, str] = {}
+    if project.status_port:
+        owners[project.status_port] = "project.status_port"
+    for worker in workers.values():
+        if worker.health_port is None:
+            continue
+        key = f"workers.{worker.name}.health_port"
+        if worker.health_port in owners:
+            raise ctx.error(
+                key,
+                f"port {worker.health_port} is already used by {owners[worker.health_port]}"
+                " (use a free port)",
+            )
+        owners[worker.health_port] = key
+
+
+def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> StackConfig:
+    """Parse and validate the text of a ``procguard.toml``; pure (reads no file).
+
+    Raises :class:`~procguard.errors.ConfigError` naming ``path``, the key and
+    what is accepted for the first mistake found.
+    """
+    file_path = pathlib.Path(path).absolute()
+    ctx = _Ctx(str(path))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"not valid TOML ({error})", path=str(path)) from None
+
+    for section in data:
+        if section not in _SECTIONS:
+            raise ctx.error(section, f"unknown section (use one of: {', '.join(_SECTIONS)})")
+
+    project_values = _convert(ctx, "project", _table(ctx, "project", data.get("project", {})), PROJECT_KEYS)
+    project_values.setdefault("name", _default_project_name(file_path))
+    project = ProjectConfig(**project_values)
+
+    defaults = _convert(ctx, "defaults", _table(ctx, "defaults", data.get("defaults", {})), WORKER_KEYS)
+
+    raw_workers = _table(ctx, "workers", data.get("workers", {}))
+    if not raw_workers:
+        raise ctx.error("workers", "no workers defined (add a [workers.NAME] table with run or command)")
+    workers: dict[str, WorkerConfig] = {}
+    for name, raw in raw_workers.items():
+        prefix = f"workers.{name}"
+        if not NAME_RE.match(name):
+            raise ctx.error(prefix, f"{name!r} is not a valid worker name (use {NAME_ACCEPTED})")
+        own = _convert(ctx, prefix, _table(ctx, prefix, raw), WORKER_KEYS)
+        values = {**defaults, **own}
+        if "env" in defaults and "env" in own:
+            values["env"] = {**defaults["env"], **own["env"]}
+        values["env"] = MappingProxyType(dict(values.get("env", {})))
+        has_run, has_command = values.get("run") is not None, values.get("command") is not None
+        if has_run == has_command:
+            which = "both" if has_run else "neither"
+            raise ctx.error(
+                prefix,
+                f'{which} of run and command given (use run = "package.module:function" '
+                'or command = "program args", exactly one)',
+            )
+        if has_command and "max_iterations" in own:
+            raise ctx.error(f"{prefix}.max_iterations", "applies to run workers only (remove it here)")
+        if has_command:
+            values.pop("max_iterations", None)  # a [defaults] value concerns run workers only
+        if has_run and values.get("args"):
+            raise ctx.error(f"{prefix}.args", "args apply to command workers only (put them in command)")
+        if values.get("backoff_max_s", 30.0) < values.get("backoff_initial_s", 0.5):
+            raise ctx.error(f"{prefix}.backoff_max", "is smaller than backoff_initial (use a larger value)")
+        workers[name] = WorkerConfig(name=name, **values)
+
+    _check_depends(ctx, workers)
+    _check_ports(ctx, project, workers)
+
+    raw_deploy = _table(ctx, "deploy", data.get("deploy", {}))
+    deploy: dict[str, Mapping[str, Any]] = {}
+    for target, table in raw_deploy.items():
+        if target not in DEPLOY_TARGETS:
+            accepted = ", ".join(DEPLOY_TARGETS)
+            raise ctx.error(f"deploy.{target}", f"unknown deploy target (use one of: {accepted})")
+        deploy[target] = MappingProxyType(dict(_table(ctx, f"deploy.{target}", table)))
+
+    return StackConfig(
+        path=file_path,
+        project=project,
+        workers=MappingProxyType(workers),
+        deploy=MappingProxyType(deploy),
+    )
+
+
+def load_config(path: str | pathlib.Path | None = None) -> StackConfig:
+    """Read and validate ``path`` (default: ``./procguard.toml``).
+
+    A missing or unreadable file is a :class:`ConfigError` naming it.
+    """
+    file_path = pathlib.Path(path if path is not None else DEFAULT_FILENAME)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = " (pass -c FILE or run where procguard.toml is)" if path is None else ""
+        raise ConfigError(f"no such file{hint}", path=str(file_path)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the file ({error})", path=str(file_path)) from None
+    config = parse_config(text, path=file_path)
+    logger.debug("loaded %s: %d workers", file_path, len(config.workers))
+    return config
+
+
+# ---------------------------------------------------------------------------
+# the command line of a worker
+
+
+def format_seconds(seconds: float) -> str:
+    """Exact, short, parseable by procguard.units: ``86400.0`` -> ``"24h"``, ``0.5`` -> ``"0.5s"``."""
+    if math.isfinite(seconds) and seconds == int(seconds):
+        whole = int(seconds)
+        for unit, size in (("h", 3600), ("m", 60)):
+            if whole >= size and whole % size == 0:
+                return f"{whole // size}{unit}"
+        return f"{whole}s"
+    return f"{seconds!r}s"
+
+
+def format_bytes(size: int) -> str:
+    """``2147483648`` -> ``"2048MB"`` (MB as the seed means it, 2**20); else ``"123B"``."""
+    if size % MB == 0:
+        return f"{size // MB}MB"
+    return f"{size}B"
+
+
+def _format_percent(percent: float) -> str:
+    return str(int(percent)) if percent == int(percent) else repr(percent)
+
+
+def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> list[str]:
+    """The ``procguard run`` flags that carry this worker's limits (no target, no name)."""
+    flags: list[str] = []
+    if worker.run is not None:
+        flags += ["--interval", format_seconds(worker.interval_s)]
+    flags += ["--max-runtime", "0" if worker.max_runtime_s is None else format_seconds(worker.max_runtime_s)]
+    if worker.max_iterations is not None:
+        flags += ["--max-iterations", str(worker.max_iterations)]
+    memory, cpu = worker.memory_limit_bytes, worker.cpu_limit_percent
+    flags += ["--memory-limit", "0" if memory is None else format_bytes(memory)]
+    flags += ["--cpu-limit", "0" if cpu is None else _format_percent(cpu)]
+    flags += ["--grace", format_seconds(worker.grace_s)]
+    # drain_delay and heartbeat_timeout are not flags of `procguard run` (yet): they
+    # feed the supervisor's probing and the engines (WatchdogSec, stop budgets).
+    flags += ["--health-port", str(worker.health_port or 0)]
+    if worker.health_port:
+        flags += ["--health-host", health_host or worker.health_host]
+    return flags
+
+
+def worker_argv(
+    worker: WorkerConfig,
+    *,
+    procguard: Sequence[str],
+    name: str | None = None,
+    health_host: str | None = None,
+) -> list[str]:
+    """The command line that runs ``worker`` under ``procguard run``.
+
+    ``procguard`` is how to invoke procguard (``[sys.executable, "-m",
+    "procguard"]`` or ``["/opt/venv/bin/procguard"]``). ``name`` overrides the
+    instance name (default: the worker's name); ``health_host`` overrides
+    the bind address (the Kubernetes renderer passes ``0.0.0.0``). Every
+    flag is spelled out, so the worker does not depend on the defaults of
+    the procguard version that runs it.
+    """
+    instance = name or worker.name
+    flags = lifecycle_flags(worker, health_host=health_host)
+    if worker.run is not None:
+        return [*procguard, "run", worker.run, "--name", instance, *flags]
+    assert worker.command is not None  # guaranteed by parse_config
+    return [*procguard, "run", "--name", instance, *flags, "--", *worker.command, *worker.args]
+
+
+def start_order(config: StackConfig, names: Sequence[str] | None = None) -> list[str]:
+    """Worker names in an order that starts each after what it depends on.
+
+    ``names`` selects workers (their dependencies are included); file order
+    is kept where dependencies allow. Stop in the reverse order.
+    """
+    wanted = list(config.workers) if names is None else list(names)
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for other in config.workers[name].depends_on:
+            visit(other)
+        ordered.append(name)
+
+    for name in wanted:
+        if name not in config.workers:
+            msg = f"unknown worker {name!r} (use one of: {', '.join(config.workers)})"
+            raise UsageError(msg)
+        visit(name)
+    return ordered

@@ -1,0 +1,199 @@
+"""Kubernetes: one Deployment per worker, as JSON-compatible YAML.
+
+The manifest is built as plain data and serialised with ``json.dumps`` (JSON
+is YAML), so no name, argument or environment value can inject structure.
+Inside a pod the worker's health server must listen on ``0.0.0.0`` for the
+kubelet to reach it, so ``--health-host 0.0.0.0`` is set explicitly there
+(and only there). Probes: liveness on ``/health`` (more tolerant), readiness
+on ``/ready`` (flips first on SIGTERM, so traffic drains), a startup probe
+that covers a slow start. The pod runs non-root, read-only, with no
+privilege escalation; procguard's state directory and ``/tmp`` are
+``emptyDir`` volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import StackConfig, WorkerConfig, worker_argv
+from ..errors import UsageError
+from ..units import MB
+from .settings import engine_limits, worker_workdir
+from .writer import HEADER, RenderedFile
+
+DEFAULT_HEALTH_PORT = 9091
+DEFAULT_RUN_AS_USER = 10001
+STATE_DIR = "/var/run/procguard"
+
+
+def object_name(config: StackConfig, worker: WorkerConfig) -> str:
+    """A DNS-1123 name for the worker's Deployment: ``<project>-<worker>``, lowercase."""
+    raw = f"{config.project.name}-{worker.name}".lower().replace("_", "-")
+    name = re.sub(r"-+", "-", raw).strip("-")[:63].rstrip("-")
+    return name
+
+
+def _millicores(percent: float) -> str:
+    return f"{math.ceil(percent * 10)}m"
+
+
+def _mebibytes(size: int) -> str:
+    return f"{math.ceil(size / MB)}Mi"
+
+
+def _probe(path: str, *, period: int, timeout: int, failures: int, initial: int = 0) -> dict[str, Any]:
+    probe: dict[str, Any] = {
+        "httpGet": {"path": path, "port": "health"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+    if initial:
+        probe["initialDelaySeconds"] = initial
+    return probe
+
+
+def deployment(
+    config: StackConfig, worker: WorkerConfig, settings: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The Deployment of one worker, as plain data (pure)."""
+    own: Mapping[str, Any] = settings.get("kubernetes", {})
+    image = own.get("image")
+    if not image:
+        msg = "kubernetes needs a container image (use --image IMG or image = ... in [deploy.kubernetes])"
+        raise UsageError(msg)
+    limits = engine_limits(worker, settings)
+    name = object_name(config, worker)
+    port = worker.health_port or int(own.get("health_port", DEFAULT_HEALTH_PORT))
+    procguard = list(own.get("procguard", ("procguard",)))
+    argv = worker_argv(worker, procguard=procguard, name=worker.name, health_host="0.0.0.0")
+    if not worker.health_port:
+        # The renderer assigns the pod's health port; replace the disabled one.
+        index = argv.index("--health-port")
+        argv[index + 1 : index + 2] = [str(port), "--health-host", "0.0.0.0"]
+    labels = {
+        "app.kubernetes.io/name": config.project.name,
+        "app.kubernetes.io/component": worker.name,
+        "app.kubernetes.io/managed-by": "procguard",
+    }
+    env = [{"name": "PROCGUARD_STATE_DIR", "value": STATE_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    env += [
+        {"name": key, "value": value} for key, value in worker.env.items() if key != "PROCGUARD_STATE_DIR"
+    ]
+
+    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    if limits.kubernetes_memory_request is not None:
+        resources["requests"]["memory"] = _mebibytes(limits.kubernetes_memory_request)
+    if limits.kubernetes_memory_limit is not None:
+        resources["limits"]["memory"] = _mebibytes(limits.kubernetes_memory_limit)
+    cpu_limit = own.get("cpu_limit")
+    if cpu_limit is None and worker.cpu_limit_percent is not None:
+        cpu_limit = worker.cpu_limit_percent * 1.25
+    cpu_request = own.get("cpu_request", min(10.0, cpu_limit) if cpu_limit else 10.0)
+    resources["requests"]["cpu"] = _millicores(cpu_request)
+    if cpu_limit:
+        resources["limits"]["cpu"] = _millicores(cpu_limit)
+    resources = {key: value for key, value in resources.items() if value}
+
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": image,
+        "command": argv,
+        "env": env,
+        "ports": [{"name": "health", "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": _probe("/health", period=2, timeout=3, failures=30),
+        "livenessProbe": _probe("/health", period=10, timeout=5, failures=6),
+        "readinessProbe": _probe("/ready", period=5, timeout=2, failures=2),
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "procguard-state", "mountPath": STATE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    extra = list(own.get("read_write_paths", ()))
+    for index, path in enumerate(extra):
+        # The root file system is read-only; these stay writable (replace the
+        # emptyDir with a PersistentVolumeClaim for data that must survive a pod).
+        container["volumeMounts"].append({"name": f"data-{index}", "mountPath": path})
+    workdir = own.get("workdir")
+    if workdir:
+        container["workingDir"] = worker_workdir(worker, workdir)
+    elif worker.cwd and worker.cwd.startswith("/"):
+        container["workingDir"] = worker.cwd
+    uid = int(own.get("run_as_user", DEFAULT_RUN_AS_USER))
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": limits.kubernetes_termination_s,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "procguard-state", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            *({"name": f"data-{index}", "emptyDir": {}} for index in range(len(extra))),
+        ],
+    }
+    metadata: dict[str, Any] = {"name": name, "labels": labels}
+    if own.get("namespace"):
+        metadata["namespace"] = own["namespace"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": int(own.get("replicas", 1)),
+            # One instance per name, also during a rollout: the old pod stops first.
+            "strategy": {"type": "Recreate"},
+            "selector": {
+                "matchLabels": {
+                    k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/component")
+                }
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_kubernetes(config: StackConfig, settings: Mapping[str, Mapping[str, Any]]) -> list[RenderedFile]:
+    """One ``<project>-<worker>.yaml`` Deployment per worker (pure)."""
+    files: list[RenderedFile] = []
+    seen: dict[str, str] = {}
+    for worker in config.workers.values():
+        name = object_name(config, worker)
+        if name in seen:
+            msg = (
+                f"workers {seen[name]!r} and {worker.name!r} map to the same Kubernetes name {name!r}"
+                " (rename one: Kubernetes names are lowercase with '-')"
+            )
+            raise UsageError(msg)
+        seen[name] = worker.name
+        body = json.dumps(deployment(config, worker, settings), indent=2, ensure_ascii=True)
+        text = f"# {HEADER.format(source=config.path.name)}\n{body}\n"
+        files.append(RenderedFile(f"{name}.yaml", text))
+    return files

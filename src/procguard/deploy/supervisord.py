@@ -1,0 +1,124 @@
+"""supervisord: one ``<project>.conf`` with a ``[group:<project>]`` and a program per worker.
+
+supervisord's own defaults lose processes and work: ``stopasgroup`` and
+``killasgroup`` are off (grandchildren survive a stop) and ``stopwaitsecs``
+is 10 s (shorter than a 30 s graceful stop). The generated programs turn
+both group flags on, wait longer than the worker's grace plus drain delay,
+and list the planned-recycle statuses as expected exits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..config import StackConfig, WorkerConfig, start_order, worker_argv
+from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
+from .escape import supervisor_command, supervisor_environment, supervisor_value
+from .settings import engine_limits, search_path, worker_workdir
+from .writer import HEADER, RenderedFile
+
+#: autorestart per restart policy. "on-failure" restarts "unexpected" exits,
+#: so the recycle statuses are left out of exitcodes for it (see below).
+_AUTORESTART = {"always": "true", "on-failure": "unexpected", "never": "false"}
+
+DEFAULT_STARTSECS = 2.0
+
+
+def conf_name(config: StackConfig) -> str:
+    """``<project>.conf`` (for supervisord's ``[include] files``)."""
+    return f"{config.project.name}.conf"
+
+
+def _exitcodes(worker: WorkerConfig) -> str:
+    codes = {0} | set(SIGNAL_STOP_STATUSES)
+    if worker.restart != "on-failure":
+        # With autorestart=unexpected a recycle must count as unexpected to be
+        # restarted; with "always"/"never" it is an expected, clean exit.
+        codes |= set(RECYCLE_STATUSES)
+    return ",".join(str(code) for code in sorted(codes))
+
+
+def render_program(
+    config: StackConfig,
+    worker: WorkerConfig,
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    procguard: Sequence[str],
+    workdir: str,
+    priority: int,
+) -> list[str]:
+    """The ``[program:<worker>]`` section, as lines (pure)."""
+    own: Mapping[str, Any] = settings.get("supervisor", {})
+    limits = engine_limits(worker, settings)
+    what = f"worker {worker.name!r}"
+    venv = own.get("venv")
+    log_dir = own.get("log_dir", f"/var/log/{config.project.name}")
+    prefix = f"{log_dir}/{config.project.name}-{worker.name}"
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    env["PATH"] = search_path(procguard)
+    if venv:
+        env["VIRTUAL_ENV"] = venv
+    env.update(worker.env)
+    argv = worker_argv(worker, procguard=procguard, name=worker.name)
+    lines = [
+        "",
+        f"[program:{worker.name}]",
+        f"command={supervisor_command(argv, what)}",
+        f"directory={supervisor_value(worker_workdir(worker, workdir), what + ' cwd')}",
+    ]
+    if own.get("user"):
+        lines.append(f"user={own['user']}")
+    lines += [
+        f"environment={supervisor_environment(env, what)}",
+        f"priority={priority}",
+        "autostart=true",
+        f"autorestart={_AUTORESTART[worker.restart]}",
+        f"exitcodes={_exitcodes(worker)}",
+        f"startsecs={math.ceil(own.get('startsecs', DEFAULT_STARTSECS))}",
+        f"startretries={worker.start_limit}",
+        "stopsignal=TERM",
+        f"stopwaitsecs={limits.supervisor_stopwait_s}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=false",
+        f"stdout_logfile={supervisor_value(prefix + '.out.log', what + ' log file')}",
+        f"stdout_logfile_maxbytes={config.project.log_max_bytes}",
+        f"stdout_logfile_backups={config.project.log_backups}",
+        f"stderr_logfile={supervisor_value(prefix + '.err.log', what + ' log file')}",
+        f"stderr_logfile_maxbytes={config.project.log_max_bytes}",
+        f"stderr_logfile_backups={config.project.log_backups}",
+    ]
+    return lines
+
+
+def render_supervisor(
+    config: StackConfig,
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    procguard: Sequence[str],
+    workdir: str,
+) -> list[RenderedFile]:
+    """The stack's supervisord include file (pure).
+
+    Programs get increasing ``priority`` in dependency order, so supervisord
+    starts a dependency first and stops it last.
+    """
+    order = start_order(config)
+    lines = [
+        f"; {HEADER.format(source=config.path.name)}",
+        f"; Include it from supervisord.conf: [include] files = /path/to/{conf_name(config)}",
+        f"[group:{config.project.name}]",
+        f"programs={','.join(order)}",
+    ]
+    for index, name in enumerate(order):
+        lines += render_program(
+            config,
+            config.workers[name],
+            settings,
+            procguard=procguard,
+            workdir=workdir,
+            priority=100 + 10 * index,
+        )
+    return [RenderedFile(conf_name(config), "\n".join(lines) + "\n")]

@@ -1,0 +1,244 @@
+"""systemd units for a stack: one hardened ``<project>-<worker>.service`` per worker.
+
+The unit runs ``procguard run`` (``config.worker_argv``) with absolute paths.
+Function workers are ``Type=notify``, so systemd knows when the worker is
+really up and (with ``WatchdogSec``) restarts it when its heartbeats stop;
+command workers, watched from outside by the runner, are ``Type=exec``. Planned recycles exit
+with statuses listed in ``SuccessExitStatus`` so they are restarted without
+being logged as failures; memory and stop timeouts sit above the worker's
+own, so its graceful stop always comes first. The hardening block keeps
+``systemd-analyze security`` exposure low while leaving network access.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..config import StackConfig, WorkerConfig, start_order, worker_argv
+from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
+from ..units import MB
+from .escape import (
+    systemd_environment,
+    systemd_exec_line,
+    systemd_path,
+    systemd_specifiers,
+    systemd_text,
+)
+from .settings import engine_limits, search_path, worker_workdir
+from .writer import HEADER, RenderedFile
+
+#: Paths under which ProtectHome=yes would hide the program or its data.
+_HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
+
+_RESTART = {"always": "always", "on-failure": "on-failure", "never": "no"}
+
+#: Hardening that keeps network access (AF_INET/AF_INET6) and psutil's /proc
+#: reads working, and lets multiprocessing use /dev/shm.
+_HARDENING = (
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "RemoveIPC=yes",
+    "PrivateUsers=yes",
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "SystemCallErrorNumber=EPERM",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    "UMask=0077",
+)
+
+
+def unit_name(config: StackConfig, worker: WorkerConfig | str) -> str:
+    """``<project>-<worker>.service``."""
+    name = worker if isinstance(worker, str) else worker.name
+    return f"{config.project.name}-{name}.service"
+
+
+def target_name(config: StackConfig) -> str:
+    """``<project>.target``: starts and stops the whole stack."""
+    return f"{config.project.name}.target"
+
+
+def _seconds(value: float) -> str:
+    return str(math.ceil(value)) if value >= 1 or value == 0 else f"{math.ceil(value * 1000)}ms"
+
+
+def _megabytes(size: int) -> str:
+    return f"{math.ceil(size / MB)}M"
+
+
+def render_unit(
+    config: StackConfig,
+    worker: WorkerConfig,
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    procguard: Sequence[str],
+    workdir: str,
+) -> RenderedFile:
+    """The ``.service`` file of one worker (pure)."""
+    own: Mapping[str, Any] = settings.get("systemd", {})
+    limits = engine_limits(worker, settings)
+    project = config.project.name
+    what = f"worker {worker.name!r}"
+    venv = own.get("venv")
+    with_target = own.get("target", True)
+    deps = [unit_name(config, other) for other in worker.depends_on]
+
+    unit = [
+        f"# {HEADER.format(source=config.path.name)}",
+        "[Unit]",
+        f"Description={systemd_text(f'procguard worker {project}/{worker.name}')}",
+        f"After={' '.join(['network-online.target', *deps])}",
+        f"Wants={' '.join(['network-online.target', *deps])}",
+    ]
+    if with_target:
+        unit.append(f"PartOf={target_name(config)}")
+    unit += [
+        f"StartLimitIntervalSec={_seconds(worker.start_limit_interval_s)}",
+        f"StartLimitBurst={worker.start_limit}",
+    ]
+
+    argv = worker_argv(worker, procguard=procguard, name=worker.name)
+    # Function workers run a ProcessManager in the main process, which sends
+    # READY=1 and, while its loop's heartbeat is fresh, WATCHDOG=1. Command
+    # workers are watched from outside by the runner, which does not speak
+    # sd_notify: Type=notify would time out at start, so they use Type=exec.
+    notifies = worker.run is not None
+    service = [
+        "",
+        "[Service]",
+        *(["Type=notify", "NotifyAccess=main"] if notifies else ["Type=exec"]),
+        f"ExecStart={systemd_exec_line(argv)}",
+    ]
+    cwd = worker_workdir(worker, workdir)
+    service.append(f"WorkingDirectory={systemd_path(cwd, what + ' cwd')}")
+    user = own.get("user")
+    service.append(f"User={user}" if user else "DynamicUser=yes")
+    env: dict[str, str] = {"PYTHONUNBUFFERED": systemd_environment("PYTHONUNBUFFERED", "1")}
+    # Programs named without a path (command = "python ...") resolve in the venv first.
+    env["PATH"] = systemd_environment("PATH", search_path(procguard))
+    if venv:
+        env["VIRTUAL_ENV"] = systemd_environment("VIRTUAL_ENV", venv)
+    # procguard's state directory (instance locks, registry) must be writable under
+    # ProtectSystem=strict and must not be a symlink (procguard refuses one). With a
+    # named user the stack shares StateDirectory=procguard/<project> (%S = /var/lib).
+    # With DynamicUser every unit has its own uid, and systemd turns StateDirectory
+    # into a symlink into /var/lib/private, so each unit gets its own
+    # RuntimeDirectory (%t = /run) instead. Names are validated to [A-Za-z0-9_-].
+    if user:
+        state_lines = [f"StateDirectory=procguard/{project}", "StateDirectoryMode=0700"]
+        env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%S/procguard/{project}"'
+    else:
+        runtime = f"procguard-{project}-{worker.name}"
+        state_lines = [f"RuntimeDirectory={runtime}", "RuntimeDirectoryMode=0700"]
+        env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%t/{runtime}"'
+    for name, value in worker.env.items():
+        env[name] = systemd_environment(name, value)
+    service += [f"Environment={line}" for line in env.values()]
+    service += [
+        *state_lines,
+        f"SyslogIdentifier={project}-{worker.name}",
+        "StandardOutput=journal",
+        "StandardError=journal",
+        "",
+        f"Restart={_RESTART[worker.restart]}",
+        f"RestartSec={_seconds(own.get('restart_sec', max(1.0, worker.backoff_initial_s)))}",
+        f"SuccessExitStatus={' '.join(str(s) for s in sorted(RECYCLE_STATUSES | SIGNAL_STOP_STATUSES))}",
+    ]
+    if worker.restart == "on-failure":
+        # Recycles are successes (not logged as failures) but still restarted.
+        service.append(f"RestartForceExitStatus={' '.join(str(s) for s in sorted(RECYCLE_STATUSES))}")
+    watchdog = own.get("watchdog", worker.heartbeat_timeout_s)
+    if watchdog and notifies:
+        service.append(f"WatchdogSec={_seconds(watchdog)}")
+    service += [
+        f"TimeoutStopSec={limits.systemd_timeout_stop_s}",
+        "KillMode=control-group",
+        "KillSignal=SIGTERM",
+    ]
+    if limits.systemd_memory_high is not None and limits.systemd_memory_max is not None:
+        service += [
+            f"MemoryHigh={_megabytes(limits.systemd_memory_high)}",
+            f"MemoryMax={_megabytes(limits.systemd_memory_max)}",
+            "MemorySwapMax=0",
+        ]
+    cpu_quota = own.get("cpu_quota")
+    if cpu_quota is None and worker.cpu_limit_percent is not None:
+        cpu_quota = math.ceil(worker.cpu_limit_percent * 1.25)
+    if cpu_quota:
+        service.append(f"CPUQuota={math.ceil(cpu_quota)}%")
+
+    paths = [p for p in (venv, workdir, cwd) if p]
+    protect_home = "read-only" if any((p + "/").startswith(_HOME_PREFIXES) for p in paths) else "yes"
+    service += ["", f"ProtectHome={protect_home}", *_HARDENING]
+    writable = own.get("read_write_paths", ())
+    if writable:
+        # Everything else is read-only under ProtectSystem=strict.
+        service.append(f"ReadWritePaths={' '.join(systemd_path(p, 'read_write_paths') for p in writable)}")
+
+    install = ["", "[Install]", f"WantedBy={target_name(config) if with_target else 'multi-user.target'}"]
+    text = "\n".join([*unit, *service, *install]) + "\n"
+    return RenderedFile(unit_name(config, worker), text)
+
+
+def render_target(config: StackConfig) -> RenderedFile:
+    """``<project>.target``: ``systemctl start/stop <project>.target`` for the whole stack."""
+    units = " ".join(unit_name(config, name) for name in start_order(config))
+    text = (
+        "\n".join(
+            [
+                f"# {HEADER.format(source=config.path.name)}",
+                "[Unit]",
+                f"Description={systemd_text(f'procguard stack {config.project.name}')}",
+                f"Wants={units}",
+                "",
+                "[Install]",
+                "WantedBy=multi-user.target",
+            ]
+        )
+        + "\n"
+    )
+    return RenderedFile(target_name(config), text)
+
+
+def render_systemd(
+    config: StackConfig,
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    procguard: Sequence[str],
+    workdir: str,
+) -> list[RenderedFile]:
+    """All units of the stack (pure): one service per worker, plus the target.
+
+    ``procguard`` is the absolute command that starts procguard (e.g.
+    ``["/opt/app/venv/bin/python", "-m", "procguard"]``); ``workdir`` the
+    absolute working directory (where function targets import from).
+    """
+    files = [
+        render_unit(config, worker, settings, procguard=procguard, workdir=workdir)
+        for worker in config.workers.values()
+    ]
+    if settings.get("systemd", {}).get("target", True):
+        files.append(render_target(config))
+    return files
+
+
+__all__ = ["render_systemd", "render_target", "render_unit", "systemd_specifiers", "target_name", "unit_name"]

@@ -1,0 +1,336 @@
+"""procguard.toml: parsing into typed settings, the error table, and the worker command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+
+import pytest
+
+from procguard.config import (
+    ProjectConfig,
+    StackConfig,
+    WorkerConfig,
+    load_config,
+    parse_config,
+    start_order,
+    worker_argv,
+)
+from procguard.errors import ConfigError, UsageError
+from procguard.reasons import ExitStatus
+from procguard.units import MB
+
+FULL = """
+[project]
+name = "shop"
+status_port = 9100
+log_max_bytes = "5MB"
+log_backups = 2
+
+[defaults]
+max_runtime = 12          # hours
+memory_limit = "1GiB"
+cpu_limit = "50%"
+grace = 20                # seconds
+env = { SHARED = "1", OVERRIDDEN = "defaults" }
+
+[workers.api]
+command = "python -m shop.api --port 8080"
+args = ["--verbose"]
+health_port = 9091
+env = { OVERRIDDEN = "api", PORT = 8080 }
+restart = "on-failure"
+
+[workers.collector]
+run = "shop.collector:collect"
+interval = 5              # minutes
+max_iterations = 100
+heartbeat_timeout = "15m"
+drain_delay = "2s"
+health_port = 9092
+depends_on = ["api"]
+backoff_initial = "1s"
+backoff_max = "1m"
+start_limit = 3
+start_limit_interval = "2m"
+
+[workers.bot]
+command = ["python", "-m", "shop.bot", "--name", "a b"]
+memory_limit = 0
+max_runtime = 0
+cpu_limit = 0
+cwd = "bot"
+
+[deploy.kubernetes]
+image = "registry.example/shop:1"
+"""
+
+
+def test_full_config_is_parsed_into_base_units() -> None:
+    config = parse_config(FULL, path="/srv/shop/procguard.toml")
+    assert config.path == Path("/srv/shop/procguard.toml")
+    assert config.project == ProjectConfig(
+        name="shop", status_port=9100, status_host="127.0.0.1", log_max_bytes=5 * MB, log_backups=2
+    )
+    assert list(config.workers) == ["api", "collector", "bot"]
+
+    api = config.workers["api"]
+    assert api.command == ("python", "-m", "shop.api", "--port", "8080")
+    assert api.args == ("--verbose",)
+    assert api.run is None
+    assert dict(api.env) == {"SHARED": "1", "OVERRIDDEN": "api", "PORT": "8080"}
+    assert api.max_runtime_s == 12 * 3600
+    assert api.memory_limit_bytes == 1024 * MB
+    assert api.cpu_limit_percent == 50.0
+    assert api.grace_s == 20.0
+    assert api.restart == "on-failure"
+    assert api.health_port == 9091
+
+    collector = config.workers["collector"]
+    assert collector.run == "shop.collector:collect"
+    assert collector.command is None
+    assert collector.interval_s == 300.0
+    assert collector.max_iterations == 100
+    assert collector.heartbeat_timeout_s == 900.0
+    assert collector.drain_delay_s == 2.0
+    assert collector.depends_on == ("api",)
+    assert (collector.backoff_initial_s, collector.backoff_max_s) == (1.0, 60.0)
+    assert (collector.start_limit, collector.start_limit_interval_s) == (3, 120.0)
+    assert dict(collector.env) == {"SHARED": "1", "OVERRIDDEN": "defaults"}
+
+    bot = config.workers["bot"]
+    assert bot.command == ("python", "-m", "shop.bot", "--name", "a b")
+    assert (bot.memory_limit_bytes, bot.max_runtime_s, bot.cpu_limit_percent) == (None, None, None)
+    assert bot.cwd == "bot"
+
+    assert dict(config.deploy["kubernetes"]) == {"image": "registry.example/shop:1"}
+
+
+def test_defaults_of_a_minimal_worker() -> None:
+    config = parse_config('[workers.w]\nrun = "pkg.mod:fn"\n', path="/srv/My Stack!/procguard.toml")
+    worker = config.workers["w"]
+    assert worker == WorkerConfig(name="w", run="pkg.mod:fn")
+    assert worker.interval_s == 600.0
+    assert worker.max_runtime_s == 24 * 3600
+    assert worker.memory_limit_bytes == 2048 * MB
+    assert worker.cpu_limit_percent == 80.0
+    assert worker.grace_s == 30.0
+    assert worker.health_port is None
+    assert worker.restart == "always"
+    # the project name defaults to the directory, made safe for unit names
+    assert config.project.name == "My-Stack"
+    assert config.project.status_port == 0
+
+
+def test_settings_are_immutable() -> None:
+    config = parse_config(FULL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.workers["api"].grace_s = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.workers["api"].env["X"] = "y"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.workers["new"] = config.workers["api"]  # type: ignore[index]
+
+
+def test_annotations_match_parsed_values() -> None:
+    """The dataclass annotations are what parse_config really produces (psutil's type-hint test idea)."""
+    config = parse_config(FULL)
+    for value in (*config.workers.values(), config.project):
+        hints = typing.get_type_hints(type(value))
+        for field in dataclasses.fields(value):
+            actual = getattr(value, field.name)
+            expected = hints[field.name]
+            origin = typing.get_origin(expected)
+            if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+                options = typing.get_args(expected)
+            else:
+                options = (expected,)
+            ok = False
+            for option in options:
+                base = typing.get_origin(option) or option
+                if (option is type(None) and actual is None) or (base is typing.Literal and actual in typing.get_args(option)):
+                    ok = True
+                elif isinstance(base, type) and base is not type(None):
+                    try:
+                        ok = ok or isinstance(actual, base)
+                    except TypeError:
+                        ok = True
+            assert ok, f"{type(value).__name__}.{field.name} = {actual!r} does not match {expected}"
+
+
+BAD = [
+    # (toml, key named in the message, a fragment of what is accepted)
+    ("[workers.a]\nrun = 'm:f'\nbogus = 1\n", "workers.a.bogus", "use one of"),
+    ("[project]\nname = 'x'\ncolour = 'red'\n[workers.a]\nrun = 'm:f'\n", "project.colour", "use one of"),
+    ("[extra]\n[workers.a]\nrun = 'm:f'\n", "extra", "use one of: project, defaults, workers, deploy"),
+    ("[workers.a]\nrun = 'm:f'\ncommand = 'x'\n", "workers.a", "exactly one"),
+    ("[workers.a]\ninterval = 5\n", "workers.a", "exactly one"),
+    ("[workers.a]\nrun = 'not a target'\n", "workers.a.run", "package.module:function"),
+    ("[workers.a]\ncommand = ''\n", "workers.a.command", "program"),
+    ("[workers.a]\ncommand = 'echo \"unclosed'\n", "workers.a.command", "split"),
+    ("[workers.a]\ncommand = [1, 2]\n", "workers.a.command", "list of strings"),
+    ("[workers.a]\nrun = 'm:f'\ninterval = '10 fortnights'\n", "workers.a.interval", "duration"),
+    ("[workers.a]\nrun = 'm:f'\nmemory_limit = '12XB'\n", "workers.a.memory_limit", "512MB"),
+    ("[workers.a]\nrun = 'm:f'\nmemory_limit = -5\n", "workers.a.memory_limit", "zero or positive"),
+    ("[workers.a]\nrun = 'm:f'\ncpu_limit = 100000\n", "workers.a.cpu_limit", "from 0 to"),
+    ("[workers.a]\nrun = 'm:f'\ngrace = 0\n", "workers.a.grace", "greater than zero"),
+    ("[workers.a]\nrun = 'm:f'\nhealth_port = 70000\n", "workers.a.health_port", "0 to 65535"),
+    ("[workers.a]\nrun = 'm:f'\nhealth_port = 'http'\n", "workers.a.health_port", "0 to 65535"),
+    ("[workers.a]\nrun = 'm:f'\nhealth_host = '0.0.0.0 --evil'\n", "workers.a.health_host", "is not an address"),
+    ("[workers.a]\nrun = 'm:f'\nrestart = 'sometimes'\n", "workers.a.restart", "always, on-failure, never"),
+    ("[workers.a]\nrun = 'm:f'\nstart_limit = 0\n", "workers.a.start_limit", "1 or more"),
+    ("[workers.a]\nrun = 'm:f'\nmax_iterations = 1.5\n", "workers.a.max_iterations", "whole number"),
+    ("[workers.a]\nrun = 'm:f'\ngrace = true\n", "workers.a.grace", "duration"),
+    ("[workers.a]\nrun = 'm:f'\nenv = 'X=1'\n", "workers.a.env", "table"),
+    ("[workers.a]\nrun = 'm:f'\nenv = { 'BAD NAME' = '1' }\n", "workers.a.env.BAD NAME", "variable name"),
+    ("[workers.a]\nrun = 'm:f'\nenv = { X = [1] }\n", "workers.a.env.X", "string or number"),
+    ("[workers.a]\nrun = 'm:f'\nargs = ['--x']\n", "workers.a.args", "command workers only"),
+    ("[workers.a]\ncommand = 'x'\nmax_iterations = 3\n", "workers.a.max_iterations", "run workers only"),
+    ("[workers.a]\nrun = 'm:f'\nbackoff_initial = '10s'\nbackoff_max = '1s'\n", "workers.a.backoff_max", "larger"),
+    ("[workers.'a b']\nrun = 'm:f'\n", "workers.a b", "letters, digits"),
+    ("[workers.'../etc']\nrun = 'm:f'\n", "workers.../etc", "letters, digits"),
+    ("[workers.'a%n']\nrun = 'm:f'\n", "workers.a%n", "letters, digits"),
+    ("[workers.x]\nrun = 'm:f'\n[project]\nname = 'my project'\n", "project.name", "letters, digits"),
+    ("[workers.a]\nrun = 'm:f'\nhealth_port = 9091\n[workers.b]\nrun = 'm:f'\nhealth_port = 9091\n",
+     "workers.b.health_port", "already used by workers.a.health_port"),
+    ("[project]\nstatus_port = 9091\n[workers.a]\nrun = 'm:f'\nhealth_port = 9091\n",
+     "workers.a.health_port", "already used by project.status_port"),
+    ("[workers.a]\nrun = 'm:f'\ndepends_on = ['ghost']\n", "workers.a.depends_on", "another worker"),
+    ("[workers.a]\nrun = 'm:f'\ndepends_on = ['b']\n[workers.b]\nrun = 'm:f'\ndepends_on = ['a']\n",
+     "workers.a.depends_on", "cycle a -> b -> a"),
+    ("[workers]\n", "workers", "no workers"),
+    ("", "workers", "no workers"),
+    ("[workers.a]\nrun = 'm:f'\n[deploy.docker]\n", "deploy.docker", "systemd, supervisor, kubernetes"),
+    ("[workers.a\nrun = 'm:f'\n", "", "not valid TOML"),
+    ("[defaults]\ngrace = 'soon'\n[workers.a]\nrun = 'm:f'\n", "defaults.grace", "duration"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "accepted"), BAD, ids=[f"{i}:{b[1]}" for i, b in enumerate(BAD)])
+def test_config_error_table(text: str, key: str, accepted: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="stack/procguard.toml")
+    message = str(info.value)
+    assert message.startswith("stack/procguard.toml: "), message
+    assert f": {key}: " in message or not key, message
+    assert accepted in message, message
+    assert "\n" not in message
+    assert info.value.exit_status == ExitStatus.USAGE
+    assert info.value.path == "stack/procguard.toml"
+
+
+def test_load_config_reads_the_file_and_names_a_missing_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "procguard.toml").write_text('[workers.w]\ncommand = "sleep 1"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config()
+    assert config.path == tmp_path / "procguard.toml"
+    assert config.project.name == tmp_path.name.replace("_", "_")
+    assert load_config(tmp_path / "procguard.toml").workers["w"].command == ("sleep", "1")
+
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such file"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "procguard.toml").unlink()
+    with pytest.raises(ConfigError, match=r"procguard\.toml: no such file \(pass -c FILE"):
+        load_config()
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe[workers]")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "bin.toml")
+
+
+def test_worker_argv_function_mode() -> None:
+    config = parse_config(FULL)
+    argv = worker_argv(config.workers["collector"], procguard=["/opt/venv/bin/procguard"])
+    assert argv == [
+        "/opt/venv/bin/procguard", "run", "shop.collector:collect", "--name", "collector",
+        "--interval", "5m", "--max-runtime", "12h", "--max-iterations", "100",
+        "--memory-limit", "1024MB", "--cpu-limit", "50", "--grace", "20s",
+        "--health-port", "9092", "--health-host", "127.0.0.1",
+    ]
+
+
+def test_worker_argv_command_mode_keeps_the_command_verbatim() -> None:
+    config = parse_config(FULL)
+    argv = worker_argv(config.workers["bot"], procguard=["py", "-m", "procguard"], name="shop.bot")
+    assert argv == [
+        "py", "-m", "procguard", "run", "--name", "shop.bot",
+        "--max-runtime", "0", "--memory-limit", "0", "--cpu-limit", "0", "--grace", "20s",
+        "--health-port", "0", "--", "python", "-m", "shop.bot", "--name", "a b",
+    ]
+    api = worker_argv(config.workers["api"], procguard=["procguard"], health_host="0.0.0.0")
+    assert api[-7:] == ["--", "python", "-m", "shop.api", "--port", "8080", "--verbose"]
+    assert api[api.index("--health-host") + 1] == "0.0.0.0"
+
+
+def test_worker_argv_is_accepted_by_procguard_run() -> None:
+    """The flags worker_argv writes are the ones `procguard run` parses, with the same values."""
+    pytest.importorskip("procguard.runner.options")
+    from procguard.cli.main import build_parser
+    from procguard.runner.options import options_from_args
+
+    config = parse_config(FULL + '\n[workers.frac]\nrun = "m:f"\ninterval = "1.5s"\nmemory_limit = "1000000B"\n')
+    parser, _module = build_parser("run")
+    for worker in config.workers.values():
+        argv = worker_argv(worker, procguard=[])
+        namespace = parser.parse_args(argv[1:])
+        if getattr(namespace, "cpu_window_s", 0) is None:  # run_run fills in its default first
+            namespace.cpu_window_s = 60.0
+        options = options_from_args(namespace)
+        assert options.name == worker.name
+        assert options.mode == ("function" if worker.run else "command")
+        assert options.target == worker.run
+        assert options.command == (*(worker.command or ()), *worker.args)
+        if worker.run:
+            assert options.interval_s == worker.interval_s
+            assert options.max_iterations == worker.max_iterations
+        assert options.max_runtime_s == worker.max_runtime_s
+        assert options.memory_limit_bytes == worker.memory_limit_bytes
+        assert options.cpu_limit_percent == worker.cpu_limit_percent
+        assert options.grace_s == worker.grace_s
+        assert options.health_port == worker.health_port
+        assert options.health_host == worker.health_host
+
+
+def test_start_order_puts_dependencies_first() -> None:
+    text = """
+[workers.web]
+command = "w"
+depends_on = ["db", "cache"]
+[workers.cache]
+command = "c"
+depends_on = ["db"]
+[workers.db]
+command = "d"
+[workers.solo]
+command = "s"
+"""
+    config = parse_config(text)
+    assert start_order(config) == ["db", "cache", "web", "solo"]
+    assert start_order(config, ["cache"]) == ["db", "cache"]
+    with pytest.raises(UsageError, match=r"unknown worker 'nope' \(use one of: web, cache, db, solo\)"):
+        start_order(config, ["nope"])
+
+
+def test_cpu_limit_accepts_up_to_all_cores() -> None:
+    cores = os.cpu_count() or 1
+    config = parse_config(f"[workers.w]\nrun = 'm:f'\ncpu_limit = {100 * cores}\n")
+    assert config.workers["w"].cpu_limit_percent == 100.0 * cores
+
+
+def test_stack_config_type() -> None:
+    assert isinstance(parse_config(FULL), StackConfig)
+
+
+def test_every_setting_is_declared_once_and_documented() -> None:
+    """Each WorkerConfig/ProjectConfig field has exactly one TOML key, and the docs show today's table."""
+    from procguard.config import PROJECT_KEYS, WORKER_KEYS, reference_markdown
+
+    from .helpers import REPO_ROOT
+
+    worker_fields = {f.name for f in dataclasses.fields(WorkerConfig)} - {"name"}
+    assert sorted(spec.field for spec in WORKER_KEYS.values()) == sorted(worker_fields)
+    assert sorted(spec.field for spec in PROJECT_KEYS.values()) == sorted(f.name for f in dataclasses.fields(ProjectConfig))
+    docs = (REPO_ROOT / "docs" / "PRODUCTION_DEPLOYMENT.md").read_text()
+    section = docs.split("<!-- config-reference -->\n", 1)[1].split("<!-- /config-reference -->", 1)[0]
+    assert section == reference_markdown()
