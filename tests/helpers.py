@@ -78,9 +78,12 @@ def read_output(proc: subprocess.Popen[bytes]) -> str:
 
 def stop_process_tree(proc: subprocess.Popen[bytes] | psutil.Process, *, grace: float = 5.0) -> None:
     """Stop ``proc`` and all its descendants: SIGTERM, wait ``grace``, SIGKILL, reap."""
-    pid = proc.pid
+    if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
+        return  # already reaped: its pid may belong to someone else by now
     try:
-        root = psutil.Process(pid)
+        root = proc if isinstance(proc, psutil.Process) else psutil.Process(proc.pid)
+        if not root.is_running():  # psutil compares the creation time: no recycled pid
+            return
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         procs = []

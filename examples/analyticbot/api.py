@@ -1,0 +1,205 @@
+"""The analyticbot API: channel statistics over HTTP, from its own SQLite file.
+
+A small stdlib HTTP service (no procguard inside; ``procguard run -- python
+-m examples.analyticbot.api`` supervises it from outside)::
+
+    GET /health                      {"status": "ok"}
+    GET /api/channels                {"channels": [{"id": ..., "title": ...}, ...]}
+    GET /api/channels/<id>/stats     {"channel_id", "title", "subscribers", "views", "posts", "as_of"}
+
+The channels live in ``api.sqlite3`` in the data directory, seeded on first
+start. Every stats request moves the numbers on a little (the "activity" of
+the channel), in one transaction, so the collector sees changing data and the
+demo does work that can be checked. Binds 127.0.0.1 unless ``--host`` says
+otherwise; SIGTERM/SIGINT stop it after the requests in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import settings
+
+log = logging.getLogger("analyticbot.api")
+
+SEED_CHANNELS = [
+    ("python-news", "Python News", 12000, 480000, 310),
+    ("data-digest", "Data Digest", 8300, 250000, 190),
+    ("ops-weekly", "Ops Weekly", 4100, 96000, 75),
+    ("ml-papers", "ML Papers", 15600, 720000, 402),
+    ("rust-notes", "Rust Notes", 5200, 130000, 120),
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    subscribers INTEGER NOT NULL,
+    views INTEGER NOT NULL,
+    posts INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+def init_db(path: Path) -> None:
+    """Create the channel table and seed it once (idempotent)."""
+    conn = settings.connect(path)
+    try:
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        for row in SEED_CHANNELS:
+            conn.execute(
+                "INSERT OR IGNORE INTO channels VALUES (?, ?, ?, ?, ?, ?)", (*row, time.time())
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+class StatsStore:
+    """Reads and advances the channel statistics; one connection per call (thread-safe)."""
+
+    def __init__(self, path: Path, *, rng: random.Random | None = None) -> None:
+        self.path = path
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+
+    def channels(self) -> list[dict[str, Any]]:
+        conn = settings.connect(self.path)
+        try:
+            rows = conn.execute("SELECT id, title FROM channels ORDER BY id").fetchall()
+        finally:
+            conn.close()
+        return [{"id": cid, "title": title} for cid, title in rows]
+
+    def stats(self, channel_id: str) -> dict[str, Any] | None:
+        """The channel's numbers after one step of simulated activity, or None if unknown."""
+        with self._rng_lock:
+            d_subs, d_views, d_posts = (
+                self._rng.randint(-2, 9), self._rng.randint(10, 400), self._rng.randint(0, 1)
+            )
+        conn = settings.connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE channels SET subscribers = MAX(0, subscribers + ?), views = views + ?,"
+                " posts = posts + ?, updated_at = ? WHERE id = ?",
+                (d_subs, d_views, d_posts, time.time(), channel_id),
+            )
+            row = conn.execute(
+                "SELECT id, title, subscribers, views, posts, updated_at FROM channels WHERE id = ?",
+                (channel_id,),
+            ).fetchone()
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        if row is None:
+            return None
+        keys = ("channel_id", "title", "subscribers", "views", "posts", "as_of")
+        return dict(zip(keys, row, strict=True))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        parts = [p for p in path.split("/") if p]
+        try:
+            if parts == ["health"]:
+                self._send(200, {"status": "ok"})
+            elif parts == ["api", "channels"]:
+                self._send(200, {"channels": self.server.store.channels()})
+            elif len(parts) == 4 and parts[:2] == ["api", "channels"] and parts[3] == "stats":
+                stats = self.server.store.stats(parts[2])
+                if stats is None:
+                    self._send(404, {"error": f"unknown channel {parts[2]!r}"})
+                else:
+                    self._send(200, stats)
+            else:
+                self._send(404, {"error": "not found"})
+        except sqlite3.Error:
+            log.exception("database error serving %s", path)
+            self._send(503, {"error": "database unavailable"})
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class _ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: StatsStore) -> None:
+        self.store = store
+        super().__init__(address, _Handler)
+
+
+def serve(host: str, port: int, db_path: Path) -> _ApiServer:
+    """Initialise the database and bind the server (port 0 picks a free one)."""
+    init_db(db_path)
+    return _ApiServer((host, port), StatsStore(db_path))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="analyticbot-api", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=settings.DEFAULT_API_PORT,
+                        help=f"port to listen on, 0 picks one (default: {settings.DEFAULT_API_PORT})")
+    parser.add_argument("--data-dir", help=settings.DATA_DIR_HELP)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s api[%(process)d] %(levelname)s %(message)s")
+
+    try:
+        server = serve(args.host, args.port, settings.data_dir(args.data_dir) / settings.API_DB)
+    except OSError as error:
+        print(f"analyticbot-api: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    thread = threading.Thread(target=server.serve_forever, name="api-http", daemon=True)
+    thread.start()
+    log.info("listening on http://%s:%d (data %s)", args.host, server.server_address[1], server.store.path)
+    print(f"api listening on http://{args.host}:{server.server_address[1]}", flush=True)
+    while not stopping.wait(1.0):
+        pass
+    log.info("stopping")
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,404 @@
+"""Command mode: run a program as a child and hold it to the limits from outside.
+
+``procguard run [flags] -- COMMAND ARGS...`` is for programs that know
+nothing of procguard. The runner:
+
+- starts the command in its own session, with the parent-death signal and
+  the instance marker (:func:`procguard.instances.spawn.spawn_process`), and
+  makes itself a child subreaper, so the command dies with the runner and
+  grandchildren it orphans come back to the runner to be stopped;
+- samples the command's whole process tree every ``sample_interval_s``
+  (:class:`~procguard.sampler.ResourceSampler`) and applies the same rules as
+  the in-process manager (:mod:`procguard.policy`): memory over the limit
+  for several consecutive samples or CPU over the limit averaged over a
+  full window -> SIGTERM, then SIGKILL to the whole tree after ``--grace``;
+  memory over the hard ceiling (1.25 x the limit) -> SIGKILL at once;
+  ``--max-runtime`` reached -> SIGTERM, then SIGKILL after grace;
+- forwards the first SIGTERM/SIGINT it gets to the command (the command's
+  main process; it decides how to stop its own children); a second one, or
+  a stop that overruns grace, kills the tree;
+- serves /health, /ready and /metrics for the command (healthy = running
+  and within its limits), and stops whatever is left of the tree when the
+  command ends.
+
+The exit status is the command's own (128 + N when it died of signal N),
+except when the runner stopped it: then it is the reason's status from
+:mod:`procguard.reasons` (80 max runtime, 82 memory, 83 CPU; 86 hard memory
+ceiling; 87 when grace ran out or a second signal forced the stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import psutil
+
+from ..errors import UsageError
+from ..health.server import HealthServer, serve_health
+from ..instances.lock import InstanceLock
+from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
+from ..policy import Limits, LimitTracker, LimitVerdict, default_hard_limit, runtime_deadline
+from ..proctree import process_tree, stop_processes
+from ..reasons import ExitStatus, StopReason, exit_status_for
+from ..sampler import ResourceSample, ResourceSampler
+from ..signals import SignalCapture, signal_name
+from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot
+from .options import RunOptions
+
+log = logging.getLogger(__name__)
+
+#: How often the command's tree is sampled (memory strikes are counted at this pace).
+DEFAULT_SAMPLE_INTERVAL_S = 0.25
+#: How often exited orphans adopted as subreaper are reaped (each pass scans every process).
+REAP_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a supervised command ended: the runner's exit status and why."""
+
+    exit_status: int
+    returncode: int | None
+    stop_reason: StopReason | None
+    detail: str
+    forced: bool
+
+
+def check_command(argv: tuple[str, ...] | list[str]) -> str:
+    """The program's path; UsageError (one line) when it is not found or not executable.
+
+    Checked before anything starts, so a typo never leaves a health server
+    or a lock record behind for a moment.
+    """
+    program = argv[0]
+    path = shutil.which(program) if os.sep not in program else program
+    if path is None or not os.path.exists(path):
+        msg = f"command {program!r} not found (give a program on PATH or a path to one)"
+        raise UsageError(msg)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        msg = f"command {program!r} is not an executable file"
+        raise UsageError(msg)
+    return path
+
+
+def _status_of(returncode: int) -> int:
+    """A Popen return code as a shell would report it (128 + N for signal N)."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+class CommandSupervisor:
+    """Runs one command under the limits of ``options``; :meth:`run` returns the exit status.
+
+    ``lock`` (the held instance lock, optional) gets the child's PID and the
+    health port written into its record. ``marker`` is the
+    ``PROCGUARD_INSTANCE`` value the command and its descendants carry.
+    ``keep_pids`` are the runner's own helpers (the guardian): never
+    counted as leftovers of the command.
+    """
+
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        marker: str,
+        lock: InstanceLock | None = None,
+        keep_pids: Collection[int] = (),
+        sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.marker = marker
+        self.lock = lock
+        self.keep_pids = frozenset(keep_pids)
+        self.sample_interval_s = sample_interval_s
+        self._clock = clock
+        soft = options.memory_limit_bytes
+        self.limits = Limits(
+            memory_soft_bytes=soft,
+            memory_hard_bytes=default_hard_limit(soft),
+            cpu_limit_percent=options.cpu_limit_percent,
+            cpu_window_s=options.cpu_window_s,
+            cpu_grace_s=options.cpu_window_s,
+        )
+        self.started_at = clock()
+        self.tracker = LimitTracker(self.limits, started_at=self.started_at)
+        self.deadline = runtime_deadline(self.started_at, options.max_runtime_s)
+        self.health: HealthServer | None = None
+        self.child: ChildHandle | None = None
+        # Written by the watch loop, read by the health thread (whole-object swaps).
+        self._sample: ResourceSample | None = None
+        self._stop_reason: StopReason | None = None
+        self._stop_detail = ""
+        self._stop_asked_at: float | None = None
+        self._forced = False
+        self._hard = False
+        self._running = False
+
+    # -- health ----------------------------------------------------------------
+
+    def snapshot(self) -> WorkerSnapshot:
+        """What /health, /ready and /metrics show: the command's tree as last sampled."""
+        now = self._clock()
+        sample = self._sample
+        child = self.child
+        if not self._running:
+            health = HealthStatus(False, "not running" if child else "starting")
+        elif self._stop_reason is not None:
+            health = HealthStatus(False, f"stopping: {self._stop_reason}")
+        elif sample is not None and self.tracker.over_soft_memory(sample):
+            health = HealthStatus(False, f"memory_limit: {sample.memory_bytes / 2**20:.1f} MB over the limit")
+        elif sample is not None and self.tracker.over_cpu(sample, now):
+            health = HealthStatus(False, f"cpu_limit: {sample.cpu_percent:.1f}% over the limit")
+        else:
+            health = HealthStatus(True, HEALTHY)
+        ready = HealthStatus(True) if self._running and self._stop_reason is None else HealthStatus(
+            False, health.reason if not health.is_healthy else "not ready"
+        )
+        remaining = None if self.deadline is None else max(0.0, self.deadline - now)
+        return WorkerSnapshot(
+            name=self.options.name,
+            pid=child.pid if child else os.getpid(),
+            health=health,
+            ready=ready,
+            started=self._running,
+            stopping=self._stop_reason is not None,
+            uptime_seconds=now - self.started_at,
+            cpu_percent=sample.cpu_percent if sample else 0.0,
+            memory_bytes=sample.memory_bytes if sample else 0,
+            memory_percent=sample.memory_percent if sample else 0.0,
+            num_threads=sample.num_threads if sample else 0,
+            num_children=sample.num_children if sample else 0,
+            max_runtime_seconds=self.options.max_runtime_s,
+            remaining_seconds=remaining,
+            memory_limit_bytes=self.options.memory_limit_bytes,
+            cpu_limit_percent=self.options.cpu_limit_percent,
+            stop_reason=str(self._stop_reason) if self._stop_reason else None,
+        )
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the command, watch it until it ends, clean up; return the exit status."""
+        return self.run_for_result().exit_status
+
+    def run_for_result(self) -> CommandResult:
+        capture = SignalCapture()
+        capture.install()
+        become_child_subreaper()
+        try:
+            check_command(self.options.command)
+            if self.options.health_port:
+                self.health = serve_health(
+                    self.snapshot, host=self.options.health_host, port=self.options.health_port
+                )
+            self.child = self._spawn()
+            self._running = True
+            log.info(
+                "%s: started %r as pid %s%s", self.options.name, " ".join(self.options.command),
+                self.child.pid,
+                f"; health on {self.health.url}" if self.health else "",
+            )
+            if self.lock is not None:
+                self.lock.update(
+                    {"child_pid": self.child.pid, "command": list(self.options.command)},
+                    health_port=self.health.port if self.health else None,
+                    marker=self.marker,
+                )
+            returncode = self._watch(self.child, capture)
+            self._running = False
+            return self._result(returncode)
+        finally:
+            self._running = False
+            self._cleanup(capture)
+
+    def _spawn(self) -> ChildHandle:
+        argv = list(self.options.command)
+        try:
+            proc = spawn_process(argv, marker=self.marker)
+        except FileNotFoundError:
+            msg = f"command {argv[0]!r} not found (give a program on PATH or a path to one)"
+            raise UsageError(msg) from None
+        except PermissionError:
+            msg = f"command {argv[0]!r} is not executable"
+            raise UsageError(msg) from None
+        return ChildHandle(proc)
+
+    def _sampler(self, pid: int) -> ResourceSampler | None:
+        try:
+            return ResourceSampler(pid, include_children=True, cpu_window_s=self.options.cpu_window_s)
+        except psutil.Error:  # the command exited at once
+            return None
+
+    def _watch(self, child: ChildHandle, capture: SignalCapture) -> int:
+        """The watch loop: returns the command's return code once it has exited."""
+        sampler = self._sampler(child.pid)
+        next_sample = self._clock()
+        signals_seen = 0
+        next_reap = self._clock() + REAP_INTERVAL_S
+        pidfd = child.fileno()
+        while True:
+            now = self._clock()
+            wake_at = [next_sample]
+            if self.deadline is not None and self._stop_reason is None:
+                wake_at.append(self.deadline)
+            if self._stop_asked_at is not None and not self._forced:
+                wake_at.append(self._stop_asked_at + self.options.grace_s)
+            timeout = max(0.0, min(wake_at) - now)
+            if pidfd is None:
+                timeout = min(timeout, 0.05)
+            fds = [capture.wakeup_fd] + ([pidfd] if pidfd is not None else [])
+            try:
+                select.select(fds, [], [], timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries select
+                pass
+            if not child.is_alive():
+                break
+            now = self._clock()
+            if capture.count > signals_seen:
+                capture.drain()
+                signals_seen = capture.count
+                self._on_signal(child, capture.last_signum or signal.SIGTERM, first=signals_seen == 1)
+            if self.deadline is not None and self._stop_reason is None and now >= self.deadline:
+                self._begin_stop(
+                    child, StopReason.MAX_RUNTIME,
+                    f"ran for {now - self.started_at:.1f}s, the limit is {self.options.max_runtime_s:g}s",
+                )
+            if sampler is not None and now >= next_sample:
+                next_sample = now + self.sample_interval_s
+                try:
+                    sample = sampler.sample()
+                except psutil.Error:
+                    continue  # exiting: the next turn sees it
+                self._sample = sample
+                verdict = self.tracker.observe(sample, now)
+                if verdict is not None and not self._forced:
+                    self._on_verdict(child, verdict)
+            if (
+                self._stop_asked_at is not None
+                and not self._forced
+                and now - self._stop_asked_at >= self.options.grace_s
+            ):
+                log.warning(
+                    "%s: pid %s did not stop within the grace of %gs; killing its process tree",
+                    self.options.name, child.pid, self.options.grace_s,
+                )
+                self._kill_tree(child)
+            if now >= next_reap:  # zombies of adopted orphans: harmless for a moment, costly to scan for
+                next_reap = now + REAP_INTERVAL_S
+                reap_children(exclude=self._own_children(child))
+        returncode = child.wait()
+        return returncode if returncode is not None else -signal.SIGKILL
+
+    def _own_children(self, child: ChildHandle) -> list[int]:
+        pids = [child.pid, *self.keep_pids]
+        if self.health is not None and self.health.responder_pid:
+            pids.append(self.health.responder_pid)
+        return pids
+
+    def _on_signal(self, child: ChildHandle, signum: int, *, first: bool) -> None:
+        name = signal_name(signum)
+        if first and self._stop_reason is None:
+            log.info("%s: got %s; forwarding it to pid %s", self.options.name, name, child.pid)
+            self._stop_reason = StopReason.SIGNAL
+            self._stop_detail = f"got {name}"
+            self._stop_asked_at = self._clock()
+            child.send_signal(signum)
+            return
+        if first and not self._forced:
+            # Already stopping gracefully for a limit: let that stop finish within its grace.
+            log.info("%s: got %s while already stopping (%s); a second signal stops it at once",
+                     self.options.name, name, self._stop_reason)
+            return
+        log.warning("%s: got %s while stopping; killing the process tree of pid %s now",
+                    self.options.name, name, child.pid)
+        self._kill_tree(child)
+
+    def _on_verdict(self, child: ChildHandle, verdict: LimitVerdict) -> None:
+        if verdict.hard:
+            self._stop_reason = verdict.reason
+            self._stop_detail = verdict.detail
+            self._stop_asked_at = self._stop_asked_at or self._clock()
+            self._hard = True
+            log.warning("%s: %s: %s; killing the process tree of pid %s at once",
+                        self.options.name, verdict.reason, verdict.detail, child.pid)
+            self._kill_tree(child)
+        elif self._stop_reason is None:
+            self._begin_stop(child, verdict.reason, verdict.detail)
+
+    def _begin_stop(self, child: ChildHandle, reason: StopReason, detail: str) -> None:
+        self._stop_reason = reason
+        self._stop_detail = detail
+        self._stop_asked_at = self._clock()
+        log.warning("%s: %s: %s; sending SIGTERM to pid %s (grace %gs)",
+                    self.options.name, reason, detail, child.pid, self.options.grace_s)
+        child.terminate()
+
+    def _kill_tree(self, child: ChildHandle) -> None:
+        self._forced = True
+        for proc in process_tree(child.pid):
+            try:
+                proc.kill()  # psutil checks (pid, start time) first: never a recycled PID
+            except psutil.Error:
+                continue
+
+    def _result(self, returncode: int) -> CommandResult:
+        reason = self._stop_reason
+        if self._hard:
+            status = int(ExitStatus.MEMORY_HARD_LIMIT)
+        elif self._forced:
+            status = int(ExitStatus.GRACE_EXCEEDED)
+        elif reason is not None and reason is not StopReason.SIGNAL:
+            status = exit_status_for(reason)
+        else:
+            status = _status_of(returncode)
+        how = f"exited with status {_status_of(returncode)}" if returncode >= 0 else (
+            f"was killed by {signal_name(-returncode)}"
+        )
+        pid = self.child.pid if self.child else "?"
+        if reason is None:
+            level = logging.INFO if returncode == 0 else logging.WARNING
+            log.log(level, "%s: pid %s %s", self.options.name, pid, how)
+        else:
+            planned = reason is StopReason.SIGNAL and not self._forced
+            log.log(
+                logging.INFO if planned else logging.WARNING,
+                "%s: stopped (%s: %s); pid %s %s; exit status %s",
+                self.options.name, reason, self._stop_detail, pid, how, status,
+            )
+        return CommandResult(status, returncode, reason, self._stop_detail, self._forced)
+
+    def _cleanup(self, capture: SignalCapture) -> None:
+        """Close health, stop what is left of the tree (orphans adopted by us included), restore signals."""
+        if self.health is not None:
+            self.health.close()
+        child = self.child
+        leftovers: list[psutil.Process] = []
+        try:
+            leftovers = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            pass
+        leftovers = [p for p in leftovers if p.pid not in self.keep_pids]
+        if child is not None:
+            leftovers = [p for p in leftovers if p.pid != child.pid]
+            if child.is_alive():  # only on an error inside the loop
+                leftovers = process_tree(child.pid) + leftovers
+        if leftovers:
+            log.info("%s: stopping %d leftover process(es) of the command: %s", self.options.name,
+                     len(leftovers), ", ".join(str(p.pid) for p in leftovers))
+            stop_processes(leftovers, self.options.grace_s)
+        if child is not None:
+            try:
+                child.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
+                pass
+            child.close()
+        reap_children()
+        capture.close()

@@ -1,0 +1,78 @@
+"""The pure part of ``procguard run``: the command line split, mode, defaults and names."""
+
+from __future__ import annotations
+
+import pytest
+
+from procguard.cli.main import build_parser
+from procguard.errors import UsageError
+from procguard.runner.function import load_target, wants_manager
+from procguard.runner.options import DEFAULT_MAX_FAILURES, derive_name, options_from_args
+
+
+def parse(*argv: str):
+    parser, _module = build_parser("run")
+    return options_from_args(parser.parse_args(list(argv)))
+
+
+def test_function_mode_with_defaults():
+    opts = parse("pkg.mod:work")
+    assert opts.mode == "function" and opts.target == "pkg.mod:work" and opts.command == ()
+    assert opts.name == "pkg.mod.work"
+    assert opts.interval_s == 600 and opts.max_runtime_s == 86400
+    assert opts.memory_limit_bytes == 2048 * 1024 * 1024 and opts.cpu_limit_percent == 80
+    assert opts.health_port == 9091 and opts.grace_s == 30
+    assert opts.max_failures == DEFAULT_MAX_FAILURES
+
+
+def test_everything_after_the_double_dash_is_the_command():
+    opts = parse("--interval", "5s", "--", "python", "-m", "worker", "--once", "--", "x")
+    assert opts.mode == "command"
+    assert opts.command == ("python", "-m", "worker", "--once", "--", "x")
+    assert opts.once is False  # the command's --once is not ours
+    assert opts.name == "worker"
+
+
+def test_a_command_that_looks_like_a_target_is_still_a_command():
+    assert parse("--", "a:b").mode == "command"
+
+
+def test_zero_means_no_limit():
+    opts = parse("--max-runtime", "0", "--memory-limit", "0", "--cpu-limit", "0", "--health-port", "0",
+                 "--max-failures", "0", "pkg:f")
+    assert opts.max_runtime_s is None and opts.memory_limit_bytes is None
+    assert opts.cpu_limit_percent is None and opts.health_port is None and opts.max_failures is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (("python3", "-m", "examples.analyticbot.bot", "--every", "5"), "examples.analyticbot.bot"),
+        (("python", "scripts/sync.py"), "sync"),
+        (("python", "-c", "print(1)"), "python"),
+        (("./run.sh",), "run"),
+        (("/usr/bin/sleep", "60"), "sleep"),
+    ],
+)
+def test_default_names_of_commands(argv, name):
+    assert derive_name(None, argv) == name
+
+
+def test_wants_manager():
+    def no_args() -> None: ...
+    def takes_one(m) -> None: ...
+    def optional(x=1) -> None: ...
+    def named(manager=None) -> None: ...
+
+    assert not wants_manager(no_args)
+    assert wants_manager(takes_one)
+    assert not wants_manager(optional)
+    assert wants_manager(named)
+
+
+def test_load_target_names_what_is_wrong():
+    assert load_target("os:getpid")() > 0
+    with pytest.raises(UsageError, match="no attribute"):
+        load_target("os:nope")
+    with pytest.raises(UsageError, match="cannot import"):
+        load_target("no_such_pkg_xyz.mod:f")
