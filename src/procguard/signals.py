@@ -1,0 +1,150 @@
+"""Scoped signal capture: the handlers only record, the monitor loop acts.
+
+:class:`SignalCapture` installs handlers for SIGTERM and SIGINT (from the main
+thread only: Python allows nothing else), remembers the handlers it replaced
+and puts them back on :meth:`restore`. Its handler does three things, none of
+which can block or take a lock: count the signal, remember which one and
+when, and write one byte to a non-blocking pipe. Whoever watches
+:attr:`wakeup_fd` (the manager's monitor thread, in ``select``) then decides
+what to do: the first signal starts a graceful stop, the second an immediate
+exit. Nothing is logged from the handler (a logging lock held by the
+interrupted code would deadlock it).
+
+This uses ``signal.signal`` even inside a running asyncio loop, as uvicorn
+does, so that the previous handlers can be restored; asyncio's own
+``add_signal_handler`` would replace the loop's wakeup fd and could not be
+undone cleanly. On Linux a signal sent to the process goes to the main
+thread when it does not block it, which interrupts a blocking ``select``,
+``epoll`` or lock wait there; the handler runs at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+#: Signals that ask a worker to stop.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+#: Captures with handlers installed; a forked child (multiprocessing) puts the
+#: previous handlers back at once, so that SIGTERM stops it as usual instead of
+#: being recorded by a copy of our handler that nobody watches.
+_INSTALLED: list[SignalCapture] = []
+
+
+def _restore_in_child() -> None:
+    for capture in list(_INSTALLED):
+        for signum, previous in capture._previous.items():
+            try:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+        capture.installed = False
+    _INSTALLED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_in_child)
+
+
+class SignalCapture:
+    """Records stop signals; restores the previous handlers when done.
+
+    Attributes read by the monitor (plain attribute reads; the handler only
+    ever increments/assigns them):
+
+    - ``count``: stop signals received so far;
+    - ``first_signum`` / ``last_signum``: which signals;
+    - ``first_at``: ``time.monotonic()`` of the first one.
+    """
+
+    def __init__(self, signums: Iterable[int] = STOP_SIGNALS) -> None:
+        self.signums = tuple(int(s) for s in signums)
+        self.count = 0
+        self.first_signum: int | None = None
+        self.last_signum: int | None = None
+        self.first_at: float | None = None
+        self._previous: dict[int, _Handler] = {}
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self.installed = False
+
+    @property
+    def wakeup_fd(self) -> int:
+        """Readable after each recorded signal (drain it with :meth:`drain`)."""
+        return self._read_fd
+
+    def install(self) -> bool:
+        """Install the handlers; returns False (and does nothing) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for signum in self.signums:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        self.installed = True
+        _INSTALLED.append(self)
+        return True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: record only. No logging, no locks, no allocation to speak of."""
+        if self.first_signum is None:
+            self.first_signum = signum
+            self.first_at = time.monotonic()
+        self.last_signum = signum
+        self.count += 1
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake whoever selects on :attr:`wakeup_fd` (also usable from plain code)."""
+        try:
+            os.write(self._write_fd, b"\0")
+        except OSError:  # pipe full (already readable) or closed
+            pass
+
+    def drain(self) -> None:
+        """Empty the wakeup pipe."""
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except OSError:
+            pass
+
+    def restore(self) -> None:
+        """Put back the handlers this capture replaced (main thread only)."""
+        if not self.installed or threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            # A handler set from C (None) cannot be restored from Python: use the default.
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self.installed = False
+        if self in _INSTALLED:
+            _INSTALLED.remove(self)
+
+    def close(self) -> None:
+        """Restore handlers and close the pipe."""
+        self.restore()
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._read_fd = self._write_fd = -1
+
+
+def signal_name(signum: int | None) -> str:
+    """``"SIGTERM"`` for 15; ``"signal N"`` for unknown numbers."""
+    if signum is None:
+        return "no signal"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -1,0 +1,109 @@
+"""The pure limit rules of procguard.policy, driven with made-up samples and times."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from procguard import policy
+from procguard.policy import Limits, LimitTracker
+from procguard.reasons import StopReason
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Sample:
+    memory_bytes: int = 0
+    cpu_percent: float = 0.0
+    cpu_window_s: float = 0.0
+
+
+def test_one_spike_over_the_soft_limit_is_not_enough() -> None:
+    t = LimitTracker(Limits(memory_soft_bytes=100 * MB, memory_strikes=3), started_at=0)
+    assert t.observe(Sample(150 * MB), 1) is None
+    assert t.observe(Sample(150 * MB), 2) is None
+    assert t.observe(Sample(50 * MB), 3) is None  # back under: strikes start over
+    assert t.observe(Sample(150 * MB), 4) is None
+    assert t.observe(Sample(150 * MB), 5) is None
+    verdict = t.observe(Sample(150 * MB), 6)
+    assert verdict is not None
+    assert verdict.reason is StopReason.MEMORY_LIMIT and not verdict.hard
+    assert verdict.figures["strikes"] == 3
+    assert "150.0 MB over the limit 100.0 MB for 3 consecutive samples" in verdict.detail
+
+
+def test_hard_ceiling_acts_on_one_sample() -> None:
+    t = LimitTracker(Limits(memory_soft_bytes=100 * MB, memory_hard_bytes=125 * MB), started_at=0)
+    verdict = t.observe(Sample(126 * MB), 1)
+    assert verdict is not None and verdict.hard and verdict.reason is StopReason.MEMORY_LIMIT
+    assert verdict.figures == {"memory_bytes": 126 * MB, "memory_hard_bytes": 125 * MB}
+
+
+def test_at_the_limit_is_not_over_it() -> None:
+    t = LimitTracker(Limits(memory_soft_bytes=100, memory_hard_bytes=100, memory_strikes=1), started_at=0)
+    assert t.observe(Sample(100), 1) is None
+    assert t.observe(Sample(101), 2) is not None
+
+
+def test_no_limits_never_stop() -> None:
+    t = LimitTracker(Limits(), started_at=0)
+    for now in range(100):
+        assert t.observe(Sample(10**12, 10_000.0, 1e6), float(now)) is None
+
+
+def test_default_hard_limit_is_a_margin_above_soft() -> None:
+    assert policy.default_hard_limit(200 * MB) == 250 * MB
+    assert policy.default_hard_limit(None) is None
+    assert policy.default_hard_limit(0) is None
+
+
+def test_cpu_needs_a_full_window_and_the_startup_grace() -> None:
+    lim = Limits(cpu_limit_percent=80, cpu_window_s=10, cpu_grace_s=30)
+    t = LimitTracker(lim, started_at=100)
+    assert t.observe(Sample(0, 99.0, 10.0), 110) is None  # within start-up grace
+    assert t.observe(Sample(0, 99.0, 5.0), 140) is None  # window not full yet
+    assert t.observe(Sample(0, 79.0, 10.0), 140) is None  # under the limit
+    verdict = t.observe(Sample(0, 99.0, 9.8), 141)  # full within 5%
+    assert verdict is not None and verdict.reason is StopReason.CPU_LIMIT and not verdict.hard
+    assert "99.0% averaged over 9.8s over the limit 80%" in verdict.detail
+
+
+def test_memory_is_judged_before_cpu() -> None:
+    lim = Limits(memory_soft_bytes=10, memory_strikes=1, cpu_limit_percent=1, cpu_window_s=1, cpu_grace_s=0)
+    verdict = LimitTracker(lim, started_at=0).observe(Sample(11, 50.0, 1.0), 5)
+    assert verdict is not None and verdict.reason is StopReason.MEMORY_LIMIT
+
+
+def test_strikes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="memory_strikes"):
+        Limits(memory_strikes=0)
+
+
+def test_runtime_deadline_without_and_with_jitter() -> None:
+    assert policy.runtime_deadline(10.0, None) is None
+    assert policy.runtime_deadline(10.0, 0) is None
+    assert policy.runtime_deadline(10.0, 3600) == 3610.0
+    rng = random.Random(7)
+    deadlines = [policy.runtime_deadline(0.0, 3600, 600, rng=rng) for _ in range(200)]
+    assert all(d is not None and 3000 <= d <= 3600 for d in deadlines)
+    assert max(deadlines) - min(deadlines) > 300  # actually spread, never past the max
+    # jitter larger than the runtime never yields a deadline before the start
+    assert policy.runtime_deadline(5.0, 10, 100, rng=rng) >= 5.0  # type: ignore[operator]
+
+
+def test_heartbeat_age_counts_the_managers_sleep_as_progress() -> None:
+    assert policy.heartbeat_age(now=100, last_beat=40, sleep_until=0) == 60
+    # asleep until 130, now 100: fresh
+    assert policy.heartbeat_age(now=100, last_beat=40, sleep_until=130) == 0
+    # overslept the planned wake-up by 20 s (a blocked event loop): stale again
+    assert policy.heartbeat_age(now=150, last_beat=40, sleep_until=130) == 20
+
+
+def test_grace_exceeded() -> None:
+    assert not policy.grace_exceeded(100, None, 30)
+    assert not policy.grace_exceeded(100, 80, 30)
+    assert policy.grace_exceeded(111, 80, 30)
+    assert not policy.grace_exceeded(10_000, 80, 0)  # 0: no grace enforcement
