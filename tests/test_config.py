@@ -246,6 +246,7 @@ def test_worker_argv_function_mode() -> None:
         "/opt/venv/bin/procguard", "run", "shop.collector:collect", "--name", "collector",
         "--interval", "5m", "--max-runtime", "12h", "--max-iterations", "100",
         "--memory-limit", "1024MB", "--cpu-limit", "50", "--grace", "20s",
+        "--drain-delay", "2s", "--heartbeat-timeout", "15m",
         "--health-port", "9092", "--health-host", "127.0.0.1",
     ]
 
@@ -256,7 +257,7 @@ def test_worker_argv_command_mode_keeps_the_command_verbatim() -> None:
     assert argv == [
         "py", "-m", "procguard", "run", "--name", "shop.bot",
         "--max-runtime", "0", "--memory-limit", "0", "--cpu-limit", "0", "--grace", "20s",
-        "--health-port", "0", "--", "python", "-m", "shop.bot", "--name", "a b",
+        "--drain-delay", "0s", "--health-port", "0", "--", "python", "-m", "shop.bot", "--name", "a b",
     ]
     api = worker_argv(config.workers["api"], procguard=["procguard"], health_host="0.0.0.0")
     assert api[-7:] == ["--", "python", "-m", "shop.api", "--port", "8080", "--verbose"]
@@ -269,7 +270,11 @@ def test_worker_argv_is_accepted_by_procguard_run() -> None:
     from procguard.cli.main import build_parser
     from procguard.runner.options import options_from_args
 
-    config = parse_config(FULL + '\n[workers.frac]\nrun = "m:f"\ninterval = "1.5s"\nmemory_limit = "1000000B"\n')
+    config = parse_config(
+        FULL + '\n[workers.frac]\nrun = "m:f"\ninterval = "1.5s"\nmemory_limit = "1000000B"\n'
+        'drain_delay = "0.25s"\nheartbeat_timeout = "2.5s"\n'
+        '\n[workers.cmd]\ncommand = "prog"\ndrain_delay = "3s"\nheartbeat_timeout = "5s"\n'
+    )
     parser, _module = build_parser("run")
     for worker in config.workers.values():
         argv = worker_argv(worker, procguard=[])
@@ -288,6 +293,10 @@ def test_worker_argv_is_accepted_by_procguard_run() -> None:
         assert options.memory_limit_bytes == worker.memory_limit_bytes
         assert options.cpu_limit_percent == worker.cpu_limit_percent
         assert options.grace_s == worker.grace_s
+        assert options.drain_delay_s == worker.drain_delay_s
+        # Function workers carry their heartbeat timeout; command workers never get the flag.
+        expected = worker.heartbeat_timeout_s if worker.run else None
+        assert namespace.heartbeat_timeout_s == expected
         assert options.health_port == worker.health_port
         assert options.health_host == worker.health_host
 

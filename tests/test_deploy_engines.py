@@ -113,10 +113,10 @@ def test_units_pass_systemd_analyze_verify_and_score_low(stack, tmp_path: Path, 
 def test_unit_contents_follow_the_contract(stack) -> None:  # type: ignore[no-untyped-def]
     files = {f.filename: f.text for f in render("systemd", stack, all_settings(stack), workdir="/srv/shop")}
     api, collector, bot = (_unit(files[f"shop-{n}.service"]) for n in ("api", "collector", "bot"))
-    # function workers speak sd_notify (READY=1, WATCHDOG=1 from heartbeats); command workers are Type=exec
-    assert collector["Type"] == ["notify"] and collector["NotifyAccess"] == ["main"]
-    for unit in (api, bot):
-        assert unit["Type"] == ["exec"] and "NotifyAccess" not in unit and "WatchdogSec" not in unit
+    # every worker's main process speaks sd_notify: the manager (function workers, WATCHDOG=1 from
+    # heartbeats) or the runner (command workers, WATCHDOG=1 while the command is alive and healthy)
+    for unit in (api, collector, bot):
+        assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     for unit in (api, collector, bot):
         assert unit["KillMode"] == ["control-group"]
         assert unit["ExecStart"][0].startswith(f"{sys.executable} -m procguard run ")
@@ -141,9 +141,12 @@ def test_unit_contents_follow_the_contract(stack) -> None:  # type: ignore[no-un
     assert int(api["MemoryMax"][0].rstrip("M")) >= int(api["MemoryHigh"][0].rstrip("M"))
     assert int(api["CPUQuota"][0].rstrip("%")) > 80
     assert "MemoryMax" not in bot and "CPUQuota" not in bot
-    # watchdog from the heartbeat timeout; dependency ordering
+    # watchdog from the heartbeat timeout (command workers: 60 s without one); dependency ordering
     assert collector["WatchdogSec"] == ["120"]
-    assert "WatchdogSec" not in api
+    assert api["WatchdogSec"] == ["60"] and bot["WatchdogSec"] == ["60"]
+    # the drain delay reaches the worker's command line
+    assert " --drain-delay 5s " in collector["ExecStart"][0] and " --heartbeat-timeout 2m " in collector["ExecStart"][0]
+    assert " --drain-delay 0s " in api["ExecStart"][0] and "--heartbeat-timeout" not in api["ExecStart"][0]
     assert "shop-api.service" in collector["After"][0] and "shop-api.service" in collector["Wants"][0]
     assert _unit(files["shop.target"])["Wants"] == ["shop-api.service shop-collector.service shop-bot.service"]
 

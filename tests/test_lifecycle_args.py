@@ -41,6 +41,7 @@ def test_defaults_are_those_of_the_design():
     assert args.health_port == 9091
     assert args.health_host == "127.0.0.1"
     assert args.grace_s == 30.0
+    assert args.drain_delay_s == 0.0
     assert args.once is False and args.replace is False and args.name is None
 
 
@@ -58,6 +59,9 @@ def test_defaults_are_those_of_the_design():
         ("--cpu-limit", "50%", "cpu_limit_percent", 50.0),
         ("--grace", "2m", "grace_s", 120.0),
         ("--grace", "5", "grace_s", 5.0),
+        ("--drain-delay", "5", "drain_delay_s", 5.0),
+        ("--drain-delay", "1.5m", "drain_delay_s", 90.0),
+        ("--drain-delay", "0", "drain_delay_s", 0.0),
         ("--max-iterations", "0", "max_iterations", None),
         ("--health-host", "localhost", "health_host", "127.0.0.1"),
         ("--health-host", "::1", "health_host", "::1"),
@@ -81,6 +85,8 @@ def test_suffixes_and_bare_numbers(flag, value, attr, expected):
         ("--health-host", "example.com"),
         ("--max-iterations", "many"),
         ("--name", "two words"),
+        ("--drain-delay", "5x"),
+        ("--drain-delay", "a while"),
     ],
 )
 def test_bad_values_are_reported_by_argparse_as_one_error_line(flag, value, capsys):
@@ -135,3 +141,14 @@ def test_flags_can_go_into_an_existing_group():
     group = parser.add_argument_group("worker")
     add_lifecycle_arguments(group)
     assert parser.parse_args(["--interval", "5m"]).interval_s == 300.0
+
+
+def test_drain_delay_reaches_the_manager_and_extends_its_grace():
+    """--grace is the stop after the drain; the manager counts grace from the request, so it gets both."""
+    args = worker_parser().parse_args(["--drain-delay", "5s", "--grace", "10s", "--health-port", "0"])
+    kwargs = manager_kwargs_from_args(args)
+    assert kwargs["drain_delay_s"] == 5.0 and kwargs["grace_s"] == 15.0
+    manager = ProcessManager.from_args(args)
+    assert manager.drain_delay_s == 5.0 and manager.grace_s == 15.0
+    plain = manager_kwargs_from_args(worker_parser().parse_args(["--grace", "10s"]))
+    assert plain["drain_delay_s"] == 0.0 and plain["grace_s"] == 10.0

@@ -90,7 +90,7 @@ def test_sigterm_is_forwarded_and_the_child_finishes_its_work(spawn, state_dir, 
     status, _out, err = finish(proc)
     assert status == 0, err  # the command's own status after a forwarded signal
     assert done.read_text() == "done"
-    assert "forwarding it to pid" in err
+    assert "forwarding SIGTERM to pid" in err
 
 
 def test_sigterm_to_a_command_that_dies_of_it_gives_143(spawn, state_dir):
@@ -274,3 +274,50 @@ def test_name_defaults_to_the_program(spawn, state_dir):
     assert record.info["child_pid"] == sleep_child(proc).pid
     proc.send_signal(signal.SIGTERM)
     finish(proc)
+
+
+def _ready_status(port: int) -> int | None:
+    try:
+        return _get_json(f"http://127.0.0.1:{port}/ready")[0]
+    except OSError:
+        return None
+
+
+def test_drain_delay_turns_not_ready_first_then_forwards_sigterm(spawn, state_dir, tmp_path):
+    """On SIGTERM /ready is 503 at once while the command keeps working; SIGTERM reaches it after the drain."""
+    ready = tmp_path / "ready"
+    termed = tmp_path / "termed"
+    script = child_script(tmp_path, "drained.py", f"""
+        import signal, sys, time
+        def on_term(*args):
+            open({str(termed)!r}, "w").write("termed")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        open({str(ready)!r}, "w").write("ready")
+        time.sleep(120)
+    """)
+    port = free_port()
+    proc = spawn([*RUN, "--health-port", str(port), "--drain-delay", "4s", "--grace", "10s", "--", PYTHON, script])
+    wait_for_file(ready, proc=proc)
+    wait_for(lambda: _ready_status(port) == 200, message="/ready 200 before the stop")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: _ready_status(port) == 503, message="/ready 503 at once on SIGTERM")
+    # Draining: not ready, but the command still runs and has not been signalled (4 s to go).
+    assert not termed.exists()
+    assert proc.poll() is None
+    assert wait_for_file(termed, proc=proc) == "termed"  # forwarded once the drain is over
+    status, _out, err = finish(proc)
+    assert status == 0, err  # the command's own status after a forwarded signal
+    assert "draining for 4s" in err and "forwarding SIGTERM" in err
+
+
+def test_second_signal_during_the_drain_kills_at_once(spawn, state_dir):
+    port = free_port()
+    proc = spawn([*RUN, "--health-port", str(port), "--drain-delay", "120s", "--", "sleep", "60"])
+    sleep_child(proc)
+    wait_for(lambda: _ready_status(port) == 200, message="/ready 200 before the stop")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: _ready_status(port) == 503, message="/ready 503 during the drain")
+    proc.send_signal(signal.SIGINT)
+    status, _out, err = finish(proc, timeout=30)  # far less than the 120 s drain
+    assert status == ExitStatus.GRACE_EXCEEDED, err

@@ -250,3 +250,29 @@ def test_the_worker_process_carries_the_marker(spawn, state_dir, tmp_path):
     status, err = finish(run(spawn, tmp_path, "marker_mod:main", "--once", "--name", "mk", "--health-port", "0"))
     assert status == 0, err
     assert wait_for_file(tmp_path / "marker.txt").startswith("mk:")
+
+
+def test_drain_delay_keeps_working_while_not_ready(spawn, state_dir, tmp_path):
+    """On SIGTERM /ready turns 503 at once, iterations go on during the drain, then the worker stops."""
+    log = setup_targets(tmp_path)
+    port = free_port()
+    proc = run(spawn, tmp_path, "targets_mod:plain", "--interval", "0.05s", "--drain-delay", "3s",
+               "--health-port", str(port))
+
+    def ready_status():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
+    wait_for(lambda: ready_status() == 200, message="/ready 200 before the stop")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: ready_status() == 503, message="/ready 503 at once on SIGTERM")
+    seen = len(events(log))
+    wait_for(lambda: len(events(log)) > seen + 2, message="iterations during the drain")
+    status, err = finish(proc)
+    assert status == 128 + signal.SIGTERM, err
+    assert "draining for 3s" in err

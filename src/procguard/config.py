@@ -66,8 +66,9 @@ class WorkerConfig:
     ``run`` (function mode) and ``command`` (an external program) is set.
     A relative ``cwd`` is relative to the config file's directory (``procguard
     up``) or to the deploy working directory (``procguard deploy``).
-    ``heartbeat_timeout_s`` and ``drain_delay_s`` are not ``procguard run``
-    flags: they feed health probing, ``WatchdogSec`` and the stop budgets.
+    ``drain_delay_s`` becomes ``procguard run --drain-delay`` and counts in
+    the stop budgets; ``heartbeat_timeout_s`` becomes ``--heartbeat-timeout``
+    (function workers) and feeds systemd's ``WatchdogSec``.
     """
 
     name: str
@@ -300,12 +301,14 @@ WORKER_KEYS: dict[str, Key] = {
         "how long a graceful stop may take; bare number = seconds; default 30s",
     ),
     "drain_delay": Key(
-        "drain_delay_s", _wrap(parse_duration), "not-ready time before the graceful stop begins; default 0"
+        "drain_delay_s",
+        _wrap(parse_duration),
+        "after SIGTERM, not-ready but working this long before stopping (`--drain-delay`); default 0",
     ),
     "heartbeat_timeout": Key(
         "heartbeat_timeout_s",
         _wrap(_none_if_zero(parse_duration)),
-        "a loop silent this long is stuck (health probing, systemd `WatchdogSec`)",
+        "a loop silent this long is stuck (`--heartbeat-timeout`, run workers); systemd `WatchdogSec`",
     ),
     "health_port": Key(
         "health_port", _wrap(_none_if_zero(parse_port)), "serve /health, /ready, /metrics here; default none"
@@ -549,7 +552,12 @@ def _format_percent(percent: float) -> str:
 
 
 def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> list[str]:
-    """The ``procguard run`` flags that carry this worker's limits (no target, no name)."""
+    """The ``procguard run`` flags that carry this worker's limits (no target, no name).
+
+    ``--drain-delay`` is always spelled out; ``--heartbeat-timeout`` only
+    for a function worker that sets ``heartbeat_timeout`` (``procguard run``
+    refuses it for a command, and an unset one keeps the runner's default).
+    """
     flags: list[str] = []
     if worker.run is not None:
         flags += ["--interval", format_seconds(worker.interval_s)]
@@ -560,8 +568,10 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
     flags += ["--memory-limit", "0" if memory is None else format_bytes(memory)]
     flags += ["--cpu-limit", "0" if cpu is None else _format_percent(cpu)]
     flags += ["--grace", format_seconds(worker.grace_s)]
-    # drain_delay and heartbeat_timeout are not flags of `procguard run` (yet): they
-    # feed the supervisor's probing and the engines (WatchdogSec, stop budgets).
+    flags += ["--drain-delay", format_seconds(worker.drain_delay_s)]
+    if worker.run is not None and worker.heartbeat_timeout_s is not None:
+        # Function mode only: the runner watches a command's process, not a loop inside it.
+        flags += ["--heartbeat-timeout", format_seconds(worker.heartbeat_timeout_s)]
     flags += ["--health-port", str(worker.health_port or 0)]
     if worker.health_port:
         flags += ["--health-host", health_host or worker.health_host]

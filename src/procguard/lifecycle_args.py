@@ -45,6 +45,7 @@ DEFAULT_CPU_LIMIT_PERCENT = 80.0
 DEFAULT_HEALTH_PORT = 9091
 DEFAULT_HEALTH_HOST = "127.0.0.1"
 DEFAULT_GRACE_S = 30.0
+DEFAULT_DRAIN_DELAY_S = 0.0
 
 #: Attribute names the flags are stored under (what ``manager_kwargs_from_args`` reads).
 LIFECYCLE_DESTS = (
@@ -56,6 +57,7 @@ LIFECYCLE_DESTS = (
     "health_port",
     "health_host",
     "grace_s",
+    "drain_delay_s",
     "once",
     "name",
     "replace",
@@ -132,6 +134,11 @@ def parse_grace(text: str) -> float:
     return units.parse_duration(text, default_unit="s")
 
 
+def parse_drain_delay(text: str) -> float:
+    """``--drain-delay``: seconds to stay not-ready but working after SIGTERM; a bare number is seconds."""
+    return units.parse_duration(text, default_unit="s")
+
+
 def parse_name(text: str) -> str:
     """``--name``: an instance name, as the instance lock accepts it."""
     from .instances.identity import validate_name
@@ -153,7 +160,9 @@ def add_lifecycle_arguments(
     ``--cpu-limit`` (percent of one core, 0 to 100 x CPU count, default 80,
     0 = no limit), ``--health-port`` (default 9091, 0 = disabled),
     ``--health-host`` (default 127.0.0.1), ``--grace`` (seconds, default
-    30), ``--once``, ``--name``, ``--replace``.
+    30), ``--drain-delay`` (seconds, default 0: after the first SIGTERM or
+    SIGINT, /ready turns 503 at once while the work goes on this long, then
+    the graceful stop begins), ``--once``, ``--name``, ``--replace``.
 
     Pass ``group_title=None`` to add the flags to ``parser`` directly.
     """
@@ -211,6 +220,13 @@ def add_lifecycle_arguments(
         default=DEFAULT_GRACE_S,
         help="how long a graceful stop may take before it is forced; bare number = seconds (default: 30)",
     )
+    add(
+        "--drain-delay", dest="drain_delay_s", metavar="DURATION",
+        type=_converter(parse_drain_delay, "drain_delay"),
+        default=DEFAULT_DRAIN_DELAY_S,
+        help="after the first SIGTERM/SIGINT, report not-ready (/ready 503) but keep working this long "
+        "before stopping, so load balancers stop sending first; bare number = seconds (default: 0)",
+    )
     add("--once", dest="once", action="store_true", help="run one iteration and exit")
     add(
         "--name", dest="name", metavar="NAME",
@@ -234,7 +250,10 @@ def manager_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     Keeps the seed's constructor names and units (``max_runtime_hours``,
     ``memory_limit_mb``, ``cpu_limit_percent``); a limit of 0 becomes ``None``
     ("no limit"), and ``--health-port 0`` becomes ``health_port=None`` (no
-    server). ``--once`` is *not* turned into a limit: the loop that runs the
+    server). ``--drain-delay`` becomes ``drain_delay_s``, and the manager's
+    ``grace_s`` is ``--grace`` plus the drain delay: the manager counts its
+    grace from the stop request, while ``--grace`` is the time the stop may
+    take once the drain is over. ``--once`` is *not* turned into a limit: the loop that runs the
     iterations decides that (see :func:`interval_seconds` and ``args.once``).
     Flags missing from ``args`` are left out, so the manager's own defaults
     apply.
@@ -252,8 +271,14 @@ def manager_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["cpu_limit_percent"] = _none_if_zero(args.cpu_limit_percent)
     if hasattr(args, "max_iterations"):
         kwargs["max_iterations"] = _none_if_zero(args.max_iterations)
+    drain = float(getattr(args, "drain_delay_s", 0.0) or 0.0)
     if hasattr(args, "grace_s"):
-        kwargs["grace_s"] = args.grace_s
+        # --grace is what the stop itself may take once the drain is over (as the
+        # deploy budgets count it: drain, then grace); the manager counts its grace
+        # from the stop request, so it gets both.
+        kwargs["grace_s"] = args.grace_s + drain
+    if hasattr(args, "drain_delay_s"):
+        kwargs["drain_delay_s"] = drain
     if hasattr(args, "health_port"):
         kwargs["health_port"] = args.health_port or None
     if hasattr(args, "health_host"):

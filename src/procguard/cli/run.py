@@ -46,7 +46,7 @@ exit statuses:
   command mode: otherwise the command's own exit status (128 + N if it died of signal N)
 
 bare numbers keep the seed's units: --interval minutes, --max-runtime hours,
---memory-limit MB, --grace seconds; suffixes work everywhere (90s, 10m, 24h,
+--memory-limit MB, --grace and --drain-delay seconds; suffixes work everywhere (90s, 10m, 24h,
 512MB, 2GiB). A limit of 0 means no limit; --health-port 0 disables HTTP.
 """
 
@@ -170,9 +170,14 @@ def run_run(args: argparse.Namespace) -> int:
         # Should this runner be SIGKILLed, the guardian stops whatever carries the marker.
         guardian = start_guardian(marker, grace_s=options.grace_s)
         if func is None:
+            from ..health.notify import SystemdNotifier
             from ..runner.command import CommandSupervisor
 
-            return CommandSupervisor(options, marker=marker, lock=lock, keep_pids={guardian.pid}).run()
+            # Under a Type=notify unit the runner is the main process: it tells systemd.
+            notifier = SystemdNotifier.from_env()
+            return CommandSupervisor(
+                options, marker=marker, lock=lock, keep_pids={guardian.pid}, notifier=notifier
+            ).run()
         from ..runner.function import FunctionLoop
 
         os.environ[MARKER_ENV] = marker  # the worker's children carry it too

@@ -1,9 +1,11 @@
 """systemd units for a stack: one hardened ``<project>-<worker>.service`` per worker.
 
 The unit runs ``procguard run`` (``config.worker_argv``) with absolute paths.
-Function workers are ``Type=notify``, so systemd knows when the worker is
-really up and (with ``WatchdogSec``) restarts it when its heartbeats stop;
-command workers, watched from outside by the runner, are ``Type=exec``. Planned recycles exit
+Every worker is ``Type=notify``, so systemd knows when the worker is really
+up and (with ``WatchdogSec``) restarts it when the watchdog pings stop: a
+function worker's ProcessManager pings while its loop's heartbeat is fresh;
+the runner of a command worker pings while the command is alive and within
+its limits (``WatchdogSec`` defaults to 60 s there). Planned recycles exit
 with statuses listed in ``SuccessExitStatus`` so they are restarted without
 being logged as failures; memory and stop timeouts sit above the worker's
 own, so its graceful stop always comes first. The hardening block keeps
@@ -33,6 +35,11 @@ from .writer import HEADER, RenderedFile
 _HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
 
 _RESTART = {"always": "always", "on-failure": "on-failure", "never": "no"}
+
+#: ``WatchdogSec`` of a command worker without ``heartbeat_timeout`` (or a
+#: ``[deploy.systemd] watchdog``): its runner pings every few seconds while the
+#: command is alive and healthy, so this only has to outlast a stalled runner.
+COMMAND_WATCHDOG_S = 60.0
 
 #: Hardening that keeps network access (AF_INET/AF_INET6) and psutil's /proc
 #: reads working, and lets multiprocessing use /dev/shm.
@@ -117,15 +124,16 @@ def render_unit(
     ]
 
     argv = worker_argv(worker, procguard=procguard, name=worker.name)
-    # Function workers run a ProcessManager in the main process, which sends
-    # READY=1 and, while its loop's heartbeat is fresh, WATCHDOG=1. Command
-    # workers are watched from outside by the runner, which does not speak
-    # sd_notify: Type=notify would time out at start, so they use Type=exec.
-    notifies = worker.run is not None
+    # The main process speaks sd_notify in both modes: a function worker's
+    # ProcessManager sends READY=1 and, while its loop's heartbeat is fresh,
+    # WATCHDOG=1; a command worker's runner sends READY=1 once the command is
+    # started and WATCHDOG=1 while it is alive and healthy (the command itself
+    # gets no NOTIFY_SOCKET). Both send STOPPING=1 when a stop begins.
     service = [
         "",
         "[Service]",
-        *(["Type=notify", "NotifyAccess=main"] if notifies else ["Type=exec"]),
+        "Type=notify",
+        "NotifyAccess=main",
         f"ExecStart={systemd_exec_line(argv)}",
     ]
     cwd = worker_workdir(worker, workdir)
@@ -166,8 +174,11 @@ def render_unit(
     if worker.restart == "on-failure":
         # Recycles are successes (not logged as failures) but still restarted.
         service.append(f"RestartForceExitStatus={' '.join(str(s) for s in sorted(RECYCLE_STATUSES))}")
-    watchdog = own.get("watchdog", worker.heartbeat_timeout_s)
-    if watchdog and notifies:
+    default_watchdog = worker.heartbeat_timeout_s
+    if worker.run is None:
+        default_watchdog = default_watchdog or COMMAND_WATCHDOG_S
+    watchdog = own.get("watchdog", default_watchdog)
+    if watchdog:
         service.append(f"WatchdogSec={_seconds(watchdog)}")
     service += [
         f"TimeoutStopSec={limits.systemd_timeout_stop_s}",

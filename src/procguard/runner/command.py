@@ -14,12 +14,22 @@ nothing of procguard. The runner:
   full window -> SIGTERM, then SIGKILL to the whole tree after ``--grace``;
   memory over the hard ceiling (1.25 x the limit) -> SIGKILL at once;
   ``--max-runtime`` reached -> SIGTERM, then SIGKILL after grace;
-- forwards the first SIGTERM/SIGINT it gets to the command (the command's
-  main process; it decides how to stop its own children); a second one, or
-  a stop that overruns grace, kills the tree;
+- on the first SIGTERM/SIGINT it turns not-ready (/ready 503) at once,
+  keeps the command working for ``--drain-delay``, then forwards the signal
+  to the command (the command's main process; it decides how to stop its
+  own children) and gives it ``--grace`` to end; a second signal (during
+  the drain too), or a stop that overruns grace, kills the tree;
 - serves /health, /ready and /metrics for the command (healthy = running
   and within its limits), and stops whatever is left of the tree when the
-  command ends.
+  command ends;
+- speaks the systemd notify protocol when ``NOTIFY_SOCKET`` is set (a
+  ``Type=notify`` unit): ``READY=1`` once the command is started,
+  ``WATCHDOG=1`` while it is alive and healthy (running, within its limits,
+  not stopping), ``STOPPING=1`` and a ``STATUS=`` line when a stop begins.
+  The runner is the unit's main process (``NotifyAccess=main``), so the
+  command gets no ``NOTIFY_SOCKET``/``WATCHDOG_*`` of its own: a program
+  that speaks sd_notify itself would otherwise send messages systemd
+  rejects.
 
 The exit status is the command's own (128 + N when it died of signal N),
 except when the runner stopped it: then it is the reason's status from
@@ -38,6 +48,7 @@ import subprocess
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -53,12 +64,17 @@ from ..signals import SignalCapture, signal_name
 from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot
 from .options import RunOptions
 
+if TYPE_CHECKING:
+    from ..health.notify import SystemdNotifier
+
 log = logging.getLogger(__name__)
 
 #: How often the command's tree is sampled (memory strikes are counted at this pace).
 DEFAULT_SAMPLE_INTERVAL_S = 0.25
 #: How often exited orphans adopted as subreaper are reaped (each pass scans every process).
 REAP_INTERVAL_S = 5.0
+#: The systemd notify variables that belong to the runner (the unit's main process), not to the command.
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,9 @@ class CommandSupervisor:
     health port written into its record. ``marker`` is the
     ``PROCGUARD_INSTANCE`` value the command and its descendants carry.
     ``keep_pids`` are the runner's own helpers (the guardian): never
-    counted as leftovers of the command.
+    counted as leftovers of the command. ``notifier`` (from
+    :meth:`SystemdNotifier.from_env`, None outside systemd) gets ``READY=1``,
+    ``WATCHDOG=1`` and ``STOPPING=1``; the supervisor closes it when done.
     """
 
     def __init__(
@@ -113,8 +131,10 @@ class CommandSupervisor:
         keep_pids: Collection[int] = (),
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.options = options
+        self.notifier = notifier
         self.marker = marker
         self.lock = lock
         self.keep_pids = frozenset(keep_pids)
@@ -141,6 +161,10 @@ class CommandSupervisor:
         self._forced = False
         self._hard = False
         self._running = False
+        # A first signal during a drain: (signal to forward, when).
+        self._forward_signum: int | None = None
+        self._forward_at: float | None = None
+        self._stopping_sent = False
 
     # -- health ----------------------------------------------------------------
 
@@ -149,16 +173,7 @@ class CommandSupervisor:
         now = self._clock()
         sample = self._sample
         child = self.child
-        if not self._running:
-            health = HealthStatus(False, "not running" if child else "starting")
-        elif self._stop_reason is not None:
-            health = HealthStatus(False, f"stopping: {self._stop_reason}")
-        elif sample is not None and self.tracker.over_soft_memory(sample):
-            health = HealthStatus(False, f"memory_limit: {sample.memory_bytes / 2**20:.1f} MB over the limit")
-        elif sample is not None and self.tracker.over_cpu(sample, now):
-            health = HealthStatus(False, f"cpu_limit: {sample.cpu_percent:.1f}% over the limit")
-        else:
-            health = HealthStatus(True, HEALTHY)
+        health = self._health(now, sample)
         ready = HealthStatus(True) if self._running and self._stop_reason is None else HealthStatus(
             False, health.reason if not health.is_healthy else "not ready"
         )
@@ -183,6 +198,39 @@ class CommandSupervisor:
             stop_reason=str(self._stop_reason) if self._stop_reason else None,
         )
 
+    def _health(self, now: float, sample: ResourceSample | None) -> HealthStatus:
+        """Healthy = running, not stopping, and the last sample within the limits."""
+        if not self._running:
+            return HealthStatus(False, "not running" if self.child else "starting")
+        if self._stop_reason is not None:
+            return HealthStatus(False, f"stopping: {self._stop_reason}")
+        if sample is not None and self.tracker.over_soft_memory(sample):
+            return HealthStatus(False, f"memory_limit: {sample.memory_bytes / 2**20:.1f} MB over the limit")
+        if sample is not None and self.tracker.over_cpu(sample, now):
+            return HealthStatus(False, f"cpu_limit: {sample.cpu_percent:.1f}% over the limit")
+        return HealthStatus(True, HEALTHY)
+
+    # -- systemd notify ----------------------------------------------------------
+
+    def _notify_ready(self, child: ChildHandle) -> None:
+        if self.notifier is not None:
+            self.notifier.ready(f"running pid {child.pid}: {' '.join(self.options.command)}")
+
+    def _feed_watchdog(self, now: float) -> None:
+        """WATCHDOG=1 (rate-limited by the notifier) while the command is alive and healthy.
+
+        A hung runner, or a command held unhealthy, stops feeding it, and
+        systemd restarts the unit after ``WatchdogSec``. A stop sends
+        STOPPING=1 first, which disarms systemd's watchdog for the stop.
+        """
+        if self.notifier is not None and self._health(now, self._sample).is_healthy:
+            self.notifier.watchdog()
+
+    def _notify_stopping(self, text: str) -> None:
+        if self.notifier is not None and not self._stopping_sent:
+            self._stopping_sent = True
+            self.notifier.stopping(text)
+
     # -- running ---------------------------------------------------------------
 
     def run(self) -> int:
@@ -201,6 +249,7 @@ class CommandSupervisor:
                 )
             self.child = self._spawn()
             self._running = True
+            self._notify_ready(self.child)
             log.info(
                 "%s: started %r as pid %s%s", self.options.name, " ".join(self.options.command),
                 self.child.pid,
@@ -222,7 +271,8 @@ class CommandSupervisor:
     def _spawn(self) -> ChildHandle:
         argv = list(self.options.command)
         try:
-            proc = spawn_process(argv, marker=self.marker)
+            env = {key: value for key, value in os.environ.items() if key not in NOTIFY_ENV}
+            proc = spawn_process(argv, marker=self.marker, env=env)
         except FileNotFoundError:
             msg = f"command {argv[0]!r} not found (give a program on PATH or a path to one)"
             raise UsageError(msg) from None
@@ -251,6 +301,8 @@ class CommandSupervisor:
                 wake_at.append(self.deadline)
             if self._stop_asked_at is not None and not self._forced:
                 wake_at.append(self._stop_asked_at + self.options.grace_s)
+            if self._forward_at is not None:
+                wake_at.append(self._forward_at)
             timeout = max(0.0, min(wake_at) - now)
             if pidfd is None:
                 timeout = min(timeout, 0.05)
@@ -266,6 +318,8 @@ class CommandSupervisor:
                 capture.drain()
                 signals_seen = capture.count
                 self._on_signal(child, capture.last_signum or signal.SIGTERM, first=signals_seen == 1)
+            if self._forward_at is not None and now >= self._forward_at and not self._forced:
+                self._forward(child)
             if self.deadline is not None and self._stop_reason is None and now >= self.deadline:
                 self._begin_stop(
                     child, StopReason.MAX_RUNTIME,
@@ -281,6 +335,7 @@ class CommandSupervisor:
                 verdict = self.tracker.observe(sample, now)
                 if verdict is not None and not self._forced:
                     self._on_verdict(child, verdict)
+                self._feed_watchdog(now)
             if (
                 self._stop_asked_at is not None
                 and not self._forced
@@ -306,11 +361,19 @@ class CommandSupervisor:
     def _on_signal(self, child: ChildHandle, signum: int, *, first: bool) -> None:
         name = signal_name(signum)
         if first and self._stop_reason is None:
-            log.info("%s: got %s; forwarding it to pid %s", self.options.name, name, child.pid)
             self._stop_reason = StopReason.SIGNAL
             self._stop_detail = f"got {name}"
-            self._stop_asked_at = self._clock()
-            child.send_signal(signum)
+            drain = self.options.drain_delay_s
+            draining = f"; draining for {drain:g}s" if drain > 0 else ""
+            self._notify_stopping(f"stopping: got {name}{draining}")
+            self._forward_signum = signum
+            if drain > 0:
+                # Not ready from now on (/ready 503), still working: load balancers stop sending first.
+                log.info("%s: got %s; not ready, draining for %gs before forwarding it to pid %s",
+                         self.options.name, name, drain, child.pid)
+                self._forward_at = self._clock() + drain
+                return
+            self._forward(child)
             return
         if first and not self._forced:
             # Already stopping gracefully for a limit: let that stop finish within its grace.
@@ -321,12 +384,23 @@ class CommandSupervisor:
                     self.options.name, name, child.pid)
         self._kill_tree(child)
 
+    def _forward(self, child: ChildHandle) -> None:
+        """Forward the first stop signal to the command; its grace starts now (after any drain)."""
+        signum = self._forward_signum or signal.SIGTERM
+        self._forward_at = None
+        self._stop_asked_at = self._clock()
+        log.info("%s: forwarding %s to pid %s (grace %gs)", self.options.name, signal_name(signum),
+                 child.pid, self.options.grace_s)
+        child.send_signal(signum)
+
     def _on_verdict(self, child: ChildHandle, verdict: LimitVerdict) -> None:
         if verdict.hard:
             self._stop_reason = verdict.reason
             self._stop_detail = verdict.detail
             self._stop_asked_at = self._stop_asked_at or self._clock()
             self._hard = True
+            self._forward_at = None
+            self._notify_stopping(f"stopping: {verdict.reason} ({verdict.detail})")
             log.warning("%s: %s: %s; killing the process tree of pid %s at once",
                         self.options.name, verdict.reason, verdict.detail, child.pid)
             self._kill_tree(child)
@@ -337,12 +411,14 @@ class CommandSupervisor:
         self._stop_reason = reason
         self._stop_detail = detail
         self._stop_asked_at = self._clock()
+        self._notify_stopping(f"stopping: {reason} ({detail})")
         log.warning("%s: %s: %s; sending SIGTERM to pid %s (grace %gs)",
                     self.options.name, reason, detail, child.pid, self.options.grace_s)
         child.terminate()
 
     def _kill_tree(self, child: ChildHandle) -> None:
         self._forced = True
+        self._forward_at = None
         for proc in process_tree(child.pid):
             try:
                 proc.kill()  # psutil checks (pid, start time) first: never a recycled PID
@@ -373,6 +449,7 @@ class CommandSupervisor:
                 "%s: stopped (%s: %s); pid %s %s; exit status %s",
                 self.options.name, reason, self._stop_detail, pid, how, status,
             )
+        self._notify_stopping(f"stopped: pid {pid} {how}; exit status {status}")
         return CommandResult(status, returncode, reason, self._stop_detail, self._forced)
 
     def _cleanup(self, capture: SignalCapture) -> None:
@@ -402,3 +479,5 @@ class CommandSupervisor:
             child.close()
         reap_children()
         capture.close()
+        if self.notifier is not None:
+            self.notifier.close()

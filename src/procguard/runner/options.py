@@ -47,6 +47,7 @@ class RunOptions:
     health_port: int | None
     health_host: str
     grace_s: float
+    drain_delay_s: float
     once: bool
     replace: bool
     max_failures: int | None
@@ -135,6 +136,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         health_port=args.health_port or None,
         health_host=args.health_host,
         grace_s=float(args.grace_s),
+        drain_delay_s=float(getattr(args, "drain_delay_s", 0.0) or 0.0),
         once=bool(args.once),
         replace=bool(args.replace),
         max_failures=max_failures or None,
