@@ -1,0 +1,498 @@
+"""``procguard up/down/status/start/stop/restart/logs/history``: a whole stack.
+
+``up`` runs the supervisor (:mod:`procguard.supervisor`) in the foreground
+or, with ``--detach``, as a daemon; the other commands talk to it through
+its control socket in the state directory, or read its files (``logs``,
+``history``) directly, so they work from any shell.
+
+Exit statuses (documented in the command help):
+
+- ``up`` in the foreground: 0 after a requested stop, 1 if the stop had to
+  be forced, 3 if a supervisor of the same stack already runs.
+- ``up --detach``: 0 once the workers are started, and also 0 when the
+  stack's supervisor is already running (nothing started twice: repeating
+  ``up --detach`` is idempotent, as a deploy script wants), 1 if the daemon
+  could not start.
+- ``status``, ``start``, ``stop``, ``restart``: 3 when no supervisor runs
+  for the stack (LSB's "program is not running"); ``down`` then says so
+  and exits 0 (the stack is down, which is what was asked).
+- An unknown worker name: 2, listing the known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AlreadyRunningError, ProcguardError, UsageError
+from ..reasons import ExitStatus
+from ..units import format_duration, parse_count, parse_port
+
+if TYPE_CHECKING:
+    from ..config import StackConfig
+
+logger = logging.getLogger(__name__)
+
+#: How long ``up --detach`` waits for the daemon to report that the workers started.
+DETACH_TIMEOUT_S = 120.0
+
+
+# -- shared flags and helpers --------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="the stack's config (default: ./procguard.toml)"
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="procguard state directory")
+
+
+def _worker_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
+
+
+def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
+    from ..config import load_config
+    from ..instances.statedir import resolve_state_dir
+
+    config = load_config(args.config)
+    state_dir = resolve_state_dir(args.state_dir)
+    return config, state_dir
+
+
+def _check_names(config: StackConfig, names: list[str]) -> None:
+    for name in names:
+        if name not in config.workers:
+            msg = f"unknown worker {name!r} in {config.path} (use one of: {', '.join(config.workers)})"
+            raise UsageError(msg)
+
+
+def _socket(config: StackConfig, state_dir: Path) -> Path:
+    from ..supervisor.control import socket_path
+
+    return socket_path(state_dir, config.project.name)
+
+
+def _request(config: StackConfig, state_dir: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    from ..supervisor.control import request
+
+    return request(_socket(config, state_dir), payload, project=config.project.name, timeout=timeout)
+
+
+def _supervisor_pid(config: StackConfig, state_dir: Path) -> int | None:
+    from ..supervisor.control import NotRunningError
+
+    try:
+        reply = _request(config, state_dir, {"cmd": "ping"}, timeout=5.0)
+    except (NotRunningError, OSError):
+        return None
+    pid = reply.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+# -- up ---------------------------------------------------------------------------
+
+
+def configure_up(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start the workers of procguard.toml (all, or NAME... and what they depend on) and "
+        "supervise them: restarts with backoff, logs, history, status page. Ctrl-C stops them all; "
+        "a second Ctrl-C kills them. Exit status 3 if this stack's supervisor already runs "
+        "(with --detach: 0, nothing is started twice)."
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="workers to start (default: all)")
+    _common(parser)
+    parser.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background; return once started"
+    )
+    parser.add_argument(
+        "--status-port",
+        metavar="P",
+        help="serve the status page, /api/workers and /metrics on this port "
+        "(0: off; default: [project] status_port)",
+    )
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    config, state_dir = _load(args)
+    _check_names(config, args.names)
+    status_port = None if args.status_port is None else parse_port(args.status_port, what="--status-port")
+    if args.detach:
+        return _detach(args, config, state_dir, status_port)
+    ready_fd: int | None = args.ready_fd
+    try:
+        return _serve(config, state_dir, args.names, status_port, ready_fd)
+    except AlreadyRunningError as error:
+        if ready_fd is not None:
+            _tell(ready_fd, f"already {error.pid or 0}")
+            return ExitStatus.OK
+        raise StackRunningError(config.project.name, error.pid) from None
+    except ProcguardError as error:
+        if ready_fd is not None:
+            _tell(ready_fd, f"error {error.exit_status} {error}")
+        raise
+
+
+class StackRunningError(ProcguardError):
+    """``up`` in the foreground while the stack's supervisor runs. Exit status 3."""
+
+    exit_status = ExitStatus.ALREADY_RUNNING
+
+    def __init__(self, project: str, pid: int | None) -> None:
+        self.project = project
+        self.pid = pid
+        super().__init__(
+            f"stack {project!r} is already supervised by PID {pid or '?'} "
+            "(see 'procguard status'; stop it with 'procguard down')"
+        )
+
+
+def _tell(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _serve(
+    config: StackConfig, state_dir: Path, names: list[str], status_port: int | None, ready_fd: int | None
+) -> int:
+    from ..instances.lock import InstanceLock
+    from ..supervisor.supervisor import Settings, Supervisor
+
+    lock = InstanceLock.acquire(
+        f"supervisor.{config.project.name}",
+        state_dir=state_dir,
+        info={"config": str(config.path), "project": config.project.name},
+    )
+    try:
+        _clean_stale(config, state_dir)
+        terminal = None if ready_fd is not None else sys.stdout.buffer
+        supervisor = Supervisor(
+            config,
+            state_dir=state_dir,
+            terminal=terminal,
+            status_port=status_port,
+            settings=Settings.from_env(),
+        )
+
+        def ready() -> None:
+            if ready_fd is not None:
+                _tell(ready_fd, f"ready {os.getpid()}")
+
+        try:
+            return supervisor.run(names or None, on_ready=ready)
+        finally:
+            lock.release()
+            supervisor.release_waiters()  # 'procguard down' returns now: the stack can be started again
+    finally:
+        if lock.held:
+            lock.release()
+
+
+def _clean_stale(config: StackConfig, state_dir: Path) -> None:
+    """Stop leftovers of an earlier supervisor of this stack (we hold its lock, so all are stale)."""
+    from ..instances.cleanup import CleanupPlan, Viewpoint, execute_plan, plan_cleanup, snapshot_processes
+    from ..instances.lock import list_instances
+
+    table = snapshot_processes()
+    view = Viewpoint.current()
+    instances = list_instances(state_dir)
+    targets: dict[int, Any] = {}
+    for worker in config.workers.values():
+        plan = plan_cleanup(
+            table, view=view, instances=instances, name=f"{config.project.name}.{worker.name}"
+        )
+        for target in plan.targets:
+            targets.setdefault(target.process.pid, target)
+    if not targets:
+        return
+    grace = max(w.grace_s for w in config.workers.values())
+    logger.warning("stopping %d stale process(es) of stack %s first", len(targets), config.project.name)
+    for entry in execute_plan(CleanupPlan(f"stack {config.project.name}", tuple(targets.values())), grace):
+        logger.info("stale pid %s (%s): %s", entry.pid, entry.name, entry.result)
+
+
+def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, status_port: int | None) -> int:
+    from ..supervisor.logs import log_dir
+
+    project = config.project.name
+    pid = _supervisor_pid(config, state_dir)
+    if pid is not None:
+        print(f"stack {project!r} is already running (supervisor PID {pid}); nothing started")
+        return ExitStatus.OK
+    logs = log_dir(state_dir, project, create=True)
+    log_file = logs / "supervisor.log"
+    read_fd, write_fd = os.pipe()
+    argv = [
+        sys.executable,
+        "-m",
+        "procguard",
+        "up",
+        *args.names,
+        "-c",
+        str(config.path),
+        "--state-dir",
+        str(state_dir),
+        "--ready-fd",
+        str(write_fd),
+    ]
+    if status_port is not None:
+        argv += ["--status-port", str(status_port)]
+    with open(log_file, "ab") as log:
+        os.chmod(log_file, 0o600)
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            pass_fds=(write_fd,),
+            close_fds=True,
+            cwd="/",
+        )
+    os.close(write_fd)
+    answer = _read_answer(read_fd, DETACH_TIMEOUT_S)
+    word, _, rest = answer.partition(" ")
+    if word == "ready":
+        print(f"stack {project!r} started (supervisor PID {rest}); logs in {logs}")
+        return ExitStatus.OK
+    if word == "already":
+        print(f"stack {project!r} is already running (supervisor PID {rest}); nothing started")
+        return ExitStatus.OK
+    status, detail = int(ExitStatus.ERROR), "the supervisor exited before starting the workers"
+    if word == "error":
+        code, _, detail = rest.partition(" ")
+        status = int(code) if code.isdigit() else int(ExitStatus.ERROR)
+    sys.stderr.write(f"procguard up: {detail} (see {log_file})\n")
+    return status
+
+
+def _read_answer(fd: int, timeout: float) -> str:
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+# -- down -------------------------------------------------------------------------
+
+
+def configure_down(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Stop all workers of the stack (in parallel, each within its grace) and the supervisor; "
+        "returns when everything has stopped. Exit status 0 also when nothing was running."
+    )
+    _common(parser)
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from ..supervisor.control import NotRunningError, connect, wait_closed
+
+    config, state_dir = _load(args)
+    project = config.project.name
+    try:
+        sock = connect(_socket(config, state_dir), project=project, timeout=10.0)
+    except NotRunningError:
+        print(f"stack {project!r} is not running")
+        return ExitStatus.OK
+    budget = max(w.grace_s for w in config.workers.values()) + 30.0
+    started = time.monotonic()
+    with sock:
+        sock.sendall(b'{"cmd": "down"}\n')
+        if not wait_closed(sock, budget):
+            sys.stderr.write(f"procguard down: stack {project!r} still stopping after {budget:.0f}s\n")
+            return ExitStatus.ERROR
+    print(f"stack {project!r} stopped in {time.monotonic() - started:.2f}s")
+    return ExitStatus.OK
+
+
+# -- status -------------------------------------------------------------------------
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Show each worker's state, pid, uptime, restarts, memory and last exit. "
+        "Exit status 3 when no supervisor runs for the stack."
+    )
+    _common(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of worker objects")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config, state_dir = _load(args)
+    reply = _request(config, state_dir, {"cmd": "status"}, timeout=10.0)
+    workers: list[dict[str, Any]] = reply.get("workers", [])
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return ExitStatus.OK
+    print(f"stack {config.project.name} (supervisor PID {reply.get('pid')})")
+    rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "LAST EXIT"]]
+    for w in workers:
+        last = w.get("last_exit") or {}
+        rows.append(
+            [
+                w["name"],
+                w["state"],
+                str(w["pid"] or "-"),
+                "-" if w["uptime_seconds"] is None else format_duration(w["uptime_seconds"]),
+                str(w["restarts"]),
+                "-" if w["memory_mb"] is None else f"{w['memory_mb']:.1f} MB",
+                str(last.get("reason", "-")),
+            ]
+        )
+    _print_table(rows)
+    return ExitStatus.OK
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+# -- start / stop / restart ----------------------------------------------------------
+
+
+def configure_start(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Start a stopped (or FATAL) worker of the running supervisor."
+    _worker_name(parser)
+    _common(parser)
+
+
+def configure_stop(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Stop one worker (SIGTERM, SIGKILL after its grace); it stays stopped until started."
+    _worker_name(parser)
+    _common(parser)
+
+
+def configure_restart(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Stop one worker gracefully and start it again (clears FATAL and its start-limit count)."
+    )
+    _worker_name(parser)
+    _common(parser)
+
+
+def _worker_command(args: argparse.Namespace, cmd: str) -> int:
+    config, state_dir = _load(args)
+    _check_names(config, [args.name])
+    timeout = config.workers[args.name].grace_s + 30.0
+    reply = _request(config, state_dir, {"cmd": cmd, "name": args.name}, timeout=timeout)
+    if not reply.get("ok"):
+        sys.stderr.write(f"procguard {cmd}: {reply.get('error', 'failed')}\n")
+        return int(reply.get("exit_status", ExitStatus.ERROR))
+    print(reply.get("message", "ok"))
+    return ExitStatus.OK
+
+
+def run_start(args: argparse.Namespace) -> int:
+    return _worker_command(args, "start")
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    return _worker_command(args, "stop")
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    return _worker_command(args, "restart")
+
+
+# -- logs -----------------------------------------------------------------------------
+
+
+def configure_logs(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Print the last lines of a worker's log file (works without a running supervisor)."
+    _worker_name(parser)
+    _common(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    parser.add_argument("-n", "--lines", default="50", metavar="N", help="how many lines (default 50)")
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    from ..supervisor.logs import follow, log_path, tail
+
+    config, state_dir = _load(args)
+    _check_names(config, [args.name])
+    lines = parse_count(args.lines, what="--lines")
+    path = log_path(state_dir, config.project.name, args.name)
+    if not path.exists():
+        sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist)\n")
+        return ExitStatus.ERROR
+    out = sys.stdout.buffer
+    for line in tail(path, lines):
+        out.write(line + b"\n")
+    out.flush()
+    if args.follow:
+        for chunk in follow(path):
+            out.write(chunk)
+            out.flush()
+    return ExitStatus.OK
+
+
+# -- history ----------------------------------------------------------------------------
+
+
+def configure_history(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Show past starts and stops of the stack's workers, newest first."
+    _common(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of events")
+    parser.add_argument(
+        "-n", "--lines", default="50", metavar="N", help="how many events (default 50; 0: all)"
+    )
+    parser.add_argument("--worker", metavar="NAME", help="only this worker")
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from ..supervisor.history import db_path, read_events
+
+    config, state_dir = _load(args)
+    if args.worker:
+        _check_names(config, [args.worker])
+    limit = parse_count(args.lines, what="--lines")
+    events = read_events(db_path(state_dir), project=config.project.name, limit=0 if args.worker else limit)
+    if args.worker:
+        events = [e for e in events if e.worker == args.worker][: limit or None]
+    if args.json:
+        print(json.dumps([e.to_json() for e in events], indent=2))
+        return ExitStatus.OK
+    rows = [["TIME", "WORKER", "EVENT", "PID", "REASON", "STATUS", "RUNTIME", "PEAK MEMORY"]]
+    for e in events:
+        rows.append(
+            [
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
+                e.worker,
+                e.event,
+                str(e.pid or "-"),
+                e.reason or "-",
+                "-" if e.exit_status is None else str(e.exit_status),
+                "-" if e.runtime_seconds is None else format_duration(e.runtime_seconds),
+                "-" if not e.peak_memory_bytes else f"{e.peak_memory_bytes / (1024 * 1024):.1f} MB",
+            ]
+        )
+    _print_table(rows)
+    return ExitStatus.OK

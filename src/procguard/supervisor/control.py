@@ -1,0 +1,235 @@
+"""The control channel of a running supervisor: a unix socket in the state directory.
+
+``procguard status/stop/start/restart/down`` talk to the supervisor of a
+stack through ``STATE_DIR/supervisor.PROJECT.sock`` (mode 0600, in the 0700
+state directory): nothing listens on a network port, and only the user who
+owns the state directory can connect (unlike supervisord's XML-RPC over
+HTTP, FIELD.md). The protocol is one JSON object per line each way:
+
+    -> {"cmd": "status"}                  <- {"ok": true, "workers": [...]}
+    -> {"cmd": "stop", "name": "api"}     <- {"ok": true, "message": "..."}
+    -> {"cmd": "down"}                    <- {"ok": true, ...}; then the socket
+                                             closes when the supervisor has exited
+    <- {"ok": false, "error": "...", "exit_status": 2}   on a bad request
+
+The server side is non-blocking and lives in the supervisor's own event
+loop (no thread); the client is a plain blocking socket with a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ProcguardError
+
+logger = logging.getLogger(__name__)
+
+#: Longest path a unix socket address can hold on Linux, minus the NUL.
+_MAX_ADDRESS = 107
+_MAX_REQUEST = 64 * 1024
+
+
+class NotRunningError(ProcguardError):
+    """No supervisor runs for this stack. Exit status 3, as LSB's "program is not running"."""
+
+    exit_status = 3
+
+    def __init__(self, project: str, path: Path) -> None:
+        self.project = project
+        self.path = path
+        super().__init__(f"no supervisor is running for stack {project!r} (start it with 'procguard up')")
+
+
+def socket_path(state_dir: Path, project: str) -> Path:
+    return state_dir / f"supervisor.{project}.sock"
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """A unix-socket address for ``path``, short enough for the kernel.
+
+    Long state directories (deep temp dirs) exceed the 108-byte limit of
+    ``sun_path``; then the directory is opened and addressed through
+    ``/proc/self/fd/N/``, which the kernel resolves like the real path.
+    """
+    text = str(path)
+    if len(text.encode()) <= _MAX_ADDRESS:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+class Peer:
+    """One client connection: the handler answers through it, now or later."""
+
+    def __init__(self, conn: socket.socket, on_close: Callable[[socket.socket], None]) -> None:
+        self._conn = conn
+        self._on_close = on_close
+
+    def send(self, obj: dict[str, Any], *, close: bool = True) -> None:
+        """Send one reply line; keep the connection open with ``close=False``."""
+        try:
+            self._conn.setblocking(True)
+            self._conn.settimeout(2.0)
+            self._conn.sendall(json.dumps(obj).encode() + b"\n")
+        except OSError as error:
+            logger.debug("control: reply lost: %s", error)
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        self._on_close(self._conn)
+
+
+Handler = Callable[[dict[str, Any], Peer], None]
+
+
+class ControlServer:
+    """Listens on the control socket inside a ``selectors`` loop.
+
+    ``handler(request, peer)`` is called in the loop for each request; it
+    answers with ``peer.send(obj)`` now or later (``down`` sends an
+    acknowledgement with ``close=False``: the client's connection then
+    closes when the supervisor exits, which is how ``procguard down`` knows
+    that everything has stopped).
+    """
+
+    def __init__(self, path: Path, handler: Handler, selector: selectors.BaseSelector) -> None:
+        self.path = path
+        self._handler = handler
+        self._selector = selector
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # we hold the stack's lock: any file here is a dead supervisor's
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.set_inheritable(False)
+        with _address(path) as address:
+            self._sock.bind(address)
+        os.chmod(path, 0o600)
+        self._sock.listen(16)
+        self._sock.setblocking(False)
+        self._connections: dict[socket.socket, bytearray] = {}
+        selector.register(self._sock, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        self._connections[conn] = bytearray()
+        self._selector.register(conn, selectors.EVENT_READ, lambda: self._read(conn))
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buffer = self._connections.get(conn)
+        if buffer is None:
+            return
+        if not data:
+            self._drop(conn)
+            return
+        buffer += data
+        if b"\n" not in buffer:
+            if len(buffer) > _MAX_REQUEST:
+                self._drop(conn)
+            return
+        line = bytes(buffer.split(b"\n", 1)[0])
+        self._selector.unregister(conn)  # one request per connection
+        peer = Peer(conn, self._close)
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            peer.send({"ok": False, "error": "bad request (use one JSON object per line)", "exit_status": 2})
+            return
+        self._handler(request, peer)
+
+    def _drop(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        self._connections.pop(conn, None)
+        conn.close()
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (open connections close with the process)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self._sock)
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def request(path: Path, payload: dict[str, Any], *, project: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request and return the reply; :class:`NotRunningError` if nobody listens."""
+    sock = connect(path, project=project, timeout=timeout)
+    with sock:
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = _read_line(sock)
+    if not data:
+        raise NotRunningError(project, path)
+    reply = json.loads(data)
+    if not isinstance(reply, dict):
+        raise NotRunningError(project, path)
+    return reply
+
+
+def connect(path: Path, *, project: str, timeout: float = 10.0) -> socket.socket:
+    """A connected client socket, or :class:`NotRunningError`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with _address(path) as address:
+            sock.connect(address)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        sock.close()
+        raise NotRunningError(project, path) from None
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while b"\n" not in data:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data.split(b"\n", 1)[0])
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> bool:
+    """Read ``sock`` until the peer closes it (True) or ``timeout`` passes (False)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -1,0 +1,188 @@
+"""Per-worker log files with size rotation, and the prefixed foreground view.
+
+Each worker's stdout and stderr go, line by line, to
+``STATE_DIR/logs/PROJECT/WORKER.log`` with a timestamp in front, rotated at
+``log_max_bytes`` into ``WORKER.log.1`` ... ``WORKER.log.N`` (N =
+``log_backups``). In the foreground the same lines are printed as
+``HH:MM:SS name | text`` (honcho style) so a stack's output reads as one
+stream. ``procguard logs`` reads the files directly: it needs no running
+supervisor, so the logs of a stack that crashed are still there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+#: A line longer than this is cut into pieces rather than buffered forever.
+MAX_LINE_BYTES = 64 * 1024
+
+
+def log_dir(state_dir: Path, project: str, *, create: bool = False) -> Path:
+    """``STATE_DIR/logs/PROJECT``; with ``create``, made (0700 at each level) and checked."""
+    if not create:
+        return state_dir / "logs" / project
+    from ..instances.statedir import state_subdir
+
+    return state_subdir(state_subdir(state_dir, "logs"), project)
+
+
+def log_path(state_dir: Path, project: str, worker: str) -> Path:
+    """Where the log of ``worker`` of ``project`` is written."""
+    return log_dir(state_dir, project) / f"{worker}.log"
+
+
+class RotatingFile:
+    """An append-only file that rotates itself at ``max_bytes`` keeping ``backups`` old files."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file = self._open()
+
+    def _open(self) -> BinaryIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = os.fdopen(fd, "ab", buffering=0)
+        self._size = os.fstat(fd).st_size
+        return handle
+
+    def write(self, data: bytes) -> None:
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups <= 0:
+            os.truncate(self.path, 0)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file = self._open()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LineSplitter:
+    """Turns chunks read from a pipe into whole lines (keeps the unfinished tail)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > MAX_LINE_BYTES:
+            lines.append(self._pending)
+            self._pending = b""
+        return lines
+
+    def flush(self) -> list[bytes]:
+        rest, self._pending = self._pending, b""
+        return [rest] if rest else []
+
+
+class WorkerOutput:
+    """Where one worker's lines go: its rotated file and, in the foreground, the terminal."""
+
+    def __init__(
+        self,
+        name: str,
+        log: RotatingFile,
+        *,
+        terminal: BinaryIO | None,
+        width: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.log = log
+        self.terminal = terminal
+        self._label = name.ljust(width).encode()
+        self._clock = clock
+        self._splitter = LineSplitter()
+
+    def feed(self, chunk: bytes) -> None:
+        self._emit(self._splitter.feed(chunk))
+
+    def flush(self) -> None:
+        self._emit(self._splitter.flush())
+
+    def note(self, text: str) -> None:
+        """A line from procguard itself about this worker (started, exited ...)."""
+        self._emit([f"[procguard] {text}".encode()])
+
+    def _emit(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        now = self._clock()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)).encode()
+        short = stamp[11:]
+        self.log.write(b"".join(b"%s %s\n" % (stamp, line) for line in lines))
+        if self.terminal is not None:
+            try:
+                self.terminal.write(b"".join(b"%s %s | %s\n" % (short, self._label, line) for line in lines))
+                self.terminal.flush()
+            except (OSError, ValueError):
+                self.terminal = None  # the terminal went away; the log file still has it
+
+    def close(self) -> None:
+        self.flush()
+        self.log.close()
+
+
+def tail(path: Path, lines: int) -> list[bytes]:
+    """The last ``lines`` lines of ``path`` (fewer if the file is shorter)."""
+    if lines <= 0:
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        block = 8192
+        data = b""
+        position = end
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    result = data.splitlines()
+    return result[-lines:]
+
+
+def follow(
+    path: Path, *, poll_s: float = 0.2, keep_going: Callable[[], bool] = lambda: True
+) -> Iterator[bytes]:
+    """Yield data appended to ``path`` from now on, across rotations, while ``keep_going()``."""
+    handle = open(path, "rb")  # noqa: SIM115 - reopened on rotation below
+    try:
+        handle.seek(0, os.SEEK_END)
+        inode = os.fstat(handle.fileno()).st_ino
+        while keep_going():
+            data = handle.read()
+            if data:
+                yield data
+                continue
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                time.sleep(poll_s)
+                continue
+            if current.st_ino != inode or current.st_size < handle.tell():
+                handle.close()
+                handle = open(path, "rb")  # noqa: SIM115
+                inode = os.fstat(handle.fileno()).st_ino
+                continue
+            time.sleep(poll_s)
+    finally:
+        handle.close()

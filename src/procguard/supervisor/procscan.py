@@ -1,0 +1,145 @@
+"""Cheap memory and CPU readings of a worker's process tree, read from /proc.
+
+Why not :class:`procguard.sampler.ResourceSampler` or psutil's
+``children(recursive=True)``: both find descendants by listing every
+process on the machine (``/proc``), once per sampler per tick. A supervisor
+sampling 50 workers every couple of seconds would do that 50 times per
+tick. Here a tree is walked through the kernel's own
+``/proc/PID/task/TID/children`` lists, so the cost is proportional to the
+worker's own processes (a few small reads per worker per tick). Where that
+file does not exist (kernels without CONFIG_PROC_CHILDREN) the walk falls
+back to psutil. Limit *decisions* are still :mod:`procguard.policy`'s.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_HAS_CHILDREN_FILE = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def _children(pid: int) -> list[int]:
+    if not _HAS_CHILDREN_FILE:
+        import psutil
+
+        try:
+            return [child.pid for child in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found.extend(int(part) for part in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its live descendants (root first; empty if root is gone)."""
+    if not os.path.exists(f"/proc/{root}"):
+        return []
+    pids = [root]
+    index = 0
+    while index < len(pids) and len(pids) < 10_000:
+        pids.extend(_children(pids[index]))
+        index += 1
+    return pids
+
+
+def read_stat(pid: int) -> tuple[int, int] | None:
+    """``(cpu clock ticks, resident bytes)`` of one process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        ticks = int(fields[11]) + int(fields[12])
+        rss_pages = int(fields[21])
+    except (IndexError, ValueError):
+        return None
+    return ticks, rss_pages * _PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    """One reading of a process tree: RSS summed, CPU in percent of one core.
+
+    ``cpu_percent`` is the average since the previous sample (for charts);
+    ``window_cpu_percent`` the average over the last ``cpu_window_s`` seconds
+    (what a CPU limit is judged on, never a single reading).
+    """
+
+    memory_bytes: int
+    cpu_percent: float
+    num_processes: int
+    window_cpu_percent: float = 0.0
+    cpu_window_s: float = 0.0
+
+
+class LimitSample:
+    """The view of a :class:`TreeSample` that :class:`procguard.policy.LimitTracker` reads."""
+
+    def __init__(self, sample: TreeSample) -> None:
+        self.memory_bytes = sample.memory_bytes
+        self.cpu_percent = sample.window_cpu_percent
+        self.cpu_window_s = sample.cpu_window_s
+
+
+class TreeSampler:
+    """Samples the process tree under one pid."""
+
+    def __init__(
+        self, root_pid: int, *, cpu_window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.root_pid = root_pid
+        self.cpu_window_s = cpu_window_s
+        self._clock = clock
+        self._last: tuple[float, int] | None = None
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+
+    def sample(self) -> TreeSample | None:
+        """A fresh reading, or None when the root process is gone."""
+        ticks = memory = count = 0
+        for pid in tree_pids(self.root_pid):
+            stat = read_stat(pid)
+            if stat is None:
+                continue
+            ticks += stat[0]
+            memory += stat[1]
+            count += 1
+        if count == 0:
+            return None
+        now = self._clock()
+        cpu = _percent(self._last, now, ticks)
+        self._last = (now, ticks)
+        window = self._window
+        window.append((now, ticks))
+        while len(window) > 2 and window[1][0] <= now - self.cpu_window_s:
+            window.popleft()
+        return TreeSample(
+            memory_bytes=memory,
+            cpu_percent=cpu,
+            num_processes=count,
+            window_cpu_percent=_percent(window[0], now, ticks),
+            cpu_window_s=now - window[0][0],
+        )
+
+
+def _percent(since: tuple[float, int] | None, now: float, ticks: int) -> float:
+    if since is None or now <= since[0]:
+        return 0.0
+    return max(0.0, (ticks - since[1]) / _CLOCK_TICKS / (now - since[0]) * 100.0)

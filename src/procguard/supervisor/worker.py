@@ -1,0 +1,291 @@
+"""One supervised worker: its settings, its state, its current process.
+
+A :class:`Worker` knows how to spawn its process, how to ask it to stop
+and how to kill it; it keeps what the status page and ``status --json``
+show (pid, restarts, uptime, memory, last exit) and the recent memory/CPU
+samples for the chart. *When* to do any of that is decided by the event
+loop in :mod:`.supervisor` with the pure rules of :mod:`.backoff` and
+:mod:`procguard.policy`.
+
+How a worker is run (the design choice, measured in bench/bench_supervisor.py):
+
+- ``run = "pkg.mod:fn"`` workers run as ``procguard run pkg.mod:fn ...``
+  (:func:`procguard.config.worker_argv`): the function must live in a Python
+  process anyway, and the runner gives it the in-process manager (limits,
+  heartbeat, health server, stop-reason exit statuses).
+- ``command = ...`` workers with a ``health_port`` run as ``procguard run
+  --health-port P -- COMMAND`` too: ``health_port`` means "procguard serves
+  this worker's health on P" everywhere (``procguard up`` and the deploy
+  generators alike), and the supervisor probes that port.
+- Other ``command = ...`` workers are spawned directly and watched from
+  outside by the supervisor (tree memory/CPU with :mod:`.procscan`, limits
+  with :class:`procguard.policy.LimitTracker`, runtime). A runner process
+  per command would cost a second Python interpreter (~25 MB RSS) per
+  worker: for the 50-worker goal, 50 times the supervisor's own budget.
+
+Either way the process leads its own session (``setsid``), carries the
+marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:ID``, and gets SIGTERM if the
+supervisor dies (parent-death signal); the watchdog kills its whole group.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import WorkerConfig, worker_argv
+from ..instances.identity import new_marker
+from ..instances.spawn import spawn_process
+from ..policy import Limits, LimitTracker, default_hard_limit
+from .backoff import Exit, Policy, Record
+from .logs import WorkerOutput
+from .procscan import TreeSample, TreeSampler
+from .states import WorkerState, check_transition
+
+logger = logging.getLogger(__name__)
+
+#: How many memory/CPU samples each worker keeps for the chart.
+SAMPLE_HISTORY = 150
+
+_MB = 1024 * 1024
+
+
+class Worker:
+    """One ``[workers.NAME]`` under supervision (mutated only by the event loop)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        project: str,
+        base_dir: Path,
+        procguard: list[str],
+        output: WorkerOutput,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.project = project
+        self.base_dir = base_dir
+        self.procguard = procguard
+        self.output = output
+        self.policy = Policy.from_worker(config)
+        self.record = Record()
+        self.state = WorkerState.STOPPED
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.marker: str | None = None
+        self.generation = 0  # spawn counter: stale probe results are ignored
+        self.restarts = 0
+        self.started_at: float | None = None  # monotonic
+        self.started_wall: float | None = None
+        self.want_start = False  # waiting for dependencies to run
+        self.next_start_at: float | None = None  # BACKOFF: when to start again
+        self.stop_deadline: float | None = None  # STOPPING: when to SIGKILL the group
+        self.stop_cause: str | None = None  # why we are stopping it
+        self.stop_planned = False  # a recycle (limit) rather than a failure or a request
+        self.restart_after_stop = False
+        self.last_exit: dict[str, Any] | None = None
+        self.peak_memory_bytes = 0
+        self.last_sample: TreeSample | None = None
+        self.samples: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=SAMPLE_HISTORY)
+        self.sampler: TreeSampler | None = None
+        self.limits: LimitTracker | None = None
+        self.probe_failures = 0
+        self.probe_detail = ""
+        self.output_fd: int | None = None
+        self.waiters: list[Callable[[Worker], None]] = []
+
+    # -- facts ---------------------------------------------------------------
+
+    @property
+    def via_runner(self) -> bool:
+        """True when the worker runs under ``procguard run`` (function mode, or a health port to serve)."""
+        return self.config.run is not None or self.config.health_port is not None
+
+    @property
+    def supervised_from_outside(self) -> bool:
+        """True for directly spawned commands: the supervisor enforces their limits itself."""
+        return not self.via_runner
+
+    @property
+    def group_signals(self) -> bool:
+        """Signal the whole group (direct commands) or the runner alone (it stops its own children)."""
+        return not self.via_runner
+
+    def argv(self) -> list[str]:
+        if self.via_runner:
+            return worker_argv(self.config, procguard=self.procguard, name=f"{self.project}.{self.name}")
+        assert self.config.command is not None
+        return [*self.config.command, *self.config.args]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.config.env)
+        if self.via_runner:
+            # The runner (and a function target) must import from the worker's directory.
+            paths = [str(self.cwd())]
+            if env.get("PYTHONPATH"):
+                paths.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def cwd(self) -> Path:
+        if self.config.cwd is None:
+            return self.base_dir
+        return (self.base_dir / self.config.cwd).resolve()
+
+    def uptime(self, now: float) -> float | None:
+        if self.started_at is None or not self.state.has_process:
+            return None
+        return max(0.0, now - self.started_at)
+
+    # -- state ---------------------------------------------------------------
+
+    def set_state(self, new: WorkerState) -> None:
+        old = self.state
+        self.state = check_transition(self.name, old, new)
+        if old is not new:
+            logger.debug("%s: %s -> %s", self.name, old, new)
+
+    # -- process -------------------------------------------------------------
+
+    def spawn(self, now: float, wall: float) -> int:
+        """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
+        read_fd, write_fd = os.pipe()
+        self.marker = new_marker(f"{self.project}.{self.name}")
+        try:
+            proc = spawn_process(
+                self.argv(),
+                marker=self.marker,
+                env=self.environment(),
+                cwd=self.cwd(),
+                stdout=write_fd,
+                stderr=write_fd,
+                parent_death_signal=signal.SIGTERM,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.output_fd = read_fd
+        self.proc = proc
+        self.pid = proc.pid
+        self.generation += 1
+        self.started_at = now
+        self.started_wall = wall
+        self.peak_memory_bytes = 0
+        self.last_sample = None
+        self.probe_failures = 0
+        self.probe_detail = ""
+        self.stop_deadline = None
+        self.stop_cause = None
+        self.stop_planned = False
+        self.sampler = TreeSampler(proc.pid)
+        self.limits = None
+        if self.supervised_from_outside:
+            soft = self.config.memory_limit_bytes
+            self.limits = LimitTracker(
+                Limits(
+                    memory_soft_bytes=soft,
+                    memory_hard_bytes=default_hard_limit(soft),
+                    memory_strikes=2,
+                    cpu_limit_percent=self.config.cpu_limit_percent,
+                    cpu_window_s=60.0,
+                    cpu_grace_s=60.0,
+                ),
+                started_at=now,
+            )
+        self.output.note(f"started pid {proc.pid}: {shlex.join(self.argv())[:300]}")
+        return proc.pid
+
+    def signal(self, signum: int, *, group: bool) -> None:
+        """Send ``signum`` to the process (or its group); never to a pid we have reaped."""
+        if self.pid is None or self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            if group:
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError as error:
+            logger.warning("%s: cannot signal pid %s: %s", self.name, self.pid, error)
+
+    def exited(self, wait_status: int, now: float, wall: float) -> Exit:
+        """Account for the reaped process; returns how it ended."""
+        code = os.waitstatus_to_exitcode(wait_status)
+        if self.proc is not None:
+            self.proc.returncode = code  # we reaped it; keep Popen from trying
+        status, signum = (code, None) if code >= 0 else (None, -code)
+        runtime = 0.0 if self.started_at is None else max(0.0, now - self.started_at)
+        exit_ = Exit(
+            status=status, signal=signum, runtime_s=runtime, cause=self.stop_cause, planned=self.stop_planned
+        )
+        self.last_exit = {
+            "status": status,
+            "signal": signum,
+            "reason": exit_.reason,
+            "time": wall,
+            "runtime_seconds": round(runtime, 3),
+        }
+        self.proc = None
+        self.pid = None
+        self.sampler = None
+        self.limits = None
+        return exit_
+
+    def observe(self, sample: TreeSample, wall: float) -> None:
+        self.last_sample = sample
+        self.peak_memory_bytes = max(self.peak_memory_bytes, sample.memory_bytes)
+        self.samples.append(
+            (round(wall, 1), round(sample.memory_bytes / _MB, 1), round(sample.cpu_percent, 1))
+        )
+
+    # -- reporting -----------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The ``status --json`` object of this worker."""
+        sample = self.last_sample if self.state.has_process else None
+        uptime = self.uptime(now)
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "uptime_seconds": None if uptime is None else round(uptime, 1),
+            "memory_mb": None if sample is None else round(sample.memory_bytes / _MB, 1),
+            "cpu_percent": None if sample is None else round(sample.cpu_percent, 1),
+            "peak_memory_mb": round(self.peak_memory_bytes / _MB, 1) if self.peak_memory_bytes else None,
+            "last_exit": self.last_exit,
+            "mode": "run" if self.config.run is not None else "command",
+            "runner": self.via_runner,
+            "health_port": self.config.health_port,
+            "health": self._health_text(),
+            "next_start_in_seconds": (
+                None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
+            ),
+        }
+
+    def _health_text(self) -> str | None:
+        if self.config.health_port is None or not self.state.has_process:
+            return None
+        if self.probe_failures:
+            return f"failing ({self.probe_failures}): {self.probe_detail}"
+        return self.probe_detail or "unknown"
+
+
+def default_procguard() -> list[str]:
+    """How the supervisor invokes ``procguard run``: this very interpreter."""
+    return [sys.executable, "-m", "procguard"]

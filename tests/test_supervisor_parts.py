@@ -1,0 +1,221 @@
+"""The supervisor's parts on their own: logs, history, control socket, tree sampling, watchdog."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procguard.supervisor import control
+from procguard.supervisor.history import Event, History, read_events
+from procguard.supervisor.logs import LineSplitter, RotatingFile, WorkerOutput, follow, tail
+from procguard.supervisor.procscan import TreeSampler, tree_pids
+from procguard.supervisor.watchdog import KILL_AFTER_S, watchdog_argv
+
+from .helpers import wait_for, wait_for_file
+from .supervisor_workers.stackkit import alive, worker_cmd
+
+# -- logs ------------------------------------------------------------------------
+
+
+def test_rotating_file_keeps_the_configured_backups(tmp_path: Path) -> None:
+    log = RotatingFile(tmp_path / "api.log", max_bytes=100, backups=2)
+    for i in range(30):
+        log.write(b"line %02d 0123456789\n" % i)
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["api.log", "api.log.1", "api.log.2"]
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+    assert stat.S_IMODE((tmp_path / "api.log").stat().st_mode) == 0o600
+    assert (tmp_path / "api.log").read_bytes().splitlines()[-1] == b"line 29 0123456789"
+
+
+def test_line_splitter_keeps_partial_lines_and_cuts_huge_ones() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"a\nb") == [b"a"]
+    assert splitter.feed(b"c\n") == [b"bc"]
+    assert splitter.feed(b"x" * 70_000) == [b"x" * 70_000]
+    assert splitter.feed(b"tail") == []
+    assert splitter.flush() == [b"tail"]
+
+
+def test_worker_output_prefixes_terminal_and_stamps_file(tmp_path: Path) -> None:
+    terminal_path = tmp_path / "terminal"
+    with open(terminal_path, "wb") as terminal:
+        out = WorkerOutput("api", RotatingFile(tmp_path / "api.log", max_bytes=0, backups=0),
+                           terminal=terminal, width=9, clock=lambda: 0.0)
+        out.feed(b"hello\nwor")
+        out.feed(b"ld\n")
+        out.close()
+    shown = terminal_path.read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in shown] == ["api       | hello", "api       | world"]
+    logged = (tmp_path / "api.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in logged] == ["hello", "world"]
+
+
+def test_tail_and_follow(tmp_path: Path) -> None:
+    path = tmp_path / "w.log"
+    path.write_bytes(b"".join(b"%d\n" % i for i in range(5000)))
+    assert tail(path, 3) == [b"4997", b"4998", b"4999"]
+    assert tail(path, 0) == []
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        for chunk in follow(path, poll_s=0.01, keep_going=lambda: not done.is_set()):
+            got.append(chunk)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        wait_for(thread.is_alive, message="follower running")
+        # rotation: the file is replaced, the follower reopens it
+        wait_for(lambda: _append_until_seen(path, got, b"first\n"), message="appended data followed")
+        os.replace(path, tmp_path / "w.log.1")
+        wait_for(lambda: _append_until_seen(path, got, b"after rotation\n"), message="data after rotation")
+    finally:
+        done.set()
+        thread.join(timeout=10)
+
+
+def _append_until_seen(path: Path, got: list[bytes], data: bytes) -> bool:
+    if data in b"".join(got):
+        return True
+    with open(path, "ab") as handle:
+        handle.write(data)
+    return False
+
+
+# -- history ----------------------------------------------------------------------
+
+
+def test_history_newest_first_per_project(tmp_path: Path) -> None:
+    db = tmp_path / "history.sqlite"
+    history = History(db)
+    history.record(Event("p", "api", 1.0, "start", pid=10))
+    history.record(Event("p", "api", 2.0, "stop", pid=10, reason="exit 1", exit_status=1,
+                         runtime_seconds=1.0, peak_memory_bytes=3 * 1024 * 1024))
+    history.record(Event("other", "api", 3.0, "start", pid=11))
+    history.close()
+    events = read_events(db, project="p")
+    assert [(e.event, e.time) for e in events] == [("stop", 2.0), ("start", 1.0)]
+    assert events[0].to_json()["peak_memory_mb"] == 3.0
+    assert len(read_events(db, project="p", limit=1)) == 1
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert read_events(tmp_path / "missing.sqlite") == []
+
+
+# -- control socket ----------------------------------------------------------------
+
+
+class _Loop:
+    """A tiny selectors loop in a thread, like the supervisor's, for the control server."""
+
+    def __init__(self, path: Path) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.held: list[control.Peer] = []
+        self.stop = threading.Event()
+        self.server = control.ControlServer(path, self.handle, self.selector)
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def handle(self, request: dict[str, Any], peer: control.Peer) -> None:
+        if request.get("cmd") == "hold":
+            peer.send({"ok": True}, close=False)
+            self.held.append(peer)
+        else:
+            peer.send({"ok": True, "echo": request})
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(0.05):
+                key.data()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for peer in self.held:
+            peer.close()
+        self.server.close()
+
+
+def test_control_roundtrip_modes_and_long_paths(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = control.socket_path(deep, "proj")
+    assert len(str(path)) > 108  # needs the /proc/self/fd detour
+    loop = _Loop(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        reply = control.request(path, {"cmd": "status", "x": 1}, project="proj")
+        assert reply == {"ok": True, "echo": {"cmd": "status", "x": 1}}
+        sock = control.connect(path, project="proj")
+        sock.sendall(b"not json\n")
+        assert json.loads(sock.recv(4096))["exit_status"] == 2
+        sock.close()
+        held = control.connect(path, project="proj")
+        held.sendall(b'{"cmd": "hold"}\n')
+        assert not control.wait_closed(held, 0.2)  # acknowledged, kept open
+    finally:
+        loop.close()
+    assert control.wait_closed(held, 5)
+    held.close()
+    with pytest.raises(control.NotRunningError, match="no supervisor is running for stack 'proj'") as info:
+        control.request(path, {"cmd": "status"}, project="proj")
+    assert info.value.exit_status == 3
+
+
+# -- tree sampling -------------------------------------------------------------------
+
+
+def test_tree_sampler_counts_children(tmp_path: Path, spawn: Any) -> None:
+    pidfile = tmp_path / "pids"
+    proc = spawn(worker_cmd("mpworker.py", pidfile, 2))
+    pids = [int(p) for p in wait_for_file(pidfile, proc=proc).split()]
+    assert set(pids) <= set(tree_pids(proc.pid))
+    sample = TreeSampler(proc.pid).sample()
+    assert sample is not None
+    assert sample.num_processes >= 3
+    assert sample.memory_bytes > 3 * 1024 * 1024
+    assert TreeSampler(2**22 + 12345).sample() is None
+
+
+# -- watchdog ------------------------------------------------------------------------
+
+
+def test_watchdog_kills_listed_groups_on_eof_and_spares_removed_ones(tmp_path: Path, spawn: Any) -> None:
+    kept_file, spared_file = tmp_path / "kept", tmp_path / "spared"
+    kept = spawn(worker_cmd("mpworker.py", kept_file, 2), start_new_session=True)
+    spared = spawn(worker_cmd("slowstop.py", spared_file, -1), start_new_session=True)  # ignores SIGTERM
+    victims = [int(p) for p in wait_for_file(kept_file, proc=kept).split()]
+    wait_for_file(spared_file, proc=spared)
+    watchdog = spawn(watchdog_argv(), stdin=subprocess.PIPE, start_new_session=True)
+    assert watchdog.stdin is not None
+    watchdog.stdin.write(b"+%d\n+%d\n-%d\n+1\n+0\n+-5\ngarbage\n+%d\n" % (kept.pid, spared.pid, spared.pid, kept.pid))
+    watchdog.stdin.close()  # as if the supervisor died
+    wait_for(lambda: not any(alive(pid) for pid in victims), timeout=KILL_AFTER_S + 10,
+             message="the listed group to be gone")
+    assert watchdog.wait(timeout=10) == 0
+    assert alive(spared.pid)
+    spared.send_signal(signal.SIGKILL)
+
+
+def test_watchdog_kills_what_ignores_sigterm_and_exits_quietly_when_empty(tmp_path: Path, spawn: Any) -> None:
+    stubborn_file = tmp_path / "stubborn"
+    stubborn = spawn(worker_cmd("slowstop.py", stubborn_file, -1), start_new_session=True)
+    wait_for_file(stubborn_file, proc=stubborn)
+    watchdog = spawn(watchdog_argv(), stdin=subprocess.PIPE, start_new_session=True)
+    watchdog.communicate(b"+%d\n" % stubborn.pid, timeout=KILL_AFTER_S + 10)
+    assert watchdog.returncode == 0
+    wait_for(lambda: not alive(stubborn.pid), message="SIGKILL after the TERM wait")
+    empty = spawn(watchdog_argv(), stdin=subprocess.PIPE)
+    empty.communicate(b"", timeout=10)
+    assert empty.returncode == 0
