@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.analyticbot.demo
+	@echo "analyticbot stack: status page http://127.0.0.1:9100/ - health on 9091-9093 - Ctrl-C stops it"
+	$(BIN)/procguard up -c examples/analyticbot/procguard.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
@@ -23,6 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# procguard against supervisord, circus and PM2 (installed into bench/.peers/ only); ARGS=--quick
+bench-peers: $(STAMP)
+	$(BIN)/python -m bench.head_to_head.install
+	$(BIN)/python -m bench.head_to_head $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

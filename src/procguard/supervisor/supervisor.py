@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Extra time a worker run through `procguard run` gets to stop its own child after grace.
+_RUNNER_EXIT_MARGIN_S = 1.0
+
 S = WorkerState
 
 
@@ -305,9 +308,9 @@ class Supervisor:
                 self._spawn(worker, now)
             elif state is S.STOPPING and worker.stop_deadline is not None and now >= worker.stop_deadline:
                 logger.warning(
-                    "%s: did not stop within %.1fs grace, killing its process group (pid %s)",
+                    "%s: did not stop within %.1fs (drain + grace), killing its process group (pid %s)",
                     worker.name,
-                    worker.config.grace_s,
+                    worker.config.grace_s + worker.config.drain_delay_s,
                     worker.pid,
                 )
                 worker.signal(signal.SIGKILL, group=True)
@@ -530,7 +533,10 @@ class Supervisor:
         worker.set_state(S.STOPPING)
         worker.stop_cause = cause
         worker.stop_planned = planned
-        worker.stop_deadline = now + worker.config.grace_s
+        # The worker drains first (still working, not ready), then has its grace;
+        # a runner needs a moment more to stop its own child before it exits.
+        budget = worker.config.grace_s + worker.config.drain_delay_s
+        worker.stop_deadline = now + budget + (_RUNNER_EXIT_MARGIN_S if worker.via_runner else 0.0)
         logger.info("%s: stopping (pid %s%s)", worker.name, worker.pid, f", {cause}" if cause else "")
         worker.signal(signal.SIGTERM, group=worker.group_signals)
 
