@@ -105,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(error.exit_status)
     except KeyboardInterrupt:
         return 128 + 2
+    except BrokenPipeError:
+        # The reader went away (`procguard history | head`): quiet, like a
+        # killed-by-SIGPIPE program, and no second error at interpreter exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 if __name__ == "__main__":

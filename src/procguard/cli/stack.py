@@ -5,6 +5,12 @@ or, with ``--detach``, as a daemon; the other commands talk to it through
 its control socket in the state directory, or read its files (``logs``,
 ``history``) directly, so they work from any shell.
 
+Which stack: ``-c FILE``, else ``./procguard.toml``, else the supervisor
+running on the state directory (its lock records its config), chosen by
+``--project NAME`` when several run. ``logs`` and ``history`` also serve a
+stack that has stopped: ``--project NAME``, or the only project that left
+history (or logs) in the state directory.
+
 Exit statuses (documented in the command help):
 
 - ``up`` in the foreground: 0 after a requested stop, 1 if the stop had to
@@ -16,7 +22,9 @@ Exit statuses (documented in the command help):
 - ``status``, ``start``, ``stop``, ``restart``: 3 when no supervisor runs
   for the stack (LSB's "program is not running"); ``down`` then says so
   and exits 0 (the stack is down, which is what was asked).
-- An unknown worker name: 2, listing the known ones.
+- An unknown worker name: 2, listing the known ones. No stack named while
+  several run: 2, listing their project names.
+- ``logs``: 1 when the worker has no log file (yet).
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AlreadyRunningError, ProcguardError, UsageError
 from ..reasons import ExitStatus
@@ -47,10 +56,21 @@ DETACH_TIMEOUT_S = 120.0
 # -- shared flags and helpers --------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, find: bool = True) -> None:
     parser.add_argument(
-        "-c", "--config", metavar="FILE", help="the stack's config (default: ./procguard.toml)"
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the stack's config (default: ./procguard.toml"
+        + (", else the stack running on the state directory)" if find else ")"),
     )
+    if find:
+        parser.add_argument(
+            "--project",
+            metavar="NAME",
+            help="the stack's project name, when several run on the state directory "
+            "(or to read the logs/history of one that has stopped)",
+        )
     parser.add_argument("--state-dir", metavar="DIR", help="procguard state directory")
 
 
@@ -74,23 +94,154 @@ def _check_names(config: StackConfig, names: list[str]) -> None:
             raise UsageError(msg)
 
 
-def _socket(config: StackConfig, state_dir: Path) -> Path:
-    from ..supervisor.control import socket_path
+@dataclass(frozen=True)
+class Target:
+    """The stack a control command acts on, however it was identified.
 
-    return socket_path(state_dir, config.project.name)
+    ``config`` is None when the stack is known only by its project name: a
+    stack that has stopped (``logs``, ``history``), or a running one whose
+    ``procguard.toml`` cannot be read any more. The supervisor then checks
+    worker names itself.
+    """
+
+    project: str
+    state_dir: Path
+    config: StackConfig | None = None
+
+    def check_names(self, names: list[str]) -> None:
+        """UsageError for a worker the config does not have (only a valid name without one)."""
+        if self.config is not None:
+            _check_names(self.config, names)
+            return
+        from ..config import NAME_ACCEPTED, NAME_RE
+
+        for name in names:
+            if not NAME_RE.match(name):
+                msg = f"worker name {name!r} is not valid (use {NAME_ACCEPTED})"
+                raise UsageError(msg)
+
+    def budget(self, name: str | None = None) -> float:
+        """How long to wait for a stop: the grace of ``name`` (of the slowest worker) + 30 s."""
+        if self.config is None:
+            return UNKNOWN_STOP_BUDGET_S
+        if name is not None:
+            return self.config.workers[name].grace_s + 30.0
+        return max(w.grace_s for w in self.config.workers.values()) + 30.0
 
 
-def _request(config: StackConfig, state_dir: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    from ..supervisor.control import request
+#: How long to wait for a stop when the stack's config (its grace) is unknown.
+UNKNOWN_STOP_BUDGET_S = 600.0
 
-    return request(_socket(config, state_dir), payload, project=config.project.name, timeout=timeout)
+
+class NoStackError(ProcguardError):
+    """``logs``/``history`` found no stack to read: none runs, none left files. Exit status 1.
+
+    ``history`` turns it into an empty listing (nothing has happened here).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        super().__init__(f"no stack has run in state directory {state_dir} (pass -c FILE or --project NAME)")
+
+
+def _target(args: argparse.Namespace, *, files: Literal["history", "logs"] | None = None) -> Target:
+    """Identify the stack a command acts on (DESIGN.md section 6: from any shell).
+
+    In order: ``-c FILE``; ``./procguard.toml`` (unless ``--project`` is
+    given); the supervisor running on the state directory with that
+    ``--project`` name, or the only one running. Several running and no way to
+    choose: UsageError listing them. None running: NotRunningError (exit 3),
+    unless ``files`` names what the command reads ("history", "logs"): then
+    the only project that left those files is used (a stack that has stopped).
+    """
+    from ..config import DEFAULT_FILENAME, NAME_ACCEPTED, NAME_RE, load_config
+    from ..instances.statedir import resolve_state_dir
+    from ..supervisor.control import NotRunningError, running_supervisors
+
+    state_dir = resolve_state_dir(args.state_dir)
+    project: str | None = args.project
+    if project is not None and not NAME_RE.match(project):
+        msg = f"--project: {project!r} is not a valid project name (use {NAME_ACCEPTED})"
+        raise UsageError(msg)
+    if args.config is not None or (project is None and Path(DEFAULT_FILENAME).is_file()):
+        config = load_config(args.config)
+        if project is not None and project != config.project.name:
+            msg = (
+                f"--project {project!r} does not match {config.path} (its project is {config.project.name!r})"
+            )
+            raise UsageError(msg)
+        return Target(config.project.name, state_dir, config)
+    running = running_supervisors(state_dir)
+    if project is not None:
+        for supervisor in running:
+            if supervisor.project == project:
+                return Target(project, state_dir, _running_config(supervisor.project, supervisor.config))
+        return Target(project, state_dir)
+    if len(running) == 1:
+        only = running[0]
+        return Target(only.project, state_dir, _running_config(only.project, only.config))
+    if running:
+        names = ", ".join(s.project for s in running)
+        msg = f"{len(running)} stacks are running in {state_dir}: {names} (pass -c FILE or --project NAME)"
+        raise UsageError(msg)
+    if files is None:
+        raise NotRunningError(None, state_dir)
+    known = _projects_with_files(state_dir, files)
+    if len(known) == 1:
+        return Target(known[0], state_dir)
+    if known:
+        msg = (
+            f"no stack is running in {state_dir} and {len(known)} have {files}: "
+            f"{', '.join(known)} (pass --project NAME or -c FILE)"
+        )
+        raise UsageError(msg)
+    raise NoStackError(state_dir)
+
+
+def _running_config(project: str, path: Path | None) -> StackConfig | None:
+    """The config a running supervisor was started with, if it still reads as that stack."""
+    from ..config import load_config
+
+    if path is None:
+        return None
+    try:
+        config = load_config(path)
+    except ProcguardError as error:
+        logger.warning("stack %s: cannot use its config (%s); going on without it", project, error)
+        return None
+    if config.project.name != project:
+        logger.warning(
+            "stack %s: %s now names project %r; going on without it", project, path, config.project.name
+        )
+        return None
+    return config
+
+
+def _projects_with_files(state_dir: Path, files: Literal["history", "logs"]) -> list[str]:
+    """Projects that left ``history`` (events) or ``logs`` (events or a log directory)."""
+    from ..config import NAME_RE
+    from ..supervisor.history import db_path, read_projects
+
+    projects = set(read_projects(db_path(state_dir)))
+    if files == "logs":
+        logs = state_dir / "logs"
+        if logs.is_dir():
+            projects.update(p.name for p in logs.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+    return sorted(projects)
+
+
+def _request(target: Target, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    from ..supervisor.control import request, socket_path
+
+    path = socket_path(target.state_dir, target.project)
+    return request(path, payload, project=target.project, timeout=timeout)
 
 
 def _supervisor_pid(config: StackConfig, state_dir: Path) -> int | None:
     from ..supervisor.control import NotRunningError
 
     try:
-        reply = _request(config, state_dir, {"cmd": "ping"}, timeout=5.0)
+        reply = _request(Target(config.project.name, state_dir, config), {"cmd": "ping"}, timeout=5.0)
     except (NotRunningError, OSError):
         return None
     pid = reply.get("pid")
@@ -108,7 +259,7 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
         "(with --detach: 0, nothing is started twice)."
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="workers to start (default: all)")
-    _common(parser)
+    _common(parser, find=False)
     parser.add_argument(
         "-d", "--detach", action="store_true", help="run in the background; return once started"
     )
@@ -311,16 +462,20 @@ def configure_down(parser: argparse.ArgumentParser) -> None:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from ..supervisor.control import NotRunningError, connect, wait_closed
+    from ..supervisor.control import NotRunningError, connect, socket_path, wait_closed
 
-    config, state_dir = _load(args)
-    project = config.project.name
     try:
-        sock = connect(_socket(config, state_dir), project=project, timeout=10.0)
+        target = _target(args)
+    except NotRunningError as error:
+        print(f"no stack is running in state directory {error.path}")
+        return ExitStatus.OK
+    project = target.project
+    try:
+        sock = connect(socket_path(target.state_dir, project), project=project, timeout=10.0)
     except NotRunningError:
         print(f"stack {project!r} is not running")
         return ExitStatus.OK
-    budget = max(w.grace_s for w in config.workers.values()) + 30.0
+    budget = target.budget()
     started = time.monotonic()
     with sock:
         sock.sendall(b'{"cmd": "down"}\n')
@@ -344,13 +499,13 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    config, state_dir = _load(args)
-    reply = _request(config, state_dir, {"cmd": "status"}, timeout=10.0)
+    target = _target(args)
+    reply = _request(target, {"cmd": "status"}, timeout=10.0)
     workers: list[dict[str, Any]] = reply.get("workers", [])
     if args.json:
         print(json.dumps(workers, indent=2))
         return ExitStatus.OK
-    print(f"stack {config.project.name} (supervisor PID {reply.get('pid')})")
+    print(f"stack {target.project} (supervisor PID {reply.get('pid')})")
     rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "LAST EXIT"]]
     for w in workers:
         last = w.get("last_exit") or {}
@@ -399,10 +554,9 @@ def configure_restart(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_command(args: argparse.Namespace, cmd: str) -> int:
-    config, state_dir = _load(args)
-    _check_names(config, [args.name])
-    timeout = config.workers[args.name].grace_s + 30.0
-    reply = _request(config, state_dir, {"cmd": cmd, "name": args.name}, timeout=timeout)
+    target = _target(args)
+    target.check_names([args.name])
+    reply = _request(target, {"cmd": cmd, "name": args.name}, timeout=target.budget(args.name))
     if not reply.get("ok"):
         sys.stderr.write(f"procguard {cmd}: {reply.get('error', 'failed')}\n")
         return int(reply.get("exit_status", ExitStatus.ERROR))
@@ -436,12 +590,16 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
 def run_logs(args: argparse.Namespace) -> int:
     from ..supervisor.logs import follow, log_path, tail
 
-    config, state_dir = _load(args)
-    _check_names(config, [args.name])
     lines = parse_count(args.lines, what="--lines")
-    path = log_path(state_dir, config.project.name, args.name)
+    target = _target(args, files="logs")
+    target.check_names([args.name])
+    path = log_path(target.state_dir, target.project, args.name)
     if not path.exists():
-        sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist)\n")
+        others = ""
+        if target.config is None:
+            logged = sorted(p.name[: -len(".log")] for p in path.parent.glob("*.log"))
+            others = f"; logs of stack {target.project!r}: {', '.join(logged) or 'none'}"
+        sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist{others})\n")
         return ExitStatus.ERROR
     out = sys.stdout.buffer
     for line in tail(path, lines):
@@ -468,15 +626,28 @@ def configure_history(parser: argparse.ArgumentParser) -> None:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    from ..supervisor.history import db_path, read_events
+    from ..supervisor.history import Event, db_path, read_events
 
-    config, state_dir = _load(args)
-    if args.worker:
-        _check_names(config, [args.worker])
     limit = parse_count(args.lines, what="--lines")
-    events = read_events(db_path(state_dir), project=config.project.name, limit=0 if args.worker else limit)
-    if args.worker:
-        events = [e for e in events if e.worker == args.worker][: limit or None]
+    try:
+        target: Target | None = _target(args, files="history")
+    except NoStackError:
+        target = None  # nothing has ever run here: an empty history
+    events: list[Event] = []
+    if target is not None:
+        if args.worker:
+            target.check_names([args.worker])
+        path = db_path(target.state_dir)
+        events = read_events(path, project=target.project, limit=0 if args.worker else limit)
+        if args.worker:
+            known = sorted({e.worker for e in events})
+            if target.config is None and args.worker not in known:
+                msg = (
+                    f"unknown worker {args.worker!r} in the history of stack {target.project!r} "
+                    f"(use one of: {', '.join(known)})"
+                )
+                raise UsageError(msg)
+            events = [e for e in events if e.worker == args.worker][: limit or None]
     if args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
         return ExitStatus.OK

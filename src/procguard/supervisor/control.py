@@ -14,6 +14,12 @@ HTTP, FIELD.md). The protocol is one JSON object per line each way:
 
 The server side is non-blocking and lives in the supervisor's own event
 loop (no thread); the client is a plain blocking socket with a timeout.
+
+:func:`running_supervisors` finds the supervisors that run on a state
+directory from their instance locks (``supervisor.PROJECT``, held by the
+kernel for the supervisor's life, recording the project and the absolute
+path of its ``procguard.toml``), so the control commands work from any shell
+without ``-c``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import selectors
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +44,73 @@ _MAX_ADDRESS = 107
 _MAX_REQUEST = 64 * 1024
 
 
+#: Instance-lock name prefix of a stack's supervisor: ``supervisor.PROJECT``.
+LOCK_PREFIX = "supervisor."
+
+
 class NotRunningError(ProcguardError):
-    """No supervisor runs for this stack. Exit status 3, as LSB's "program is not running"."""
+    """No supervisor runs for this stack. Exit status 3, as LSB's "program is not running".
+
+    ``project`` is None when no stack was named and none runs on the state
+    directory ``path`` at all.
+    """
 
     exit_status = 3
 
-    def __init__(self, project: str, path: Path) -> None:
+    def __init__(self, project: str | None, path: Path) -> None:
         self.project = project
         self.path = path
-        super().__init__(f"no supervisor is running for stack {project!r} (start it with 'procguard up')")
+        if project is None:
+            message = f"no supervisor is running in state directory {path} (start one with 'procguard up')"
+        else:
+            message = f"no supervisor is running for stack {project!r} (start it with 'procguard up')"
+        super().__init__(message)
 
 
 def socket_path(state_dir: Path, project: str) -> Path:
     return state_dir / f"supervisor.{project}.sock"
+
+
+@dataclass(frozen=True)
+class RunningSupervisor:
+    """A supervisor holding its stack's lock right now, as its lock record describes it.
+
+    ``config`` is the absolute path of the ``procguard.toml`` it was started
+    with (None in a record written before it was recorded, or a damaged one).
+    """
+
+    project: str
+    pid: int | None
+    config: Path | None
+
+
+def running_supervisors(state_dir: Path) -> list[RunningSupervisor]:
+    """The supervisors whose lock is held on ``state_dir``, sorted by project.
+
+    The kernel lock decides (a supervisor killed with SIGKILL drops it at
+    once), so the list never names a dead stack. Locks of other instances
+    (``procguard run`` workers) are ignored, as is a held lock whose record
+    does not name a project (a supervisor caught between taking its lock and
+    writing the record).
+    """
+    from ..instances.lock import list_instances
+
+    found: list[RunningSupervisor] = []
+    for record in list_instances(state_dir):
+        if not record.held or not record.name.startswith(LOCK_PREFIX):
+            continue
+        project = record.info.get("project")
+        if not isinstance(project, str) or record.name != LOCK_PREFIX + project:
+            continue
+        config = record.info.get("config")
+        found.append(
+            RunningSupervisor(
+                project=project,
+                pid=record.pid or record.holder_pid,
+                config=Path(config) if isinstance(config, str) and os.path.isabs(config) else None,
+            )
+        )
+    return sorted(found, key=lambda s: s.project)
 
 
 @contextlib.contextmanager

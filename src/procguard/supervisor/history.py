@@ -134,3 +134,21 @@ def read_events(path: Path, *, project: str | None = None, limit: int = 50) -> l
     finally:
         db.close()
     return [Event(*row) for row in rows]
+
+
+def read_projects(path: Path) -> list[str]:
+    """The projects with at least one event in the database, sorted (empty if none yet).
+
+    ``procguard history`` and ``logs`` use it to name a stack that is not
+    running any more when the user did not say which one.
+    """
+    if not path.exists():
+        return []
+    db = _connect(path)
+    try:
+        rows = db.execute("SELECT DISTINCT project FROM events ORDER BY project").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [str(row[0]) for row in rows]
