@@ -82,7 +82,16 @@ def build_parser(command: str) -> tuple[CommandParser, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``procguard`` command line and return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # The reader went away (`procguard history | head`): quiet, like a
+        # killed-by-SIGPIPE program, and no second error at interpreter exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_top_level_help())
         return ExitStatus.OK if args else ExitStatus.USAGE
@@ -105,11 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(error.exit_status)
     except KeyboardInterrupt:
         return 128 + 2
-    except BrokenPipeError:
-        # The reader went away (`procguard history | head`): quiet, like a
-        # killed-by-SIGPIPE program, and no second error at interpreter exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + 13
 
 
 if __name__ == "__main__":
