@@ -18,17 +18,23 @@ How the work is split (docs/PROCESS_LIFECYCLE_MANAGEMENT.md tells the whole stor
 
 - The hot path (:meth:`should_continue`, :meth:`heartbeat`) only reads and
   writes attributes and calls ``time.monotonic``: no system call, no lock.
-- One daemon *monitor* thread wakes every ``sample_interval_s`` (or at once
-  when a signal or a stop request arrives): it samples memory and CPU
-  (:mod:`procguard.sampler`), applies the limits (:mod:`procguard.policy`),
-  turns recorded signals into stops (:mod:`procguard.signals`), enforces the
-  grace period, and feeds the systemd watchdog while the loop is alive.
+- One *monitor* thread (:mod:`procguard.monitor`) wakes every
+  ``sample_interval_s`` (or at once when a signal or a stop request
+  arrives): it samples memory and CPU (:mod:`procguard.sampler`), applies
+  the limits (:mod:`procguard.policy`), turns recorded signals into stops
+  (:mod:`procguard.signals`), enforces the grace period, and feeds the
+  systemd watchdog while the loop is alive.
 - A graceful stop only raises a flag; the work loop sees it at its next
-  :meth:`should_continue`, so the in-flight iteration always completes.
-  Only three things end the process from the monitor thread with
-  ``os._exit``: the hard memory ceiling (status 86), a second stop signal and
-  a graceful stop that overran ``grace_s`` (both 87). Descendants are
-  SIGKILLed first so that none is orphaned.
+  :meth:`should_continue`, so the in-flight iteration always completes, and
+  :meth:`sleep` / :meth:`sleep_async` return at once
+  (:mod:`procguard.stop_event`). Only three things end the process from the
+  monitor thread with ``os._exit`` (:mod:`procguard.emergency_exit`): the
+  hard memory ceiling (status 86), a second stop signal and a graceful stop
+  that overran ``grace_s`` (both 87). Descendants are SIGKILLed first so
+  that none is orphaned.
+- :meth:`shutdown` runs the cleanup callbacks, each bounded
+  (:mod:`procguard.callbacks`), then stops the children still running
+  (:mod:`procguard.children`).
 - The process exit status is *not* set behind your back: :meth:`shutdown`
   returns it (``sys.exit(manager.shutdown())``, or :meth:`exit`), and after
   a ``with`` block it is in :attr:`exit_status`.
@@ -39,33 +45,37 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import select
-import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import policy
+from .callbacks import CleanupFn, callable_name, run_cleanup, run_cleanup_async
+from .children import terminate_children
 from .errors import UsageError
+from .monitor import (
+    FAST_SAMPLE_DIVISOR,  # noqa: F401  (still importable from here)
+    Monitor,
+    format_mb,
+)
 from .reasons import ExitStatus, StopReason, exit_status_for
-from .signals import STOP_SIGNALS, SignalCapture, signal_name
+from .signals import STOP_SIGNALS, SignalCapture
 from .snapshot import HEALTHY, HealthStatus, WorkerSnapshot
+from .stop_event import StopEvent
 from .units import parse_count, parse_duration, parse_percent, parse_size
 
 if TYPE_CHECKING:
     import argparse
-    import asyncio
-    import concurrent.futures
 
+    from .instances.claim import InstanceClaim
     from .sampler import ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
-_MB = 1024 * 1024
 _NEVER = sys.maxsize
 
 #: Defaults, chosen for a demanding user (see the lifecycle document for the reasoning).
@@ -77,8 +87,6 @@ DEFAULT_CPU_GRACE_S = 60.0
 DEFAULT_GRACE_S = 30.0
 DEFAULT_CLEANUP_TIMEOUT_S = 10.0
 DEFAULT_CHILD_GRACE_S = 5.0
-#: While memory is over the soft limit, samples come this many times faster.
-FAST_SAMPLE_DIVISOR = 5
 
 #: Reasons that are planned and logged at INFO; the others are WARNING.
 _PLANNED = frozenset(
@@ -86,12 +94,7 @@ _PLANNED = frozenset(
      StopReason.SIGNAL}
 )
 
-CleanupFn = Callable[[], Any]
 F = TypeVar("F", bound=CleanupFn)
-
-
-def _mb(n: float) -> str:
-    return f"{n / _MB:.1f} MB"
 
 
 def _limit(value: float | None) -> float | None:
@@ -145,7 +148,6 @@ class ProcessManager:
     # opcodes that rely on them) give up, which costs ~25% per iteration.
     __slots__ = (
         "__weakref__",
-        "_async_waiters",
         "_breach",
         "_cleanups",
         "_consecutive_failures",
@@ -156,23 +158,18 @@ class ProcessManager:
         "_gate",
         "_halt",
         "_health_server",
-        "_instance_lock",
+        "_instance_claim",
         "_iteration_cap",
         "_iterations",
         "_last_beat",
         "_latest",
-        "_lock_release",
         "_monitor",
-        "_monitor_stop",
         "_notifier",
-        "_own_marker",
         "_pid",
         "_progress_at",
         "_sampler",
-        "_seen_iterations",
         "_shut_down",
         "_signals",
-        "_signals_seen",
         "_sleep_until",
         "_started",
         "_started_at",
@@ -184,10 +181,8 @@ class ProcessManager:
         "_stop_reason",
         "_stop_signum",
         "_stopped_at",
-        "_tracker",
         "_user_ready",
         "_user_ready_reason",
-        "_watch_main",
         "child_grace_s",
         "cleanup_timeout_s",
         "cpu_grace_s",
@@ -345,26 +340,19 @@ class ProcessManager:
         self._consecutive_failures = 0
         self._failed_iterations = 0
         self._cleanups: list[CleanupFn] = []
-        self._stop_event = threading.Event()
-        self._async_waiters: set[asyncio.Future[None]] = set()
+        self._stop_event = StopEvent()
 
         # --- monitor state --------------------------------------------------
         self._signals: SignalCapture | None = None
-        self._signals_seen = 0
         self._sampler: ResourceSampler | None = None
-        self._tracker: policy.LimitTracker | None = None
+        # Kept current by the monitor thread; read by health() and snapshot().
         self._latest: ResourceSample | None = None
         self._breach: str | None = None
-        self._seen_iterations = 0
         self._progress_at = 0.0
-        self._monitor: threading.Thread | None = None
-        self._monitor_stop = False
-        self._watch_main = False
+        self._monitor: Monitor | None = None
         self._health_server: Any = None
         self._notifier: Any = None
-        self._instance_lock: Any = None
-        self._own_marker: str | None = None
-        self._lock_release: Callable[[], Any] | None = None
+        self._instance_claim: InstanceClaim | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -417,8 +405,8 @@ class ProcessManager:
             self._pid,
             f"{self.max_runtime_s:g}s" if self.max_runtime_s else "none",
             self.max_iterations or "none",
-            _mb(self.memory_limit_bytes) if self.memory_limit_bytes else "none",
-            _mb(self.memory_hard_limit_bytes) if self.memory_hard_limit_bytes else "none",
+            format_mb(self.memory_limit_bytes) if self.memory_limit_bytes else "none",
+            format_mb(self.memory_hard_limit_bytes) if self.memory_hard_limit_bytes else "none",
             f"{self.cpu_limit_percent:g}%" if self.cpu_limit_percent else "none",
             f"{self.heartbeat_timeout_s:g}s" if self.heartbeat_timeout_s else "none",
             self.grace_s,
@@ -429,25 +417,11 @@ class ProcessManager:
     def _acquire_instance_lock(self) -> None:
         if not (self.name and self.single_instance):
             return
-        from .instances.identity import MARKER_ENV, new_marker
-        from .instances.lock import InstanceLock
+        from .instances.claim import InstanceClaim
 
-        marker = os.environ.get(MARKER_ENV, "")
-        if marker.startswith(f"{self.name}:"):
-            log.debug(
-                "%s (pid %d): instance lock held by the procguard parent (%s)", self.name, self._pid, marker
-            )
-            return
-        marker = new_marker(self.name)
-        info = {"pid": self._pid, "source": "ProcessManager"}
-        lock = InstanceLock.acquire(
-            self.name, state_dir=self.state_dir, info=info, health_port=self.health_port, marker=marker
+        self._instance_claim = InstanceClaim.take(
+            self.name, pid=self._pid, state_dir=self.state_dir, health_port=self.health_port
         )
-        self._instance_lock = lock
-        self._lock_release = lock.release
-        # Children started from here on carry the marker, so cleanup can find them.
-        os.environ[MARKER_ENV] = marker
-        self._own_marker = marker
 
     def _start_monitoring(self) -> None:
         from .sampler import ResourceSampler
@@ -457,7 +431,6 @@ class ProcessManager:
         self._last_beat = now
         self._progress_at = now
         self._deadline = policy.runtime_deadline(now, self.max_runtime_s, self.runtime_jitter_s)
-        self._tracker = policy.LimitTracker(self.limits, started_at=now)
         self._sampler = ResourceSampler(
             self._pid,
             include_children=self.include_children,
@@ -490,21 +463,16 @@ class ProcessManager:
                 self._notifier = SystemdNotifier.from_env()
             except ImportError:  # pragma: no cover
                 log.warning("NOTIFY_SOCKET is set but procguard.health.notify is unavailable")
-        self._monitor_stop = False
-        # Not a daemon: when the main thread ends without shutdown() (forgotten, or an
-        # uncaught exception), the interpreter waits for this thread, which notices
-        # and shuts the manager down while Python is still whole (before atexit
-        # handlers such as multiprocessing's, which would wait for our children).
-        self._watch_main = threading.current_thread() is threading.main_thread()
-        # Running from here on: set before the monitor exists, so that a stop it
+        # Started from the main thread, the monitor watches it (and is no daemon):
+        # see Monitor for why.
+        monitor = Monitor(self, watch_main=threading.current_thread() is threading.main_thread())
+        # Running from here on: set before the monitor runs, so that a stop it
         # decides at its first tick can never be overwritten by start().
         self._started = True
         self._halt = False
         self._gate = self._iteration_cap
-        self._monitor = threading.Thread(
-            target=self._monitor_loop, name=f"procguard-monitor-{self._label}", daemon=not self._watch_main
-        )
-        self._monitor.start()
+        self._monitor = monitor
+        monitor.start()
 
     def _warn_about_cgroup(self) -> None:
         if not self.memory_limit_bytes:
@@ -519,7 +487,8 @@ class ProcessManager:
         self._started = False
         self._halt = True
         self._gate = -1
-        self._monitor_stop = True
+        if self._monitor is not None:
+            self._monitor.stop()
         if self._signals is not None:
             self._signals.notify()
         if self._monitor is not None and self._monitor.is_alive():
@@ -595,23 +564,13 @@ class ProcessManager:
         if seconds <= 0:
             await asyncio.sleep(0)
             return not self._halt
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        with self._stop_lock:
-            self._async_waiters.add(waiter)
-        if self._stop_event.is_set():
-            waiter.set_result(None)
         self._sleep_until = _monotonic() + seconds
         try:
-            done, _ = await asyncio.wait({waiter}, timeout=seconds)
+            woken = await self._stop_event.wait_async(seconds)
         finally:
             self._sleep_until = 0.0
             self._last_beat = _monotonic()
-            with self._stop_lock:
-                self._async_waiters.discard(waiter)
-            if not waiter.done():
-                waiter.cancel()
-        return not done
+        return not woken
 
     # ------------------------------------------------------------ stop logic
 
@@ -661,169 +620,8 @@ class ProcessManager:
         self._halt = True
         self._gate = -1
         self._stop_event.set()
-        with self._stop_lock:
-            waiters = list(self._async_waiters)
-        for waiter in waiters:
-            try:
-                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
-            except RuntimeError:  # loop closed
-                pass
 
-    def _hard_exit(self, status: int, detail: str) -> NoReturn:
-        """End the process now (monitor thread): log, SIGKILL descendants, ``os._exit``."""
-        log.critical("%s (pid %d) exiting now with status %d: %s", self._label, self._pid, status, detail)
-        try:
-            kids = self._sampler.descendants(rescan=True) if self._sampler is not None else ()
-        except Exception:
-            kids = ()
-        for pid in kids:
-            if pid > 1 and pid != self._pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:
-                pass
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(status)
-
-    # ----------------------------------------------------------------- monitor
-
-    def _monitor_loop(self) -> None:
-        """The one background thread: samples, limits, signals, drain, grace, watchdog."""
-        if hasattr(signal, "pthread_sigmask"):
-            # Stop signals go to the main thread, where they interrupt sleeps and selects.
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        assert self._signals is not None
-        fd = self._signals.wakeup_fd
-        interval = self.sample_interval_s
-        main = threading.main_thread()
-        next_sample = _monotonic() + interval
-        while not self._monitor_stop:
-            now = _monotonic()
-            timeout = max(0.0, next_sample - now)
-            due_at = self._stop_due_at
-            if due_at is not None and not self._halt:
-                timeout = min(timeout, max(0.0, due_at - now))
-            try:
-                readable, _, _ = select.select([fd], [], [], timeout)
-            except (OSError, ValueError):  # fd closed under us at shutdown
-                return
-            if readable:
-                self._signals.drain()
-            if self._monitor_stop:
-                return
-            if self._watch_main and not main.is_alive() and not self._shut_down:
-                log.info(
-                    "%s (pid %d): the main thread ended without shutdown(); shutting down",
-                    self._label,
-                    self._pid,
-                )
-                self.shutdown()
-                return
-            try:
-                now = _monotonic()
-                self._check_signals(now)
-                due_at = self._stop_due_at
-                if due_at is not None and not self._halt and now >= due_at:
-                    self._make_due()
-                if now >= next_sample:
-                    self._tick(now)
-                    next_sample = now + self._next_interval(interval)
-                if policy.grace_exceeded(now, self._stop_asked_at, self.grace_s) and not self._shut_down:
-                    overrun = now - (self._stop_asked_at or now)
-                    self._hard_exit(
-                        ExitStatus.GRACE_EXCEEDED,
-                        f"graceful stop ({self._stop_reason}) still running {overrun:.1f}s "
-                        f"after it was asked, grace {self.grace_s:g}s",
-                    )
-            except Exception:  # never let the monitor die silently
-                log.exception("%s (pid %d): monitor error", self._label, self._pid)
-
-    def _next_interval(self, interval: float) -> float:
-        """Sample faster while memory is over the soft limit, so the strikes take a fraction of the time.
-
-        A worker over its limit is either about to be stopped or spiking; counting
-        its strikes at 1/5 of the interval means a 100 MB/s leak reaches the
-        graceful stop before the hard ceiling, at no cost while all is well.
-        """
-        tracker = self._tracker
-        if tracker is not None and tracker.memory_strikes > 0:
-            return interval / FAST_SAMPLE_DIVISOR
-        return interval
-
-    def _check_signals(self, now: float) -> None:
-        sig = self._signals
-        if sig is None or sig.count == self._signals_seen:
-            return
-        self._signals_seen = sig.count
-        if sig.count >= 2:
-            self._hard_exit(
-                ExitStatus.GRACE_EXCEEDED,
-                f"second stop signal ({signal_name(sig.last_signum)}) during a graceful stop",
-            )
-        self._begin_stop(
-            StopReason.SIGNAL,
-            f"received {signal_name(sig.first_signum)}",
-            signum=sig.first_signum,
-            drain=self.drain_delay_s,
-        )
-
-    def _tick(self, now: float) -> None:
-        sampler, tracker = self._sampler, self._tracker
-        server = self._health_server
-        if sampler is not None and server is not None:
-            # The health responder process is procguard's, not the worker's: not counted.
-            responder = getattr(server, "responder_pid", None)
-            sampler.set_excluded({responder} if responder else set())
-        if sampler is not None and tracker is not None:
-            try:
-                sample = sampler.sample()
-            except Exception:
-                log.debug("sampling failed", exc_info=True)
-            else:
-                self._latest = sample
-                verdict = tracker.observe(sample, now)
-                self._breach = self._describe_breach(sample, now)
-                if verdict is not None:
-                    if verdict.hard:
-                        self._hard_exit(ExitStatus.MEMORY_HARD_LIMIT, verdict.detail)
-                    self._begin_stop(verdict.reason, verdict.detail)
-        iterations = self._iterations
-        if iterations != self._seen_iterations:  # a new iteration began: progress
-            self._seen_iterations = iterations
-            self._progress_at = now
-        if self._deadline is not None and now >= self._deadline:
-            self._begin_stop(
-                StopReason.MAX_RUNTIME,
-                f"ran {now - self._started_at:.1f}s, max runtime {self.max_runtime_s:g}s",
-            )
-        age = self._heartbeat_age(now)
-        stale = self.heartbeat_timeout_s is not None and age > self.heartbeat_timeout_s
-        if stale:
-            self._begin_stop(
-                StopReason.HEARTBEAT_TIMEOUT,
-                f"no heartbeat for {age:.1f}s, timeout {self.heartbeat_timeout_s:g}s",
-            )
-        elif self._notifier is not None and not self._stop_event.is_set():
-            self._call_quietly(self._notifier.watchdog)
-
-    def _describe_breach(self, sample: ResourceSample, now: float) -> str | None:
-        tracker = self._tracker
-        if tracker is None:
-            return None
-        if tracker.over_soft_memory(sample):
-            return f"memory {_mb(sample.memory_bytes)} over the limit {_mb(self.memory_limit_bytes or 0)}"
-        if tracker.over_cpu(sample, now):
-            return f"CPU {sample.cpu_percent:.1f}% over the limit {self.cpu_limit_percent:g}%"
-        return None
+    # --------------------------------------------------------------- heartbeat
 
     def _heartbeat_age(self, now: float) -> float:
         return policy.heartbeat_age(now, max(self._last_beat, self._progress_at), self._sleep_until)
@@ -988,7 +786,7 @@ class ProcessManager:
             return self.exit_status
         self._prepare_shutdown()
         for fn in reversed(self._cleanups):
-            self._run_cleanup_sync(fn)
+            run_cleanup(fn, self.cleanup_timeout_s, label=self._label, pid=self._pid)
         return self._finish_shutdown()
 
     async def shutdown_async(self) -> int:
@@ -997,7 +795,7 @@ class ProcessManager:
             return self.exit_status
         self._prepare_shutdown()
         for fn in reversed(self._cleanups):
-            await self._run_cleanup_async(fn)
+            await run_cleanup_async(fn, self.cleanup_timeout_s, label=self._label, pid=self._pid)
         return self._finish_shutdown()
 
     def exit(self) -> NoReturn:
@@ -1014,12 +812,14 @@ class ProcessManager:
     def _finish_shutdown(self) -> int:
         if self._health_server is not None:
             self._call_quietly(self._health_server.close)
-        self._terminate_children()
+        monitor = self._monitor
+        if self.terminate_children:
+            terminate_children(self._pid, self.child_grace_s, label=self._label)
         self._shut_down = True
-        self._monitor_stop = True
+        if monitor is not None:
+            monitor.stop()
         if self._signals is not None:
             self._signals.notify()
-        monitor = self._monitor
         if monitor is not None and monitor.is_alive() and monitor is not threading.current_thread():
             monitor.join(timeout=max(1.0, self.sample_interval_s * 4))
         if self._signals is not None:
@@ -1053,81 +853,16 @@ class ProcessManager:
             self.shutdown()
 
     def _release_instance_lock(self) -> None:
-        release, self._lock_release = self._lock_release, None
-        if release is not None:
-            self._call_quietly(release)
-        self._instance_lock = None
-        if self._own_marker is not None:
-            from .instances.identity import MARKER_ENV
-
-            if os.environ.get(MARKER_ENV) == self._own_marker:
-                del os.environ[MARKER_ENV]
-            self._own_marker = None
-
-    def _run_cleanup_sync(self, fn: CleanupFn) -> None:
-        import concurrent.futures
-
-        future = _run_in_thread(fn, name=f"procguard-cleanup-{_callable_name(fn)}")
-        try:
-            future.result(timeout=self.cleanup_timeout_s or None)
-        except concurrent.futures.TimeoutError:
-            log.error(
-                "%s (pid %d): cleanup %s still running after %gs; moving on",
-                self._label, self._pid, _callable_name(fn), self.cleanup_timeout_s,
-            )
-        except Exception:
-            log.exception("%s (pid %d): cleanup %s failed", self._label, self._pid, _callable_name(fn))
-
-    async def _run_cleanup_async(self, fn: CleanupFn) -> None:
-        import asyncio
-        import inspect
-
-        timeout = self.cleanup_timeout_s or None
-        try:
-            if inspect.iscoroutinefunction(fn):
-                await asyncio.wait_for(fn(), timeout)
-            else:
-                future = _run_in_thread(fn, name=f"procguard-cleanup-{_callable_name(fn)}")
-                await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            log.error(
-                "%s (pid %d): cleanup %s still running after %gs; moving on",
-                self._label, self._pid, _callable_name(fn), self.cleanup_timeout_s,
-            )
-        except Exception:
-            log.exception("%s (pid %d): cleanup %s failed", self._label, self._pid, _callable_name(fn))
-
-    def _terminate_children(self) -> None:
-        if not self.terminate_children:
-            return
-        import psutil
-
-        try:
-            me = psutil.Process(self._pid)
-            helpers = _multiprocessing_helper_pids()
-            procs = [p for p in me.children(recursive=True) if p.pid not in helpers]
-        except psutil.Error:
-            return
-        if not procs:
-            return
-        log.info(
-            "%s (pid %d): stopping %d child process(es): %s",
-            self._label, self._pid, len(procs), ", ".join(str(p.pid) for p in procs),
-        )
-        from .proctree import terminate_processes
-
-        _gone, alive = terminate_processes(procs, self.child_grace_s)
-        if alive:
-            log.error(
-                "%s (pid %d): child process(es) still alive after SIGKILL: %s",
-                self._label, self._pid, ", ".join(str(p.pid) for p in alive),
-            )
+        claim, self._instance_claim = self._instance_claim, None
+        if claim is not None:
+            self._call_quietly(claim.lock.release)
+            claim.withdraw_marker()
 
     def _call_quietly(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
         except Exception:
-            log.warning("%s (pid %d): %s failed", self._label, self._pid, _callable_name(fn), exc_info=True)
+            log.warning("%s (pid %d): %s failed", self._label, self._pid, callable_name(fn), exc_info=True)
 
     # -------------------------------------------------------- context managers
 
@@ -1150,56 +885,3 @@ class ProcessManager:
         if exc is not None and isinstance(exc, Exception):
             self._crashed = True
         await self.shutdown_async()
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _callable_name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
-
-
-def _run_in_thread(fn: CleanupFn, *, name: str) -> concurrent.futures.Future[Any]:
-    """Run ``fn`` (sync, or async in a fresh loop) in a daemon thread we can abandon on timeout."""
-    import asyncio
-    import concurrent.futures
-    import inspect
-
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def target() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            result = fn()
-            if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
-        except BaseException as error:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-def _multiprocessing_helper_pids() -> set[int]:
-    """pids of multiprocessing's resource tracker and fork server: they exit with us on their own."""
-    pids: set[int] = set()
-    tracker_mod = sys.modules.get("multiprocessing.resource_tracker")
-    if tracker_mod is not None:
-        pid = getattr(getattr(tracker_mod, "_resource_tracker", None), "_pid", None)
-        if isinstance(pid, int):
-            pids.add(pid)
-    forkserver_mod = sys.modules.get("multiprocessing.forkserver")
-    if forkserver_mod is not None:
-        pid = getattr(getattr(forkserver_mod, "_forkserver", None), "_forkserver_pid", None)
-        if isinstance(pid, int):
-            pids.add(pid)
-    return pids

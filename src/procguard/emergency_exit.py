@@ -1,0 +1,54 @@
+"""The emergency exit: end the process at once, from any thread, leaving no child behind.
+
+The manager's monitor thread uses it in the three cases where waiting for the
+work loop is not an option (the hard memory ceiling, a second stop signal,
+a graceful stop that overran its grace period). ``sys.exit`` from a thread
+only ends that thread, so this is ``os._exit``: no cleanup callbacks, no
+atexit handlers. What it does first, because ``os._exit`` skips it: SIGKILL
+the descendants (they would otherwise be orphaned) and flush the log handlers
+and standard streams (so the reason is not lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .sampler import ResourceSampler
+
+log = logging.getLogger(__name__)
+
+
+def exit_now(status: int, detail: str, *, label: str, pid: int, sampler: ResourceSampler | None) -> NoReturn:
+    """Log ``detail`` as critical, SIGKILL the descendants ``sampler`` knows of, flush, ``os._exit(status)``.
+
+    ``sampler`` rescans the tree first (a child started since the last sample
+    is killed too); without one no descendant is signalled. pid <= 1 and
+    ``pid`` itself are never signalled.
+    """
+    log.critical("%s (pid %d) exiting now with status %d: %s", label, pid, status, detail)
+    try:
+        kids = sampler.descendants(rescan=True) if sampler is not None else ()
+    except Exception:
+        kids = ()
+    for kid in kids:
+        if kid > 1 and kid != pid:
+            try:
+                os.kill(kid, signal.SIGKILL)
+            except OSError:
+                pass
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
