@@ -1,0 +1,92 @@
+"""procguard's own supervisor, driven through the CLI contract of DESIGN.md section 6.
+
+``procguard up -c FILE --detach`` starts the stack, ``procguard down`` is the
+normal stop; the state directory is the benchmark's own (PROCGUARD_STATE_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from .. import procs
+from ..stack import Stack
+from .base import Adapter
+
+#: The supervisor samples every worker's process tree every 2 s and acts on the
+#: second consecutive strike; its tightest setting samples every 0.5 s (the
+#: PROCGUARD_SUPERVISOR_TUNING variable, meant for tests and benchmarks).
+TUNING = {"defaults": None, "tight": "sample_interval_s=0.5"}
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class ProcguardAdapter(Adapter):
+    name = "procguard"
+    stop_command = "procguard down"
+    #: extra [defaults] keys for one scenario (e.g. the restart scenario's start limit)
+    defaults: dict[str, str] = {}
+    _guard_mode: str | None = None
+
+    def version(self) -> str:
+        result = procs.run([self.tools.python, "-m", "procguard", "--version"], env=self.env())
+        return result.stdout.strip() or "procguard (unknown version)"
+
+    @property
+    def conf(self) -> str:
+        return str(self.layout.run_dir / "procguard.toml")
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PROCGUARD_STATE_DIR"] = str(self.layout.run_dir / "state")
+        env["PYTHONPATH"] = str(self.tools.repo_dir / "src")
+        env.pop("PROCGUARD_SUPERVISOR_TUNING", None)
+        tuning = TUNING.get(self._guard_mode or "defaults")
+        if tuning:
+            env["PROCGUARD_SUPERVISOR_TUNING"] = tuning
+        return env
+
+    def render(self, stack: Stack) -> dict[str, str]:
+        lines = ["[project]", 'name = "bench"', "", "[defaults]", 'restart = "always"']
+        lines += [f"{key} = {value}" for key, value in self.defaults.items()]
+        for spec in stack.workers:
+            for instance in spec.instance_names():
+                argv = self.layout.argv(spec, instance)
+                lines += ["", f"[workers.{instance}]",
+                          "command = [" + ", ".join(_toml_str(a) for a in argv) + "]",
+                          f"cwd = {_toml_str(str(self.layout.run_dir))}"]
+                if stack.guard is not None and spec.name == stack.guard.program:
+                    lines.append(f'memory_limit = "{stack.guard.limit_mib}MB"')
+        return {"procguard.toml": "\n".join(lines) + "\n"}
+
+    def prepare(self, stack: Stack) -> None:
+        self._guard_mode = stack.guard.mode if stack.guard is not None else None
+        super().prepare(stack)
+        state = self.layout.run_dir / "state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        state.chmod(0o700)
+
+    def start_command(self) -> list[str]:
+        return [self.tools.python, "-m", "procguard", "up", "-c", self.conf, "--detach"]
+
+    def _ctl(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        return procs.run([self.tools.python, "-m", "procguard", *args], env=self.env(), timeout=timeout,
+                         cwd=str(self.layout.run_dir))
+
+    def stop_workers(self) -> subprocess.CompletedProcess[str]:
+        return self._ctl("down", "-c", self.conf)
+
+    def shutdown(self) -> None:
+        self._ctl("down", "-c", self.conf, timeout=60)
+        procs.wait_until(lambda: not self.manager_roots(), 15)
+
+    def status(self) -> list[dict[str, object]]:
+        """``procguard status --json`` (the contract's list of worker objects)."""
+        result = self._ctl("status", "--json", "-c", self.conf, timeout=30)
+        try:
+            data = json.loads(result.stdout)
+        except ValueError:
+            return []
+        return data if isinstance(data, list) else []
