@@ -1,0 +1,253 @@
+"""A single-threaded, non-blocking HTTP server loop (selectors).
+
+Why not ``http.server`` with a thread per connection: one thread and a
+selector serve hundreds of idle or slow connections in bounded memory, and
+a probe is answered as soon as its request head has arrived, whatever the
+other connections are doing. The limits that keep probes answering:
+
+- a connection must deliver its whole request head within
+  ``request_timeout`` of being accepted (slowloris), and read its response
+  within the same time;
+- at most ``max_connections`` are open; past that, the oldest connection
+  still sending its head is dropped to make room for the new one;
+- every response closes the connection; the socket is half-closed first
+  and drained for up to ``LINGER_S`` so that the client reads the response
+  rather than a reset.
+
+The same loop runs in a daemon thread of the worker (``mode="thread"``) or
+in the responder process (``mode="process"``), see
+:mod:`procguard.health.server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from .protocol import BadRequest, head_complete
+
+logger = logging.getLogger(__name__)
+
+#: How long a closed-for-writing connection is drained before it is dropped.
+LINGER_S = 1.0
+#: After stop(), how long connections already accepted may take to finish.
+STOP_DRAIN_S = 0.5
+_READ_CHUNK = 16 * 1024
+_MAX_DISCARD = 64 * 1024
+
+_READING, _WRITING, _LINGERING = 0, 1, 2
+
+
+class _Conn:
+    __slots__ = ("buf", "deadline", "discarded", "out", "sock", "state")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.out = b""
+        self.state = _READING
+        self.deadline = deadline
+        self.discarded = 0
+
+
+class HttpLoop:
+    """Serve ``handle(request_head) -> response_bytes`` on a listening socket.
+
+    :meth:`serve` runs until :meth:`stop` is called (from any thread or a
+    signal handler) or ``tick()`` returns False; ``tick`` is called about
+    every ``tick_interval`` seconds (the responder uses it to notice that
+    its worker has gone). After :meth:`stop`, no new connection is
+    accepted and the ones already accepted get up to ``STOP_DRAIN_S`` to
+    finish, so a probe in flight gets its answer rather than a reset.
+    """
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        handle: Callable[[bytes], bytes],
+        *,
+        max_connections: int = 256,
+        request_timeout: float = 5.0,
+        tick: Callable[[], bool] | None = None,
+        tick_interval: float = 0.5,
+    ) -> None:
+        self._listener = listener
+        self._handle = handle
+        self._max_connections = max_connections
+        self._request_timeout = request_timeout
+        self._tick = tick
+        self._tick_interval = tick_interval
+        self._conns: dict[int, _Conn] = {}  # insertion order = accept order
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to return; safe from other threads and signal handlers."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # pipe full (already woken) or closed (already stopped)
+            pass
+
+    def serve(self) -> None:
+        listener = self._listener
+        listener.setblocking(False)
+        sel = self._selector
+        sel.register(listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        next_tick = time.monotonic() + self._tick_interval
+        drain_until: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping:
+                    if drain_until is None:
+                        drain_until = now + STOP_DRAIN_S
+                        sel.unregister(listener)
+                    if not self._conns or now >= drain_until:
+                        break
+                wake_at = min(next_tick, self._next_deadline(next_tick))
+                if drain_until is not None:
+                    wake_at = min(wake_at, drain_until)
+                timeout = max(0.0, wake_at - now)
+                for key, mask in sel.select(timeout):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data == "wake":
+                        self._drain_wake()
+                    else:
+                        self._service(key.data, mask)
+                now = time.monotonic()
+                self._expire(now)
+                if now >= next_tick:
+                    next_tick = now + self._tick_interval
+                    if self._tick is not None and not self._tick():
+                        self._stopping = True
+        finally:
+            for fd in list(self._conns):
+                self._close(fd)
+            sel.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # -- connections --------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(64):  # bounded batch, then let the others have a turn
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep serving
+                logger.warning("health server cannot accept: %s", exc)
+                return
+            if len(self._conns) >= self._max_connections:
+                self._evict_one()
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + self._request_timeout)
+            self._conns[sock.fileno()] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict_one(self) -> None:
+        """Drop the oldest connection still sending its head (else one already answered)."""
+        for state in (_READING, _LINGERING):
+            for fd, conn in self._conns.items():
+                if conn.state == state:
+                    self._close(fd)
+                    return
+        self._close(next(iter(self._conns)))
+
+    def _service(self, conn: _Conn, mask: int) -> None:
+        fd = conn.sock.fileno()
+        if conn.state == _WRITING:
+            self._send(conn)
+            return
+        try:
+            data = conn.sock.recv(_READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(fd)
+            return
+        if not data:
+            self._close(fd)
+            return
+        if conn.state == _LINGERING:
+            conn.discarded += len(data)
+            if conn.discarded > _MAX_DISCARD:
+                self._close(fd)
+            return
+        scanned = len(conn.buf) - 3
+        conn.buf += data
+        try:
+            length = head_complete(conn.buf, scanned)
+        except BadRequest as refused:
+            self._respond(conn, refused.response.encode())
+            return
+        if length:
+            self._respond(conn, self._handle(bytes(conn.buf[:length])))
+
+    def _respond(self, conn: _Conn, payload: bytes) -> None:
+        conn.buf = bytearray()
+        conn.out = payload
+        conn.state = _WRITING
+        conn.deadline = time.monotonic() + self._request_timeout
+        self._send(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(fd)
+            return
+        conn.out = conn.out[sent:]
+        if conn.out:
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(fd)
+            return
+        conn.state = _LINGERING
+        conn.deadline = time.monotonic() + LINGER_S
+        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _next_deadline(self, default: float) -> float:
+        if not self._conns:
+            return default
+        # Connections are in accept order; the oldest reading one expires first
+        # in the common case, and _expire scans them all anyway.
+        return min(default, *(c.deadline for c in self._conns.values()))
+
+    def _expire(self, now: float) -> None:
+        expired = [fd for fd, conn in self._conns.items() if conn.deadline <= now]
+        for fd in expired:
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        conn = self._conns.pop(fd, None)
+        if conn is None:
+            return
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
