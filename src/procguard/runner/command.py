@@ -244,8 +244,11 @@ class CommandSupervisor:
         try:
             check_command(self.options.command)
             if self.options.health_port:
+                # The runner's own thread never runs user code, so it answers
+                # probes promptly from a thread: no responder process needed.
                 self.health = serve_health(
-                    self.snapshot, host=self.options.health_host, port=self.options.health_port
+                    self.snapshot, host=self.options.health_host, port=self.options.health_port,
+                    mode="thread",
                 )
             self.child = self._spawn()
             self._running = True
