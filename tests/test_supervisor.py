@@ -307,3 +307,74 @@ def test_a_second_foreground_up_is_refused(tmp_path: Path, state_dir: Path, spaw
     assert result.returncode == 3
     assert f"PID {proc.pid}" in result.stderr
     assert len([p for p in find_marked("teststack.t") if alive(p.pid)]) == 1
+
+
+@pytest.mark.slow
+def test_next_up_closes_the_runs_of_a_sigkilled_supervisor_in_history(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    stubborn_file, ticks = tmp_path / "stubborn", tmp_path / "ticks"
+    # no watchdog: 'stubborn' ignores the parent-death SIGTERM and survives, 'ticker' dies with the supervisor
+    stack = make_stack(tmp_path, state_dir, spawn, {
+        "stubborn": {"command": worker_cmd("slowstop.py", stubborn_file, -1), "grace": "1s"},
+        "ticker": {"command": worker_cmd("ticker.py", ticks)},
+    }, tuning=FAST + ",watchdog=0")
+    first = stack.up()
+    old = {name: stack.wait_state(name, "running")["pid"] for name in ("stubborn", "ticker")}
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    wait_for(lambda: not alive(old["ticker"]), message="the ticker to die with its supervisor")
+    assert sorted((e.worker, e.event) for e in history(stack)) == [("stubborn", "start"), ("ticker", "start")]
+
+    second = stack.up()
+    for name in ("stubborn", "ticker"):
+        stack.wait_worker(name, lambda w, name=name: w["pid"] not in (None, old[name]), what="a fresh process")
+    assert second.poll() is None
+    assert "ended with a supervisor that died" in stack.output()
+    for name in ("stubborn", "ticker"):
+        rows = list(reversed(history(stack, name)))  # oldest first
+        assert [(e.event, e.reason) for e in rows] == [
+            ("start", None), ("stop", "supervisor_died"), ("start", None)
+        ], rows
+        died = rows[1]
+        assert died.pid == old[name] and died.exit_status is None and died.peak_memory_bytes is None
+        assert rows[0].time <= died.time <= rows[2].time
+    # the survivor was running until the second 'up' stopped it: its runtime is known; the other's is not
+    stubborn_stop = history(stack, "stubborn")[1]
+    assert stubborn_stop.runtime_seconds is not None and stubborn_stop.runtime_seconds > 0
+    assert history(stack, "ticker")[1].runtime_seconds is None
+    # a clean stop leaves nothing open: a third 'up' adds no supervisor_died row
+    assert stack.cli("down").returncode == 0
+    assert second.wait(timeout=20) == 0
+    third = stack.up()
+    stack.wait_state("ticker", "running")
+    assert stack.cli("down").returncode == 0
+    assert third.wait(timeout=20) == 0
+    assert sum(e.reason == "supervisor_died" for e in history(stack)) == 2
+
+
+def test_detached_supervisor_log_is_rotated_like_worker_logs(
+    tmp_path: Path, state_dir: Path, spawn: Any, detached: Any
+) -> None:
+    record = tmp_path / "recycle"
+    # a worker that recycles (exit 80) over and over: the supervisor logs a few lines per recycle
+    stack = make_stack(tmp_path, state_dir, spawn, {
+        "recycler": {"command": worker_cmd("crash.py", record, 80, 0.05)},
+    }, log_max_bytes=2000, log_backups=1)
+    detached(stack)
+    result = subprocess.run([*PROCGUARD, "up", "--detach", "-c", str(stack.config)], env=stack.env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    logs = state_dir / "logs" / "teststack"
+    current, rotated = logs / "supervisor.log", logs / "supervisor.log.1"
+    wait_for(rotated.exists, timeout=30, message=lambda: f"supervisor.log.1; files: {sorted(os.listdir(logs))}")
+    wait_for(lambda: "restarting now" in current.read_text(errors="replace"), timeout=30,
+             message="lines logged after the rotation in the new supervisor.log")
+    down = stack.cli("down")
+    assert down.returncode == 0, down.stderr
+    wait_for(lambda: "supervisor of teststack stopped" in current.read_text(errors="replace"),
+             message=lambda: f"the supervisor's last line in the current file: {current.read_text()[-500:]}")
+    names = sorted(p.name for p in logs.iterdir() if p.name.startswith("supervisor.log"))
+    assert names == ["supervisor.log", "supervisor.log.1"]  # log_backups = 1
+    assert all((logs / name).stat().st_size <= 2000 for name in names)
+    assert "procguard" in rotated.read_text(errors="replace")

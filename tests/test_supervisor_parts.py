@@ -6,6 +6,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -219,3 +220,104 @@ def test_watchdog_kills_what_ignores_sigterm_and_exits_quietly_when_empty(tmp_pa
     empty = spawn(watchdog_argv(), stdin=subprocess.PIPE)
     empty.communicate(b"", timeout=10)
     assert empty.returncode == 0
+
+
+def test_unfinished_starts_are_closed_once_with_what_is_known(tmp_path: Path) -> None:
+    from procguard.supervisor.history import SUPERVISOR_DIED, close_unfinished_runs, unfinished_starts
+
+    db = tmp_path / "history.sqlite"
+    assert unfinished_starts(db, "p") == []
+    history = History(db)
+    history.record(Event("p", "api", 1.0, "start", pid=10))
+    history.record(Event("p", "api", 2.0, "stop", pid=10, reason="exit 1", exit_status=1))
+    history.record(Event("p", "api", 3.0, "start", pid=11))  # open: its supervisor died
+    history.record(Event("p", "db", 4.0, "start", pid=12))  # open, and still running at the next 'up'
+    history.record(Event("p", "bot", 5.0, "start", pid=13))
+    history.record(Event("p", "bot", 6.0, "stop", pid=13, reason="requested", exit_status=0))
+    history.record(Event("other", "api", 7.0, "start", pid=14))  # another stack's: not ours to close
+    history.close()
+    assert [(e.worker, e.pid) for e in unfinished_starts(db, "p")] == [("api", 11), ("db", 12)]
+    written = close_unfinished_runs(db, "p", now=10.0, survivors={12, 99})
+    assert [(e.worker, e.event, e.pid, e.reason, e.exit_status, e.runtime_seconds) for e in written] == [
+        ("api", "stop", 11, SUPERVISOR_DIED, None, None),
+        ("db", "stop", 12, SUPERVISOR_DIED, None, 6.0),
+    ]
+    assert [(e.worker, e.event, e.time) for e in read_events(db, project="p", limit=2)] == [
+        ("db", "stop", 10.0), ("api", "stop", 10.0)]
+    assert unfinished_starts(db, "p") == []
+    assert close_unfinished_runs(db, "p", now=11.0) == []
+    assert [e.pid for e in unfinished_starts(db, "other")] == [14]
+
+
+def test_shared_rotating_file_counts_other_writers_and_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.log"
+    opened: list[int] = []
+    log = RotatingFile(path, max_bytes=1000, backups=1, on_open=opened.append, shared=True)
+    other = os.open(path, os.O_WRONLY | os.O_APPEND)  # like stderr pointing at the same file
+    try:
+        os.write(other, b"x" * 980 + b"\n")
+        log.write(b"a line that no longer fits\n")  # 981 + 27 > 1000: rotate first
+        assert (tmp_path / "supervisor.log.1").read_bytes() == b"x" * 980 + b"\n"
+        assert path.read_bytes() == b"a line that no longer fits\n"
+        assert len(opened) == 2  # opened, then reopened after the rotation
+    finally:
+        os.close(other)
+        log.close()
+
+
+# -- health probes -----------------------------------------------------------------------
+
+
+def _http_once(status: bytes) -> tuple[int, threading.Thread]:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return port, thread
+
+
+def test_probe_health_reads_the_status_line() -> None:
+    from procguard.supervisor.probe import probe_health
+
+    for status, expected in ((b"200 OK", (True, "HTTP 200")), (b"503 Unavailable", (False, "HTTP 503"))):
+        port, thread = _http_once(status)
+        assert probe_health("127.0.0.1", port, 5.0) == expected
+        thread.join(timeout=10)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    ok, detail = probe_health("127.0.0.1", port, 2.0)
+    assert not ok and detail
+
+
+def test_prober_probes_targets_past_their_delay_and_wakes_the_loop() -> None:
+    from procguard.supervisor.probe import Prober, ProbeResult, ProbeTarget
+    from procguard.supervisor.settings import Settings
+
+    woken = threading.Event()
+    asked: list[int] = []
+
+    def probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
+        asked.append(port)
+        return port == 1, f"port {port}"
+
+    settings = Settings(probe_delay_s=5.0, probe_period_s=0.01, probe_timeout_s=1.0)
+    prober = Prober(settings, wake=woken.set, clock=lambda: 100.0, probe=probe)
+    prober.set_targets({"up": ProbeTarget("127.0.0.1", 1, 3, 90.0), "young": ProbeTarget("127.0.0.1", 2, 1, 99.0)})
+    prober.start()
+    try:
+        wait_for(woken.is_set, message="a probe round")
+        results: list[ProbeResult] = []
+        wait_for(lambda: results.extend(prober.results()) or len(results) >= 2, message="two results")
+    finally:
+        prober.stop()
+        prober.join()
+    assert set(asked) == {1}  # 'young' started 1 s ago: within its probe delay
+    assert {(r.name, r.generation, r.ok, r.detail) for r in results} == {("up", 3, True, "port 1")}

@@ -306,6 +306,17 @@ class StackRunningError(ProcguardError):
         )
 
 
+def _rotate_own_log(config: StackConfig, state_dir: Path) -> None:
+    """The detached supervisor (started with ``--ready-fd``): rotate supervisor.log like the worker logs."""
+    from ..supervisor.logs import log_own_output_to, supervisor_log_path
+
+    log_own_output_to(
+        supervisor_log_path(state_dir, config.project.name),
+        max_bytes=config.project.log_max_bytes,
+        backups=config.project.log_backups,
+    )
+
+
 def _tell(fd: int, message: str) -> None:
     try:
         os.write(fd, message.encode() + b"\n")
@@ -318,7 +329,8 @@ def _serve(
     config: StackConfig, state_dir: Path, names: list[str], status_port: int | None, ready_fd: int | None
 ) -> int:
     from ..instances.lock import InstanceLock
-    from ..supervisor.supervisor import Settings, Supervisor
+    from ..supervisor.settings import Settings
+    from ..supervisor.supervisor import Supervisor
 
     lock = InstanceLock.acquire(
         f"supervisor.{config.project.name}",
@@ -326,7 +338,10 @@ def _serve(
         info={"config": str(config.path), "project": config.project.name},
     )
     try:
-        _clean_stale(config, state_dir)
+        if ready_fd is not None:  # detached: supervisor.log is ours now (we hold the stack's lock)
+            _rotate_own_log(config, state_dir)
+        survivors = _clean_stale(config, state_dir)
+        _close_unfinished_runs(config, state_dir, survivors)
         terminal = None if ready_fd is not None else sys.stdout.buffer
         supervisor = Supervisor(
             config,
@@ -350,10 +365,14 @@ def _serve(
             lock.release()
 
 
-def _clean_stale(config: StackConfig, state_dir: Path) -> None:
-    """Stop leftovers of an earlier supervisor of this stack (we hold its lock, so all are stale)."""
+def _clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
+    """Stop leftovers of an earlier supervisor of this stack (we hold its lock, so all are stale).
+
+    Returns the pids that were still running and have been stopped now.
+    """
     from ..instances.cleanup import CleanupPlan, Viewpoint, execute_plan, plan_cleanup, snapshot_processes
     from ..instances.lock import list_instances
+    from ..proctree import StopResult
 
     table = snapshot_processes()
     view = Viewpoint.current()
@@ -366,15 +385,34 @@ def _clean_stale(config: StackConfig, state_dir: Path) -> None:
         for target in plan.targets:
             targets.setdefault(target.process.pid, target)
     if not targets:
-        return
+        return set()
     grace = max(w.grace_s for w in config.workers.values())
     logger.warning("stopping %d stale process(es) of stack %s first", len(targets), config.project.name)
+    survivors: set[int] = set()
     for entry in execute_plan(CleanupPlan(f"stack {config.project.name}", tuple(targets.values())), grace):
         logger.info("stale pid %s (%s): %s", entry.pid, entry.name, entry.result)
+        if entry.result in (StopResult.TERMINATED, StopResult.KILLED):
+            survivors.add(entry.pid)
+    return survivors
+
+
+def _close_unfinished_runs(config: StackConfig, state_dir: Path, survivors: set[int]) -> None:
+    """History: a ``supervisor_died`` stop for each worker run an earlier supervisor left open."""
+    from ..supervisor.history import close_unfinished_runs, db_path
+
+    project = config.project.name
+    stops = close_unfinished_runs(db_path(state_dir), project, now=time.time(), survivors=survivors)
+    if stops:
+        logger.warning(
+            "history: %d run(s) of stack %s ended with a supervisor that died: %s",
+            len(stops),
+            project,
+            ", ".join(f"{stop.worker} (pid {stop.pid})" for stop in stops),
+        )
 
 
 def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, status_port: int | None) -> int:
-    from ..supervisor.logs import log_dir
+    from ..supervisor.logs import log_dir, supervisor_log_path
 
     project = config.project.name
     pid = _supervisor_pid(config, state_dir)
@@ -382,7 +420,7 @@ def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, stat
         print(f"stack {project!r} is already running (supervisor PID {pid}); nothing started")
         return ExitStatus.OK
     logs = log_dir(state_dir, project, create=True)
-    log_file = logs / "supervisor.log"
+    log_file = supervisor_log_path(state_dir, project)
     read_fd, write_fd = os.pipe()
     argv = [
         sys.executable,

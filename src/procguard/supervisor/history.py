@@ -6,12 +6,19 @@ state directory; rows carry the project name. Only a supervisor writes;
 are a few per worker life, so each one is its own short transaction with a
 busy timeout: two supervisors of different stacks never block each other
 for long, and a reader never sees half a row.
+
+A supervisor that was SIGKILLed (or OOM-killed) never wrote the ``stop``
+rows of its workers. The next ``procguard up`` of the stack, holding the
+stack's lock, closes those runs (:func:`close_unfinished_runs`): one
+``stop`` row with the reason ``supervisor_died`` for each worker whose last
+row is a ``start``.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 FILENAME = "history.sqlite"
+
+#: Reason of the ``stop`` rows written for the runs of a supervisor that died.
+SUPERVISOR_DIED = "supervisor_died"
+
+_COLUMNS = "project, worker, time, event, pid, reason, exit_status, runtime_seconds, peak_memory_bytes"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -115,10 +127,7 @@ def read_events(path: Path, *, project: str | None = None, limit: int = 50) -> l
         return []
     db = _connect(path)
     try:
-        query = (
-            "SELECT project, worker, time, event, pid, reason, exit_status, runtime_seconds,"
-            " peak_memory_bytes FROM events"
-        )
+        query = f"SELECT {_COLUMNS} FROM events"
         params: list[Any] = []
         if project is not None:
             query += " WHERE project = ?"
@@ -152,3 +161,67 @@ def read_projects(path: Path) -> list[str]:
     finally:
         db.close()
     return [str(row[0]) for row in rows]
+
+
+def unfinished_starts(path: Path, project: str) -> list[Event]:
+    """The ``start`` rows of ``project`` that are their worker's last row (no ``stop`` followed)."""
+    if not path.exists():
+        return []
+    db = _connect(path)
+    try:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM events AS e WHERE project = ? AND event = 'start' AND id = "
+            "(SELECT id FROM events WHERE project = e.project AND worker = e.worker"
+            " ORDER BY time DESC, id DESC LIMIT 1) ORDER BY worker",
+            (project,),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []  # no table yet
+    finally:
+        db.close()
+    return [Event(*row) for row in rows]
+
+
+def supervisor_died_stops(starts: Sequence[Event], now: float, survivors: Collection[int]) -> list[Event]:
+    """The ``stop`` rows that close ``starts`` left open by a supervisor that died.
+
+    Only what is known goes in: the pid, and the runtime when the worker's
+    process was still running when the next ``up`` stopped it (its pid in
+    ``survivors``) -- it ran until ``now``. How the others ended, when, and
+    their peak memory died with the supervisor: left empty.
+    """
+    stops: list[Event] = []
+    for start in starts:
+        survived = start.pid is not None and start.pid in survivors
+        stops.append(
+            Event(
+                start.project,
+                start.worker,
+                max(now, start.time),
+                "stop",
+                pid=start.pid,
+                reason=SUPERVISOR_DIED,
+                runtime_seconds=round(max(0.0, now - start.time), 3) if survived else None,
+            )
+        )
+    return stops
+
+
+def close_unfinished_runs(
+    path: Path, project: str, *, now: float, survivors: Collection[int] = ()
+) -> list[Event]:
+    """Record a ``supervisor_died`` stop for each open run of ``project``; returns the rows written.
+
+    Call it only while holding the stack's lock (no supervisor of the stack
+    runs, so every open run belongs to one that died).
+    """
+    stops = supervisor_died_stops(unfinished_starts(path, project), now, survivors)
+    if not stops:
+        return stops
+    history = History(path)
+    try:
+        for stop in stops:
+            history.record(stop)
+    finally:
+        history.close()
+    return stops

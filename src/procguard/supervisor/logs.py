@@ -7,15 +7,23 @@ Each worker's stdout and stderr go, line by line, to
 ``HH:MM:SS name | text`` (honcho style) so a stack's output reads as one
 stream. ``procguard logs`` reads the files directly: it needs no running
 supervisor, so the logs of a stack that crashed are still there.
+
+A detached supervisor's own output (its log lines, anything written to its
+stdout/stderr) goes to ``STATE_DIR/logs/PROJECT/supervisor.log``, rotated
+with the same settings (:func:`log_own_output_to`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+#: File name of a detached supervisor's own log, beside its workers' logs.
+SUPERVISOR_LOG = "supervisor.log"
 
 #: A line longer than this is cut into pieces rather than buffered forever.
 MAX_LINE_BYTES = 64 * 1024
@@ -35,13 +43,34 @@ def log_path(state_dir: Path, project: str, worker: str) -> Path:
     return log_dir(state_dir, project) / f"{worker}.log"
 
 
-class RotatingFile:
-    """An append-only file that rotates itself at ``max_bytes`` keeping ``backups`` old files."""
+def supervisor_log_path(state_dir: Path, project: str) -> Path:
+    """Where a detached supervisor of ``project`` writes its own output."""
+    return log_dir(state_dir, project) / SUPERVISOR_LOG
 
-    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+
+class RotatingFile:
+    """An append-only file that rotates itself at ``max_bytes`` keeping ``backups`` old files.
+
+    ``on_open(fd)`` is called after each (re)opening, e.g. to point stdout
+    and stderr at the new file. With ``shared``, other writers append to the
+    same file (through those descriptors), so its size is read before each
+    write instead of counted.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        on_open: Callable[[int], None] | None = None,
+        shared: bool = False,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self._on_open = on_open
+        self._shared = shared
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file = self._open()
 
@@ -49,9 +78,13 @@ class RotatingFile:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         handle = os.fdopen(fd, "ab", buffering=0)
         self._size = os.fstat(fd).st_size
+        if self._on_open is not None:
+            self._on_open(fd)
         return handle
 
     def write(self, data: bytes) -> None:
+        if self._shared:
+            self._size = os.fstat(self._file.fileno()).st_size
         if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
             self._rotate()
         self._file.write(data)
@@ -71,6 +104,45 @@ class RotatingFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+class _TextLog:
+    """The text stream a logging handler writes to, over a :class:`RotatingFile`."""
+
+    def __init__(self, log: RotatingFile) -> None:
+        self._log = log
+
+    def write(self, text: str) -> int:
+        self._log.write(text.encode(errors="replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        """Writes are unbuffered: nothing to flush."""
+
+
+def _become_stdout_and_stderr(fd: int) -> None:
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def log_own_output_to(path: Path, *, max_bytes: int, backups: int) -> RotatingFile:
+    """Send this process's output to ``path``, rotated at ``max_bytes`` (``backups`` old files kept).
+
+    For the detached supervisor, whose stdout and stderr are already that
+    file: the root logger's stream handlers now write through the rotating
+    file, and after each rotation stdout and stderr are pointed at the new
+    file, so a traceback or a stray print lands there too and the old file
+    is not appended to forever. The CLI calls this (the library never
+    configures logging).
+    """
+    log = RotatingFile(
+        path, max_bytes=max_bytes, backups=backups, on_open=_become_stdout_and_stderr, shared=True
+    )
+    stream = _TextLog(log)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setStream(stream)
+    return log
 
 
 class LineSplitter:

@@ -9,7 +9,7 @@
   ``Accept`` header or ``?format=openmetrics`` asks for it).
 
 It binds 127.0.0.1 unless told otherwise and only reads the immutable
-:class:`~procguard.supervisor.supervisor.View` the event loop publishes, so
+:class:`~procguard.supervisor.view.View` the event loop publishes, so
 a slow browser can never stall supervision. prometheus_client is imported
 on the first ``/metrics`` request only, to keep the supervisor small.
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from .supervisor import View
+    from .view import View
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,13 @@ with N > 1, so it can never be told to signal init or every process.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
 import subprocess
+
+logger = logging.getLogger(__name__)
 
 #: How long the groups get between SIGTERM and SIGKILL after the supervisor died.
 KILL_AFTER_S = 1.0
@@ -71,3 +77,64 @@ def start_watchdog(shell: str = "/bin/sh") -> subprocess.Popen[bytes]:
         start_new_session=True,
         close_fds=True,
     )
+
+
+class WatchdogLink:
+    """The supervisor's side of the watchdog: start it, tell it groups, notice if it dies.
+
+    Every method is a no-op when the watchdog is disabled or could not start:
+    the parent-death signal still covers the workers themselves.
+    """
+
+    def __init__(self, *, enabled: bool = True, shell: str = "/bin/sh") -> None:
+        self._enabled = enabled
+        self._shell = shell
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not self._enabled:
+            return
+        try:
+            self._proc = start_watchdog(self._shell)
+        except OSError as error:
+            logger.warning("cannot start the orphan watchdog: %s", error)
+            self._proc = None
+
+    def watch(self, pgid: int) -> None:
+        """A new process group to kill if the supervisor dies."""
+        self._tell(b"+%d\n" % pgid)
+
+    def unwatch(self, pgid: int) -> None:
+        """A group that is gone: forget it (its number may be reused)."""
+        self._tell(b"-%d\n" % pgid)
+
+    def _tell(self, line: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        except OSError as error:
+            if error.errno != errno.EPIPE:
+                logger.warning("watchdog: %s", error)
+
+    def reaped(self, pid: int, wait_status: int) -> bool:
+        """True if ``pid`` (reaped by the caller's ``waitpid(-1)``) was the watchdog."""
+        proc = self._proc
+        if proc is None or pid != proc.pid:
+            return False
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        logger.warning("watchdog (pid %s) exited; orphan protection relies on parent-death signals", pid)
+        self._proc = None
+        return True
+
+    def close(self) -> None:
+        """Normal shutdown: EOF with an empty list, so it exits quietly; wait for it briefly."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)

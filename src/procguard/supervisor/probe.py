@@ -1,0 +1,144 @@
+"""Liveness probing: ``GET /health`` of each worker that has a health port, from a side thread.
+
+The prober thread only asks and reports: every ``probe_period_s`` it probes
+each target that has been up for ``probe_delay_s``, puts a
+:class:`ProbeResult` on a queue and wakes the event loop. What a failure
+means (count it, restart after ``probe_failure_threshold`` in a row) is
+decided by the loop (:meth:`.lifecycle.Lifecycle.probe_result`), which owns
+every worker's state. A result carries the worker's spawn ``generation`` so
+an answer about a process that has since been replaced is ignored.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from .settings import Settings
+from .worker import Worker
+
+
+class ProbeTarget:
+    """Where to probe one worker, and which spawn of it (plain slots: the supervisor counts its bytes)."""
+
+    __slots__ = ("generation", "host", "port", "started_at")
+
+    def __init__(self, host: str, port: int, generation: int, started_at: float) -> None:
+        self.host = host
+        self.port = port
+        self.generation = generation
+        self.started_at = started_at  # monotonic
+
+
+class ProbeResult:
+    """One probe's outcome, for the worker ``name`` as spawned the ``generation``-th time."""
+
+    __slots__ = ("detail", "generation", "name", "ok")
+
+    def __init__(self, name: str, generation: int, ok: bool, detail: str) -> None:
+        self.name = name
+        self.generation = generation
+        self.ok = ok
+        self.detail = detail
+
+
+def probe_targets(workers: Iterable[Worker]) -> dict[str, ProbeTarget]:
+    """The workers to probe now: a health port and a live process."""
+    targets: dict[str, ProbeTarget] = {}
+    for worker in workers:
+        port = worker.config.health_port
+        if port and worker.state.has_process and worker.started_at is not None:
+            targets[worker.name] = ProbeTarget(
+                worker.config.health_host, port, worker.generation, worker.started_at
+            )
+    return targets
+
+
+def probe_health(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """GET http://host:port/health; ``(True, "HTTP 200")`` when healthy, else ``(False, why)``.
+
+    A raw HTTP/1.0 request on a socket: the supervisor does not load
+    urllib/http.client (and their ssl import) for a one-line status check.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(
+                b"GET /health HTTP/1.0\r\nHost: %s\r\nUser-Agent: procguard-supervisor\r\n\r\n"
+                % host.encode()
+            )
+            head = b""
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError as error:
+        return False, (error.strerror or str(error))[:120]
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return False, "not an HTTP response"
+    code = int(parts[1])
+    return code == 200, f"HTTP {code}"
+
+
+class Prober:
+    """The side thread that probes; the loop sets its targets and drains its results.
+
+    ``wake`` is called after each round so the loop picks the results up at
+    once; ``probe`` is the check itself (:func:`probe_health`, or a stand-in).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[str, int, float], tuple[bool, str]] = probe_health,
+    ) -> None:
+        self._settings = settings
+        self._wake = wake
+        self._clock = clock
+        self._probe = probe
+        self._targets: dict[str, ProbeTarget] = {}
+        self._results: queue.SimpleQueue[ProbeResult] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set_targets(self, targets: dict[str, ProbeTarget]) -> None:
+        """Replace the target list (one attribute swap: the thread reads a consistent dict)."""
+        self._targets = targets
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="procguard-prober", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        settings = self._settings
+        while not self._stop.wait(settings.probe_period_s):
+            now = self._clock()
+            for name, target in list(self._targets.items()):
+                if now - target.started_at < settings.probe_delay_s or self._stop.is_set():
+                    continue
+                ok, detail = self._probe(target.host, target.port, settings.probe_timeout_s)
+                self._results.put(ProbeResult(name, target.generation, ok, detail))
+            self._wake()
+
+    def results(self) -> Iterator[ProbeResult]:
+        """The results reported since the last call, oldest first."""
+        while True:
+            try:
+                yield self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    def stop(self) -> None:
+        """Ask the thread to finish (it ends after the probe in flight, if any)."""
+        self._stop.set()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=self._settings.probe_timeout_s + 1)
