@@ -212,13 +212,13 @@ def test_bot_supervised_from_outside(spawn, state_dir, tmp_path, api):
     assert collector.wait(timeout=60) == 0, read_output(collector)
     bot = spawn([*PROCGUARD, "run", "--name", "bot", "--health-port", "0", "--grace", "10s", "--",
                  PYTHON, "-m", "examples.analyticbot.bot", "--every", "0.2", "--data-dir", str(tmp_path)])
-    report_file = tmp_path / "report.json"
-    report = wait_for(
-        lambda: report_file.exists() and json.loads(report_file.read_text()),
+    report_file, report_text = tmp_path / "report.json", tmp_path / "report.txt"
+    report = wait_for(  # the bot writes report.json, then report.txt: wait for both
+        lambda: report_text.exists() and json.loads(report_file.read_text()),
         message=lambda: "a report" + (f"\n{read_output(bot)}" if bot.poll() is not None else ""),
     )
     assert report["runs"] == 1 and len(report["channels"]) == EXPECTED_CHANNELS
-    assert "subscribers" in (tmp_path / "report.txt").read_text()
+    assert "subscribers" in report_text.read_text()
     bot.send_signal(signal.SIGTERM)
     out, err = bot.communicate(timeout=60)
     assert bot.returncode == 0, err.decode()  # the bot's own status after a forwarded SIGTERM

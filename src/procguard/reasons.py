@@ -51,6 +51,11 @@ class ExitStatus(enum.IntEnum):
     GRACE_EXCEEDED = 87  # a graceful stop overran grace_s, or a second signal
     # A graceful stop after SIGTERM/SIGINT exits 128 + signal number (143, 130).
 
+    def __str__(self) -> str:
+        # The number, as on Python 3.11+; 3.10's IntEnum would print
+        # "ExitStatus.MAX_RUNTIME" into generated configs and messages.
+        return str(self.value)
+
 
 _REASON_STATUS: dict[StopReason, int] = {
     StopReason.COMPLETED: ExitStatus.OK,
