@@ -436,6 +436,7 @@ def test_request_head_trickling_in_byte_by_byte_is_answered() -> None:
         assert status_of(data) == 200
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_close_in_a_forked_child_leaves_the_parents_responder_alone() -> None:
     with serve_health(MutableSource(), mode="process") as server:
         responder = server.responder_pid
