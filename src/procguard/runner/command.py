@@ -174,8 +174,10 @@ class CommandSupervisor:
         sample = self._sample
         child = self.child
         health = self._health(now, sample)
-        ready = HealthStatus(True) if self._running and self._stop_reason is None else HealthStatus(
-            False, health.reason if not health.is_healthy else "not ready"
+        ready = (
+            HealthStatus(True, "ready")
+            if self._running and self._stop_reason is None
+            else HealthStatus(False, health.reason if not health.is_healthy else "not ready")
         )
         remaining = None if self.deadline is None else max(0.0, self.deadline - now)
         return WorkerSnapshot(
@@ -196,6 +198,7 @@ class CommandSupervisor:
             memory_limit_bytes=self.options.memory_limit_bytes,
             cpu_limit_percent=self.options.cpu_limit_percent,
             stop_reason=str(self._stop_reason) if self._stop_reason else None,
+            stop_reasons_total={str(self._stop_reason): 1} if self._stop_reason else {},
         )
 
     def _health(self, now: float, sample: ResourceSample | None) -> HealthStatus:
