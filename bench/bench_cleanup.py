@@ -32,10 +32,8 @@ figures into docs/benchmarks.md between ``<!-- bench:cleanup -->`` markers.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -53,8 +51,9 @@ from procguard.instances.cleanup import pkill_match_set, snapshot_processes
 from procguard.instances.identity import new_marker
 from procguard.instances.spawn import spawn_process
 
+from ._report import machine, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 PYTHON = sys.executable
 
 #: A legacy worker: one forked multiprocessing child, one exec'd helper, a
@@ -83,32 +82,6 @@ if __name__ == "__main__":
     time.sleep(random.uniform(0.1, 0.3))   # finish the in-flight item
     sys.exit(0)
 """
-
-
-def write_section(name: str, markdown: str, *, doc: Path = DOC) -> None:
-    """Replace (or append) the ``<!-- bench:NAME -->`` section of docs/benchmarks.md, under a lock."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{begin}\n{markdown.rstrip()}\n{end}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    with open(doc, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        text = f.read()
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            tail = rest.split(end, 1)[1].lstrip("\n")
-            text = head + block + ("\n" + tail if tail else "")
-        else:
-            if not text.strip():
-                text = "# Benchmarks\n\nFigures measured by the scripts under bench/; each section names its script.\n"
-            text = text.rstrip("\n") + "\n\n" + block
-        f.seek(0)
-        f.truncate()
-        f.write(text)
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def alive(pid: int, create_time: float) -> bool:

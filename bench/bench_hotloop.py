@@ -15,42 +15,15 @@ fixed cost). Goal: ratio <= 1.5.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 from procguard.manager import ProcessManager
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+from ._report import machine, write_section
 
+__all__ = ["machine", "write_section"]  # re-exported for the other benchmarks
 
-def write_section(name: str, markdown: str, *, doc: Path = DOC) -> None:
-    """Replace (or append) the ``<!-- bench:NAME -->`` section of docs/benchmarks.md, under a lock."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{begin}\n{markdown.rstrip()}\n{end}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    with open(doc, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        text = f.read()
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            tail = rest.split(end, 1)[1].lstrip("\n")
-            text = head + block + ("\n" + tail if tail else "")
-        else:
-            if not text.strip():
-                text = "# Benchmarks\n\nFigures measured by the scripts under bench/; each section names its script.\n"
-            text = text.rstrip("\n") + "\n\n" + block
-        f.seek(0)
-        f.truncate()
-        f.write(text)
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 class Floor:

@@ -38,8 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from ._report import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 WORKER_CPU = 0
 OTHER_CPU = 1
 
@@ -248,21 +249,6 @@ def render(rows: list[dict[str, object]], seconds: float, rounds: int) -> str:
         rel = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
         lines.append(f"| {LABELS[str(row['mode'])]} | {row['path'] or '-'} | {cells} | {rel} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(name: str, text: str) -> None:
-    """Replace (or append) this bench's section of docs/benchmarks.md."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{begin}\n{text}{end}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if begin in current and end in current:
-        head, _, rest = current.partition(begin)
-        _, _, tail = rest.partition(end)
-        rest = tail.lstrip("\n")
-        current = head + block + ("\n" + rest if rest else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    DOC.write_text(current)
 
 
 def main(argv: list[str] | None = None) -> int:

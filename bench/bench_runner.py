@@ -39,6 +39,8 @@ from pathlib import Path
 
 import psutil
 
+from ._report import write_section
+
 MB = 1024 * 1024
 LIMIT_MB = 200
 PREFILL_MB = 170
@@ -188,20 +190,6 @@ def _median_range(values: list[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
-def write_section(text: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    start, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in current and end in current:
-        before = current[: current.index(start)]
-        after = current[current.index(end) + len(end) :]
-        current = before + block + after
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_runner")
     parser.add_argument("--runs", type=int, default=5)
@@ -245,7 +233,7 @@ tree without the child uses {runner_mb:.1f} MB RSS ({parts}) and {cpu_pct:.2f} %
 """
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 
