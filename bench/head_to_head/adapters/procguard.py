@@ -13,8 +13,9 @@ from .. import procs
 from ..stack import Stack
 from .base import Adapter
 
-#: The supervisor samples every worker's process tree every 2 s and acts on the
-#: second consecutive strike; its tightest setting samples every 0.5 s (the
+#: The supervisor samples every worker's process tree every 2 s (every 0.25 s
+#: while a worker is near its memory limit) and acts on the second consecutive
+#: strike; its tightest setting samples every 0.5 s regularly (the
 #: PROCGUARD_SUPERVISOR_TUNING variable, meant for tests and benchmarks).
 TUNING = {"defaults": None, "tight": "sample_interval_s=0.5"}
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .backoff import Action, Exit, decide
+from .cadence import needs_close_watch
 from .history import Event, History
 from .leftovers import LeftoverGroups
 from .probe import ProbeResult
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 RUNNER_EXIT_MARGIN_S = 1.0
 
 S = WorkerState
+
+_MB = 1024 * 1024
 
 
 def next_deadline(worker: Worker, start_period_s: float) -> float | None:
@@ -286,24 +289,58 @@ class Lifecycle:
 
     # -- what the loop observes ------------------------------------------------------------
 
-    def sample(self, worker: Worker, now: float, wall: float) -> None:
-        """Read the worker's tree; recycle a directly run command at its memory/CPU/runtime limit."""
+    def sample(self, worker: Worker, now: float, wall: float, *, regular: bool = True) -> None:
+        """Read the worker's tree; recycle a directly run command at its memory/CPU/runtime limit.
+
+        ``regular`` is False for the fast samples of a closely watched worker
+        (:mod:`.cadence`); after each sample ``worker.close_watch`` says
+        whether the next one should come at the fast pace. A soft-limit
+        verdict is a graceful recycle (SIGTERM, then grace); the hard ceiling
+        kills, even during a stop already under way.
+        """
         if not worker.state.has_process or worker.sampler is None:
+            worker.close_watch = False
             return
         sample = worker.sampler.sample()
         if sample is None:
+            worker.close_watch = False
             return
-        worker.observe(sample, wall)
+        previous = worker.observe(sample, now, wall, chart=regular)
+        tracker = worker.limits
+        if tracker is None:
+            return
+        limits = tracker.limits
+        worker.close_watch = needs_close_watch(
+            sample.memory_bytes,
+            soft_bytes=limits.memory_soft_bytes,
+            strikes=tracker.memory_strikes,
+            previous=previous,
+            now=now,
+            horizon_s=self.settings.sample_interval_s,
+            near_fraction=self.settings.close_watch_fraction,
+        )
         if worker.state is S.STOPPING:
+            hard = limits.memory_hard_bytes
+            if hard and sample.memory_bytes > hard and not worker.hard_killed:
+                logger.warning(
+                    "%s: memory %.1f MB over the hard ceiling %.1f MB while stopping: "
+                    "killing its group (pid %s)",
+                    worker.name,
+                    sample.memory_bytes / _MB,
+                    hard / _MB,
+                    worker.pid,
+                )
+                worker.hard_killed = True
+                worker.signal(signal.SIGKILL, group=True)
             return
-        if worker.limits is not None:
-            verdict = worker.limits.observe(LimitSample(sample), now)
-            if verdict is not None:
-                logger.warning("%s: %s: recycling", worker.name, verdict.detail)
-                self.request_stop(worker, now, cause=str(verdict.reason), planned=True)
-                if verdict.hard:
-                    worker.signal(signal.SIGKILL, group=True)
-                return
+        verdict = tracker.observe(LimitSample(sample), now)
+        if verdict is not None:
+            logger.warning("%s: %s: recycling", worker.name, verdict.detail)
+            self.request_stop(worker, now, cause=str(verdict.reason), planned=True)
+            if verdict.hard:
+                worker.hard_killed = True
+                worker.signal(signal.SIGKILL, group=True)
+            return
         runtime = worker.config.max_runtime_s
         if (
             worker.supervised_from_outside

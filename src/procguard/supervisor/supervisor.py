@@ -9,7 +9,9 @@ over events), so no worker state is ever shared between threads:
 - SIGCHLD only wakes the loop; the loop reaps with ``waitpid(-1, WNOHANG)``
   (it is a child subreaper, so orphaned grandchildren are reaped too);
 - timers (backoff, stop deadlines, start period, sampling) are computed
-  from the workers' fields at each turn, with :func:`time.monotonic`.
+  from the workers' fields at each turn, with :func:`time.monotonic`;
+  sampling has a regular tick for every worker and, only while some worker
+  is near its memory limit (:mod:`.cadence`), a fast tick for those.
 
 What happens to a worker is :mod:`.lifecycle`'s; stopping the whole stack
 is :mod:`.shutdown`'s; control requests are :mod:`.commands`'; probing is
@@ -104,6 +106,7 @@ class Supervisor:
         self._wakeup = WakeupPipe()
         self._signals = SignalInbox(self._wakeup)
         self._next_sample = 0.0
+        self._next_fast_sample: float | None = None  # only while some worker is closely watched
         self._next_publish = 0.0
         self._publish_pending = True
         self._ready_sent = False
@@ -238,6 +241,8 @@ class Supervisor:
 
     def _next_timeout(self, now: float) -> float:
         deadlines = [self._next_sample]
+        if self._next_fast_sample is not None:
+            deadlines.append(self._next_fast_sample)
         if self._publish_pending:
             deadlines.append(self._next_publish)
         for worker in self.workers.values():
@@ -264,10 +269,8 @@ class Supervisor:
                     worker.want_start = False
                     self.lifecycle.spawn(worker, now)
         sampled = now >= self._next_sample
-        if sampled:
-            for worker in self.workers.values():
-                self.lifecycle.sample(worker, now, wall)
-            self._next_sample = now + self.settings.sample_interval_s
+        if sampled or (self._next_fast_sample is not None and now >= self._next_fast_sample):
+            self._sample(now, wall, regular=sampled)
         self._leftovers.sweep(now)
         if sampled or (self._publish_pending and now >= self._next_publish):
             self._publish(now)
@@ -276,6 +279,26 @@ class Supervisor:
             if self._on_ready is not None:
                 self._on_ready()
             release_memory()
+
+    def _sample(self, now: float, wall: float, *, regular: bool) -> None:
+        """Sample every worker (a regular tick) or only the closely watched ones (a fast tick).
+
+        Which workers are closely watched is :mod:`.cadence`'s rule, applied by
+        the lifecycle after each sample; the fast tick runs only while there is
+        at least one, so a stack well under its limits wakes at the regular pace.
+        """
+        for worker in self.workers.values():
+            if regular or worker.close_watch:
+                self.lifecycle.sample(worker, now, wall, regular=regular)
+        settings = self.settings
+        if regular:
+            self._next_sample = now + settings.sample_interval_s
+        else:
+            self._publish_pending = True  # published at the view's own pace, not every fast tick
+        if any(worker.close_watch for worker in self.workers.values()):
+            self._next_fast_sample = now + min(settings.fast_sample_interval_s, settings.sample_interval_s)
+        else:
+            self._next_fast_sample = None
 
     def _handle_signals(self) -> None:
         while (signum := self._signals.pop()) is not None:

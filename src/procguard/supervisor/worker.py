@@ -95,6 +95,9 @@ class Worker:
         self.last_exit: dict[str, Any] | None = None
         self.peak_memory_bytes = 0
         self.last_sample: TreeSample | None = None
+        self.last_sample_at: float | None = None  # monotonic time of last_sample
+        self.close_watch = False  # sampled at the fast pace (near its memory limit)
+        self.hard_killed = False  # SIGKILLed at the hard memory ceiling (once per process)
         self.samples: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=SAMPLE_HISTORY)
         self.sampler: TreeSampler | None = None
         self.limits: LimitTracker | None = None
@@ -186,6 +189,9 @@ class Worker:
         self.started_wall = wall
         self.peak_memory_bytes = 0
         self.last_sample = None
+        self.last_sample_at = None
+        self.close_watch = False
+        self.hard_killed = False
         self.probe_failures = 0
         self.probe_detail = ""
         self.stop_deadline = None
@@ -244,14 +250,28 @@ class Worker:
         self.pid = None
         self.sampler = None
         self.limits = None
+        self.close_watch = False
         return exit_
 
-    def observe(self, sample: TreeSample, wall: float) -> None:
+    def observe(
+        self, sample: TreeSample, now: float, wall: float, *, chart: bool = True
+    ) -> tuple[float, int] | None:
+        """Keep ``sample`` (taken at ``now``); returns the previous one as ``(time, memory bytes)``.
+
+        ``chart=False`` for the fast samples of a closely watched worker: they
+        update the figures and the peak but do not crowd the chart's history.
+        """
+        previous = None
+        if self.last_sample is not None and self.last_sample_at is not None:
+            previous = (self.last_sample_at, self.last_sample.memory_bytes)
         self.last_sample = sample
+        self.last_sample_at = now
         self.peak_memory_bytes = max(self.peak_memory_bytes, sample.memory_bytes)
-        self.samples.append(
-            (round(wall, 1), round(sample.memory_bytes / _MB, 1), round(sample.cpu_percent, 1))
-        )
+        if chart:
+            self.samples.append(
+                (round(wall, 1), round(sample.memory_bytes / _MB, 1), round(sample.cpu_percent, 1))
+            )
+        return previous
 
     # -- reporting -----------------------------------------------------------
 

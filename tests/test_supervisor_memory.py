@@ -1,0 +1,124 @@
+"""The supervisor's memory guard of a directly run command: a graceful recycle before the hard ceiling.
+
+A ``command`` worker without a health port is watched from outside by
+``procguard up`` itself. At the default settings it samples every worker
+every 2 s; a worker near its limit (or growing towards it) is sampled at
+the runner's 0.25 s pace (supervisor/cadence.py), so a steady leak is
+recycled with SIGTERM well before the hard ceiling (1.25 x the limit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procguard.supervisor.cadence import needs_close_watch
+from procguard.supervisor.history import db_path, read_events
+from procguard.supervisor.settings import TUNING_ENV, Settings
+
+from .helpers import wait_for
+from .supervisor_workers.stackkit import Stack, lines, worker_cmd, write_config
+
+MIB = 1024 * 1024
+FAST = "start_period_s=0.3,sample_interval_s=0.2"
+
+
+def _runs(path: Path) -> tuple[list[int], dict[int, int]]:
+    """Pids in start order, and pid -> peak RSS of the runs that stopped gracefully."""
+    started, graceful = [], {}
+    for line in lines(path):
+        parts = line.split()
+        if parts[0] == "start":
+            started.append(int(parts[1]))
+        elif parts[0] == "term":
+            graceful[int(parts[1])] = int(parts[2])
+    return started, graceful
+
+
+def _wait_restart(stack: Stack, record: Path, *, timeout: float) -> None:
+    def restarted() -> bool:
+        if stack.proc is not None and stack.proc.poll() is not None:
+            raise AssertionError(f"procguard up exited {stack.proc.returncode}: {stack.output()[-3000:]}")
+        return len(_runs(record)[0]) >= 2
+
+    wait_for(restarted, timeout=timeout, interval=0.05,
+             message=lambda: f"a restart of the leaker; record={lines(record)}; {stack.output()[-3000:]}")
+
+
+def _stops(stack: Stack) -> list[Any]:
+    events = read_events(db_path(stack.state_dir), project=stack.project, limit=0)
+    return sorted((e for e in events if e.event == "stop"), key=lambda e: e.time)
+
+
+@pytest.mark.slow
+def test_a_steady_leak_is_recycled_gracefully_at_default_settings(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    record = tmp_path / "leak"
+    # 80 MiB at start, then 20 MB/s; its SIGTERM handler needs 0.2 s (still leaking) to finish.
+    # start_limit = 1: a stop counted as a failure would make it FATAL at once, not restart it.
+    config = write_config(tmp_path, {
+        "leaker": {"command": worker_cmd("leaker.py", record, 80, 20, 0.2), "memory_limit": "200MB",
+                   "start_limit": 1},
+    })
+    stack = Stack(config, state_dir, spawn)  # no tuning: the supervisor's own defaults
+    stack.env.pop(TUNING_ENV, None)
+    assert Settings.from_env(stack.env) == Settings()
+    stack.up()
+    _wait_restart(stack, record, timeout=60)
+    started, graceful = _runs(record)
+    first = started[0]
+    assert first in graceful, f"the first run was not stopped gracefully (SIGKILL?): {lines(record)}"
+    peak = graceful[first]
+    hard = 250 * MIB
+    assert 200 * MIB < peak < hard - 15 * MIB, f"peak RSS {peak / MIB:.1f} MiB"
+    stops = _stops(stack)
+    assert stops, "no stop in the history"
+    assert (stops[0].pid, stops[0].reason, stops[0].exit_status) == (first, "memory_limit", 0)
+    worker = stack.wait_state("leaker", "starting", "running")
+    assert worker["restarts"] >= 1 and worker["last_exit"]["signal"] is None
+    assert worker["next_start_in_seconds"] is None  # restarted at once, no backoff
+    assert "hard ceiling" not in stack.output()
+
+
+def test_the_hard_ceiling_still_kills_a_worker_that_keeps_leaking_while_stopping(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    record = tmp_path / "leak"
+    # 50 MB/s, and a SIGTERM handler that would take 30 s: past 125 MiB it must be killed, not waited for.
+    config = write_config(tmp_path, {
+        "leaker": {"command": worker_cmd("leaker.py", record, 20, 50, 30), "memory_limit": "100MB",
+                   "grace": "60s", "start_limit": 1},
+    })
+    stack = Stack(config, state_dir, spawn, tuning=FAST)
+    stack.up()
+    _wait_restart(stack, record, timeout=30)
+    started, graceful = _runs(record)
+    assert started[0] not in graceful
+    stops = _stops(stack)
+    assert (stops[0].pid, stops[0].reason, stops[0].exit_status) == (started[0], "memory_limit", -9)
+    assert stops[0].runtime_seconds < 30  # killed at the ceiling, not after the grace
+    assert "over the hard ceiling" in stack.output()
+    assert stack.wait_state("leaker", "starting", "running")["restarts"] >= 1  # a recycle, not FATAL
+
+
+def test_close_watch_rule() -> None:
+    def watch(memory_mib: float, previous: tuple[float, float] | None = None, strikes: int = 0,
+              soft_mib: int | None = 200) -> bool:
+        prev = None if previous is None else (previous[0], int(previous[1] * MIB))
+        return needs_close_watch(int(memory_mib * MIB), soft_bytes=None if soft_mib is None else soft_mib * MIB,
+                                 strikes=strikes, previous=prev, now=10.0, horizon_s=2.0, near_fraction=0.6)
+
+    assert not watch(50)  # far under, no history
+    assert not watch(50, previous=(8.0, 50))  # far under, flat
+    assert not watch(119, previous=(8.0, 100))  # 9.5 MB/s: 138 by the next regular sample
+    assert not watch(110, previous=(8.0, 60))  # 25 MB/s: 160 by the next regular sample
+    assert watch(100, previous=(9.0, 40))  # 60 MB/s: 220 by the next regular sample
+    assert not watch(100, previous=(9.0, 160))  # shrinking
+    assert watch(120)  # 60 % of the limit
+    assert watch(250)  # over
+    assert watch(50, strikes=1)  # a strike counted: confirm it fast
+    assert not watch(150, previous=(8.0, 150), soft_mib=None)  # no limit, nothing to watch
+    assert not watch(119, previous=(10.0, 0))  # no time between the samples
