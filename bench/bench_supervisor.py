@@ -5,7 +5,7 @@ Run: ``python -m bench.bench_supervisor [--workers 50] [--seconds 60] [--no-writ
 1. **Footprint**: the supervisor's RSS and CPU while it supervises N idle
    workers for ``--seconds`` (its memory/CPU sampling of every worker on, at
    the default 2 s), side by side with supervisord (``supervisor`` from PyPI,
-   in this environment) supervising the same N programs.
+   in this environment) supervising the same N programs (in the foreground: see "How" in the section it writes).
 2. **Restart latency** after a crash: from the worker's last words (a
    timestamp written just before ``exit(1)``) to the replacement's first
    (a timestamp written first thing), for a *first* crash (each run outlives
@@ -244,10 +244,20 @@ def footprint(work: Path, workers: int, seconds: float) -> dict[str, float]:
         for name, proc in procs.items():
             result[f"{name}_cpu_percent"] = (sum(proc.cpu_times()[:2]) - before[name]) / elapsed * 100
             result[f"{name}_rss_mb"] = proc.memory_info().rss / 2**20
+            result[f"{name}_anon_mb"] = anon_mb(proc.pid)
         return result
     finally:
         pg.stop()
         sd.stop()
+
+
+def anon_mb(pid: int) -> float:
+    """Private (anonymous) resident memory: RSS without the file-backed pages every Python shares."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def restart_latency(work: Path, samples: int) -> dict[str, float]:
@@ -350,12 +360,19 @@ def render(workers: int, seconds: float, fp: dict[str, float], rl: dict[str, flo
     | measure | procguard up | supervisord | goal |
     |---|---|---|---|
     | RSS, {workers} idle workers | {pg_rss:.1f} MB (+ watchdog {wd_rss:.1f} MB) | {fp['supervisord_rss_mb']:.1f} MB | <= supervisord |
+    | of which private (RssAnon) | {fp['procguard_anon_mb']:.1f} MB (+ watchdog {fp.get('watchdog_anon_mb', 0.0):.1f} MB) | {fp['supervisord_anon_mb']:.1f} MB | |
     | CPU, {workers} idle workers, {seconds:g} s, sampling every 2 s | {fp['procguard_cpu_percent']:.2f} % (watchdog {fp.get('watchdog_cpu_percent', 0.0):.2f} %) | {fp['supervisord_cpu_percent']:.2f} % | <= 1 % of a core |
     | restart after a first crash (exit -> replacement running), median of {rl['samples']:.0f} | {rl['procguard_ms']:.1f} ms (p90 {rl['procguard_p90_ms']:.1f} ms) | | <= 2x bare Popen loop: {rl['bare_ms']:.1f} ms -> **{ratio:.2f}x** |
     | stop {workers} workers that take 0.5 s each (`down` / `stop all`) | {dt['procguard_s']:.2f} s | {dt['supervisord_s']:.2f} s | <= 1 s |
     | survivors 2 s after SIGKILL of the supervisor (10 workers x 4 mp children) | {sv['procguard_survivors']:.0f} of {sv['procguard_processes']:.0f} | {sv['supervisord_survivors']:.0f} of {sv['supervisord_processes']:.0f} (stopasgroup, killasgroup) | 0 |
 
-    How: RSS is the supervisor process alone; the watchdog (a `/bin/sh` script in its own session that
+    How: both supervisors run in the foreground from a fresh interpreter: `procguard up`, and
+    `supervisord` with `nodaemon=true` and the `unix_http_server`/`rpcinterface` sections
+    `supervisorctl` needs (how its systemd units and container images run it). A daemonizing
+    supervisord forks, and a forked process's RSS leaves out the interpreter's file-backed pages
+    until it touches them again: about 6 MB less RSS for the same private memory, which is why an
+    earlier head-to-head run showed supervisord at 18.5 MB; bench/head_to_head now runs it with `-n` too.
+    RSS is the supervisor process alone; the watchdog (a `/bin/sh` script in its own session that
     kills the workers' process groups if the supervisor dies) is listed beside it. CPU is user+system
     time over the window. Idle command workers are spawned directly (no `procguard run`
     per worker) and sampled through `/proc/PID/task/*/children`, not a scan of all of /proc.

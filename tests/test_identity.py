@@ -115,3 +115,11 @@ def test_find_marked_sees_marked_tree_and_escapee_not_decoys(spawn, tmp_path: Pa
 
 def test_read_marker_of_missing_process_is_none() -> None:
     assert read_marker(2**22 + 1) is None
+
+
+def test_create_time_from_proc_is_psutils_create_time() -> None:
+    """A lock record written without psutil must match one written with it (no tolerance)."""
+    from procguard.instances.identity import create_time
+
+    assert create_time(os.getpid()) == psutil.Process().create_time()
+    assert create_time(2**22 + 1) is None  # above pid_max: no such process

@@ -328,6 +328,7 @@ def _tell(fd: int, message: str) -> None:
 def _serve(
     config: StackConfig, state_dir: Path, names: list[str], status_port: int | None, ready_fd: int | None
 ) -> int:
+    from ..instances.forked import call_in_fork
     from ..instances.lock import InstanceLock
     from ..supervisor.settings import Settings
     from ..supervisor.supervisor import Supervisor
@@ -340,7 +341,7 @@ def _serve(
     try:
         if ready_fd is not None:  # detached: supervisor.log is ours now (we hold the stack's lock)
             _rotate_own_log(config, state_dir)
-        survivors = _clean_stale(config, state_dir)
+        survivors = set(call_in_fork(lambda: sorted(_clean_stale(config, state_dir))))  # psutil stays out
         _close_unfinished_runs(config, state_dir, survivors)
         terminal = None if ready_fd is not None else sys.stdout.buffer
         supervisor = Supervisor(

@@ -23,7 +23,6 @@ daemon in its own session).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -31,8 +30,6 @@ import signal
 import subprocess
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import IO, Any
-
-import psutil
 
 from .identity import MARKER_ENV
 
@@ -45,8 +42,14 @@ _File = int | IO[Any] | None
 
 
 def _load_prctl() -> Callable[..., int] | None:
+    """prctl from the symbols already loaded into this process (libc among them).
+
+    ``CDLL(None)`` is ``dlopen(NULL)``: no ``ctypes.util.find_library("c")``,
+    which runs ``ldconfig -p`` in a subprocess and imports tempfile, random and
+    shutil into a supervisor that needs none of them.
+    """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl
     except (OSError, AttributeError):
         return None
@@ -161,6 +164,8 @@ def reap_children(exclude: Collection[int] = ()) -> list[tuple[int, int]]:
     for, so pass those PIDs in ``exclude`` -- only zombies of other
     children are reaped, one PID at a time.
     """
+    import psutil  # here, not at the top: the supervisor spawns without it (1.2 MB RSS)
+
     reaped: list[tuple[int, int]] = []
     skip = set(exclude)
     try:

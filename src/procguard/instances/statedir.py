@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from ..errors import StateDirError
@@ -40,6 +39,8 @@ def default_state_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         return Path(runtime) / "procguard"
+    import tempfile  # only for this fallback (it pulls in random, shutil)
+
     return Path(tempfile.gettempdir()) / f"procguard-{os.geteuid()}"
 
 
