@@ -229,7 +229,7 @@ Every procguard run ended with a graceful stop (the program's SIGTERM handler ra
 
 Footprint with an idle child (`sleep`), health server on, over {FOOTPRINT_WINDOW_S:g} s: the `procguard run`
 tree without the child uses {runner_mb:.1f} MB RSS ({parts}) and {cpu_pct:.2f} % of one CPU
-(sampling the child 4 times a second); a bare idle `python` in the same run uses {bare_mb:.1f} MB.
+(sampling the child once a second, 4 times a second near its memory limit); a bare idle `python` in the same run uses {bare_mb:.1f} MB.
 """
     print(text)
     if not args.no_write:

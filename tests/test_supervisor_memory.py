@@ -3,7 +3,7 @@
 A ``command`` worker without a health port is watched from outside by
 ``procguard up`` itself. At the default settings it samples every worker
 every 2 s; a worker near its limit (or growing towards it) is sampled at
-the runner's 0.25 s pace (supervisor/cadence.py), so a steady leak is
+the runner's 0.25 s pace (procguard.policy.needs_close_watch), so a steady leak is
 recycled with SIGTERM well before the hard ceiling (1.25 x the limit).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from procguard.supervisor.cadence import needs_close_watch
+from procguard.policy import needs_close_watch
 from procguard.supervisor.history import db_path, read_events
 from procguard.supervisor.settings import TUNING_ENV, Settings
 

@@ -203,3 +203,44 @@ def heartbeat_age(now: float, last_beat: float, sleep_until: float) -> float:
 def grace_exceeded(now: float, stop_asked_at: float | None, grace_s: float) -> bool:
     """True when a graceful stop asked at ``stop_asked_at`` has overrun ``grace_s``."""
     return stop_asked_at is not None and grace_s > 0 and now - stop_asked_at > grace_s
+
+
+# -- how closely to watch -------------------------------------------------------
+#
+# Why: an outside watcher (the runner, the supervisor) samples a process tree
+# at a regular pace that keeps idle workers almost free to watch, but the
+# memory limit is confirmed over consecutive samples (one spike does not
+# recycle a worker) and the hard ceiling is only a margin above the limit.
+# A leak crossing the limit between two slow samples would reach the ceiling
+# and be killed instead of recycled. So a worker near its limit, or growing
+# towards it, is sampled at a fast pace *before* the crossing.
+
+def needs_close_watch(
+    memory_bytes: int,
+    *,
+    soft_bytes: int | None,
+    strikes: int,
+    previous: tuple[float, int] | None,
+    now: float,
+    horizon_s: float,
+    near_fraction: float,
+) -> bool:
+    """True when the worker should be sampled at the fast pace until its next sample.
+
+    ``previous`` is ``(monotonic time, memory bytes)`` of the sample before
+    this one (None for a worker's first sample); ``horizon_s`` is how far
+    ahead the growth is projected (the regular sampling interval).
+    """
+    if not soft_bytes:
+        return False
+    if strikes > 0 or memory_bytes > soft_bytes:
+        return True
+    if memory_bytes >= soft_bytes * near_fraction:
+        return True
+    if previous is None:
+        return False
+    then, before = previous
+    if now <= then:
+        return False
+    rate = (memory_bytes - before) / (now - then)
+    return rate > 0 and memory_bytes + rate * horizon_s >= soft_bytes

@@ -164,31 +164,54 @@ def reap_children(exclude: Collection[int] = ()) -> list[tuple[int, int]]:
     for, so pass those PIDs in ``exclude`` -- only zombies of other
     children are reaped, one PID at a time.
     """
-    import psutil  # here, not at the top: the supervisor spawns without it (1.2 MB RSS)
-
     reaped: list[tuple[int, int]] = []
     skip = set(exclude)
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:  # pragma: no cover - our own process
-        return reaped
-    for child in children:
-        if child.pid in skip:
+    for pid in _own_children():
+        if pid in skip or not _is_zombie(pid):
             continue
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.NoSuchProcess:
-            pass  # already reaped by someone else: waitpid says so below
-        except psutil.Error:
-            continue
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            got, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             continue
-        if pid:
-            reaped.append((pid, status))
+        if got:
+            reaped.append((got, status))
     return reaped
+
+
+def _own_children() -> list[int]:
+    """PIDs of this process's direct children.
+
+    Read from ``/proc/self/task/*/children`` (a few small files) rather than
+    by scanning every process on the machine, which is what a subreaper
+    polling for zombies would otherwise pay each time; psutil is the fallback
+    where the kernel does not offer that file.
+    """
+    try:
+        tasks = os.listdir("/proc/self/task")
+        pids: list[int] = []
+        for task in tasks:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+        return pids
+    except (OSError, ValueError):
+        import psutil  # here, not at the top: the supervisor spawns without it (1.2 MB RSS)
+
+        try:
+            return [c.pid for c in psutil.Process().children()]
+        except psutil.Error:  # pragma: no cover - our own process
+            return []
+
+
+def _is_zombie(pid: int) -> bool:
+    """True when ``pid`` has exited and waits to be reaped (or is already gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True  # already gone: waitpid says whether it was ours
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z"
 
 
 class ChildHandle:

@@ -8,7 +8,10 @@ nothing of procguard. The runner:
   makes itself a child subreaper, so the command dies with the runner and
   grandchildren it orphans come back to the runner to be stopped;
 - samples the command's whole process tree every ``sample_interval_s``
-  (:class:`~procguard.sampler.ResourceSampler`) and applies the same rules as
+  (1 s), and every ``fast_sample_interval_s`` (0.25 s) while it is near its
+  memory limit or growing towards it (:func:`procguard.policy.needs_close_watch`),
+  so an idle command costs little to watch and a leak is still stopped
+  gracefully (:class:`~procguard.sampler.ResourceSampler`), and applies the same rules as
   the in-process manager (:mod:`procguard.policy`): memory over the limit
   for several consecutive samples or CPU over the limit averaged over a
   full window -> SIGTERM, then SIGKILL to the whole tree after ``--grace``;
@@ -56,7 +59,14 @@ from ..errors import UsageError
 from ..health.server import HealthServer, serve_health
 from ..instances.lock import InstanceLock
 from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
-from ..policy import Limits, LimitTracker, LimitVerdict, default_hard_limit, runtime_deadline
+from ..policy import (
+    Limits,
+    LimitTracker,
+    LimitVerdict,
+    default_hard_limit,
+    needs_close_watch,
+    runtime_deadline,
+)
 from ..proctree import process_tree, stop_processes
 from ..reasons import ExitStatus, StopReason, exit_status_for
 from ..sampler import ResourceSample, ResourceSampler
@@ -69,9 +79,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often the command's tree is sampled (memory strikes are counted at this pace).
-DEFAULT_SAMPLE_INTERVAL_S = 0.25
-#: How often exited orphans adopted as subreaper are reaped (each pass scans every process).
+#: How often the command's tree is sampled while it is well under its memory limit.
+DEFAULT_SAMPLE_INTERVAL_S = 1.0
+#: The pace near the memory limit (memory strikes are counted at this pace there).
+FAST_SAMPLE_INTERVAL_S = 0.25
+#: From this fraction of the memory limit on, the tree is sampled at the fast pace.
+CLOSE_WATCH_FRACTION = 0.6
+#: How often exited orphans adopted as subreaper are reaped (each pass reads our children list).
 REAP_INTERVAL_S = 5.0
 #: The systemd notify variables that belong to the runner (the unit's main process), not to the command.
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -130,6 +144,7 @@ class CommandSupervisor:
         lock: InstanceLock | None = None,
         keep_pids: Collection[int] = (),
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
+        fast_sample_interval_s: float = FAST_SAMPLE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         notifier: SystemdNotifier | None = None,
     ) -> None:
@@ -139,6 +154,7 @@ class CommandSupervisor:
         self.lock = lock
         self.keep_pids = frozenset(keep_pids)
         self.sample_interval_s = sample_interval_s
+        self.fast_sample_interval_s = min(fast_sample_interval_s, sample_interval_s)
         self._clock = clock
         soft = options.memory_limit_bytes
         self.limits = Limits(
@@ -337,7 +353,18 @@ class CommandSupervisor:
                     sample = sampler.sample()
                 except psutil.Error:
                     continue  # exiting: the next turn sees it
+                previous = self._sample
                 self._sample = sample
+                if needs_close_watch(
+                    sample.memory_bytes,
+                    soft_bytes=self.limits.memory_soft_bytes,
+                    strikes=self.tracker.memory_strikes,
+                    previous=None if previous is None else (previous.taken_at, previous.memory_bytes),
+                    now=sample.taken_at,
+                    horizon_s=self.sample_interval_s,
+                    near_fraction=CLOSE_WATCH_FRACTION,
+                ):
+                    next_sample = now + self.fast_sample_interval_s
                 verdict = self.tracker.observe(sample, now)
                 if verdict is not None and not self._forced:
                     self._on_verdict(child, verdict)

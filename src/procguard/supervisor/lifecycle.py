@@ -17,8 +17,8 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+from ..policy import needs_close_watch
 from .backoff import Action, Exit, decide
-from .cadence import needs_close_watch
 from .history import Event, History
 from .leftovers import LeftoverGroups
 from .probe import ProbeResult
@@ -293,7 +293,7 @@ class Lifecycle:
         """Read the worker's tree; recycle a directly run command at its memory/CPU/runtime limit.
 
         ``regular`` is False for the fast samples of a closely watched worker
-        (:mod:`.cadence`); after each sample ``worker.close_watch`` says
+        (:func:`procguard.policy.needs_close_watch`); after each sample ``worker.close_watch`` says
         whether the next one should come at the fast pace. A soft-limit
         verdict is a graceful recycle (SIGTERM, then grace); the hard ceiling
         kills, even during a stop already under way.

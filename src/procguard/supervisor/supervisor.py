@@ -11,7 +11,7 @@ over events), so no worker state is ever shared between threads:
 - timers (backoff, stop deadlines, start period, sampling) are computed
   from the workers' fields at each turn, with :func:`time.monotonic`;
   sampling has a regular tick for every worker and, only while some worker
-  is near its memory limit (:mod:`.cadence`), a fast tick for those.
+  is near its memory limit (:func:`procguard.policy.needs_close_watch`), a fast tick for those.
 
 What happens to a worker is :mod:`.lifecycle`'s; stopping the whole stack
 is :mod:`.shutdown`'s; control requests are :mod:`.commands`'; probing is
@@ -283,7 +283,7 @@ class Supervisor:
     def _sample(self, now: float, wall: float, *, regular: bool) -> None:
         """Sample every worker (a regular tick) or only the closely watched ones (a fast tick).
 
-        Which workers are closely watched is :mod:`.cadence`'s rule, applied by
+        Which workers are closely watched is :func:`procguard.policy.needs_close_watch`'s rule, applied by
         the lifecycle after each sample; the fast tick runs only while there is
         at least one, so a stack well under its limits wakes at the regular pace.
         """
