@@ -21,7 +21,7 @@ from procguard.supervisor.logs import LineSplitter, RotatingFile, WorkerOutput, 
 from procguard.supervisor.procscan import TreeSampler, tree_pids
 from procguard.supervisor.watchdog import KILL_AFTER_S, watchdog_argv
 
-from .helpers import wait_for, wait_for_file
+from .helpers import PYTHON, wait_for, wait_for_file
 from .supervisor_workers.stackkit import alive, worker_cmd
 
 # -- logs ------------------------------------------------------------------------
@@ -321,3 +321,30 @@ def test_prober_probes_targets_past_their_delay_and_wakes_the_loop() -> None:
         prober.join()
     assert set(asked) == {1}  # 'young' started 1 s ago: within its probe delay
     assert {(r.name, r.generation, r.ok, r.detail) for r in results} == {("up", 3, True, "port 1")}
+
+
+def test_supervisors_starting_together_share_one_history_file(tmp_path: Path, spawn: Any) -> None:
+    """Two stacks in one state directory open the same history file at the same moment.
+
+    Switching a new SQLite file to WAL can answer "database is locked" at once
+    to the second opener; every one of them must still start and record.
+    """
+    go = tmp_path / "go"
+    db = tmp_path / "history.sqlite3"
+    code = (
+        "import sys, os, time\n"
+        "from pathlib import Path\n"
+        "from procguard.supervisor.history import Event, History\n"
+        "go = Path(sys.argv[1])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "h = History(Path(sys.argv[2]))\n"
+        "h.record(Event(project=sys.argv[3], worker='w', time=time.time(), event='start', pid=os.getpid()))\n"
+        "h.close()\n"
+    )
+    procs = [spawn([PYTHON, "-c", code, str(go), str(db), f"p{i}"]) for i in range(8)]
+    go.write_text("go")
+    for proc in procs:
+        wait_for(lambda p=proc: p.poll() is not None, message="a history opener to finish")
+        _out, err = proc.communicate()
+        assert proc.returncode == 0, err.decode()
+    assert sorted(e.project for e in read_events(db, limit=0)) == [f"p{i}" for i in range(8)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,38 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+#: How long a supervisor keeps trying to set up a history file another one is setting up too.
+_SETUP_TIMEOUT_S = 10.0
+
+
+def _initialise(db: sqlite3.Connection) -> None:
+    """WAL mode and the schema, retried while another supervisor does the same.
+
+    WAL + synchronous=NORMAL: a commit is an append, not an fsync, so
+    recording an exit never delays the restart that follows it. Two
+    supervisors of different stacks share one state directory and so one
+    history file; when both start at once, switching the journal mode can
+    answer "database is locked" at once, without waiting on SQLite's busy
+    timeout, so the setup is retried until a deadline.
+    """
+    deadline = time.monotonic() + _SETUP_TIMEOUT_S
+    delay = 0.01
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class History:
     """The writer side, owned by one supervisor."""
 
@@ -88,11 +121,7 @@ class History:
         self._db = _connect(path)
         if new:
             path.chmod(0o600)
-        # WAL + synchronous=NORMAL: a commit is an append, not an fsync, so
-        # recording an exit never delays the restart that follows it.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        _initialise(self._db)
 
     def record(self, event: Event) -> None:
         """Append ``event``; a failing write is logged, never fatal to the supervisor."""
