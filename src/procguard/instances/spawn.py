@@ -166,7 +166,7 @@ def reap_children(exclude: Collection[int] = ()) -> list[tuple[int, int]]:
     """
     reaped: list[tuple[int, int]] = []
     skip = set(exclude)
-    for pid in _own_children():
+    for pid in direct_children(os.getpid()):
         if pid in skip or not _is_zombie(pid):
             continue
         try:
@@ -178,28 +178,36 @@ def reap_children(exclude: Collection[int] = ()) -> list[tuple[int, int]]:
     return reaped
 
 
-def _own_children() -> list[int]:
-    """PIDs of this process's direct children.
+_HAS_CHILDREN_FILE = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
-    Read from ``/proc/self/task/*/children`` (a few small files) rather than
-    by scanning every process on the machine, which is what a subreaper
-    polling for zombies would otherwise pay each time; psutil is the fallback
-    where the kernel does not offer that file.
+
+def direct_children(pid: int) -> list[int]:
+    """PIDs of the direct children of ``pid`` ([] if it is gone).
+
+    Read from the kernel's ``/proc/PID/task/TID/children`` lists (a few
+    small files) rather than by scanning every process on the machine, which
+    is what finding children costs otherwise; psutil is the fallback where
+    the kernel does not offer that file (no CONFIG_PROC_CHILDREN).
     """
-    try:
-        tasks = os.listdir("/proc/self/task")
-        pids: list[int] = []
-        for task in tasks:
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.extend(int(p) for p in f.read().split())
-        return pids
-    except (OSError, ValueError):
+    if not _HAS_CHILDREN_FILE:
         import psutil  # here, not at the top: the supervisor spawns without it (1.2 MB RSS)
 
         try:
-            return [c.pid for c in psutil.Process().children()]
-        except psutil.Error:  # pragma: no cover - our own process
+            return [child.pid for child in psutil.Process(pid).children()]
+        except psutil.Error:
             return []
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found.extend(int(part) for part in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _is_zombie(pid: int) -> bool:

@@ -19,31 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..instances.spawn import direct_children
+
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_HAS_CHILDREN_FILE = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-
-
-def _children(pid: int) -> list[int]:
-    if not _HAS_CHILDREN_FILE:
-        import psutil
-
-        try:
-            return [child.pid for child in psutil.Process(pid).children()]
-        except psutil.Error:
-            return []
-    found: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                found.extend(int(part) for part in handle.read().split())
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def tree_pids(root: int) -> list[int]:
@@ -53,7 +32,7 @@ def tree_pids(root: int) -> list[int]:
     pids = [root]
     index = 0
     while index < len(pids) and len(pids) < 10_000:
-        pids.extend(_children(pids[index]))
+        pids.extend(direct_children(pids[index]))
         index += 1
     return pids
 
