@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-peers clean
+.PHONY: demo test lint docs bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# Rewrite the docs' generated tables (settings, procguard.toml keys) from their declarations.
+docs: $(STAMP)
+	$(BIN)/python -m tests.doc_tables
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -128,7 +128,7 @@ def test_procguard_config_is_accepted_by_procguards_own_parser(tools):
     text = adapter.render(STACK)["procguard.toml"]
     config = parse_config(text, path=adapter.conf)
     assert sorted(config.workers) == ["idle-00", "idle-01", "idle-02", "leak"]
-    assert config.workers["leak"].memory_limit_bytes == 200 * 1024 * 1024
+    assert config.workers["leak"].limits.memory_limit_bytes == 200 * 1024 * 1024
     assert config.workers["idle-00"].command is not None
     assert "--events" in config.workers["idle-00"].command
     adapter.prepare(STACK)

@@ -81,20 +81,20 @@ def test_full_config_is_parsed_into_base_units() -> None:
     assert api.args == ("--verbose",)
     assert api.run is None
     assert dict(api.env) == {"SHARED": "1", "OVERRIDDEN": "api", "PORT": "8080"}
-    assert api.max_runtime_s == 12 * 3600
-    assert api.memory_limit_bytes == 1024 * MB
-    assert api.cpu_limit_percent == 50.0
-    assert api.grace_s == 20.0
+    assert api.limits.max_runtime_s == 12 * 3600
+    assert api.limits.memory_limit_bytes == 1024 * MB
+    assert api.limits.cpu_limit_percent == 50.0
+    assert api.limits.grace_s == 20.0
     assert api.restart == "on-failure"
-    assert api.health_port == 9091
+    assert api.limits.health_port == 9091
 
     collector = config.workers["collector"]
     assert collector.run == "shop.collector:collect"
     assert collector.command is None
-    assert collector.interval_s == 300.0
-    assert collector.max_iterations == 100
-    assert collector.heartbeat_timeout_s == 900.0
-    assert collector.drain_delay_s == 2.0
+    assert collector.limits.interval_s == 300.0
+    assert collector.limits.max_iterations == 100
+    assert collector.limits.heartbeat_timeout_s == 900.0
+    assert collector.limits.drain_delay_s == 2.0
     assert collector.depends_on == ("api",)
     assert (collector.backoff_initial_s, collector.backoff_max_s) == (1.0, 60.0)
     assert (collector.start_limit, collector.start_limit_interval_s) == (3, 120.0)
@@ -102,7 +102,7 @@ def test_full_config_is_parsed_into_base_units() -> None:
 
     bot = config.workers["bot"]
     assert bot.command == ("python", "-m", "shop.bot", "--name", "a b")
-    assert (bot.memory_limit_bytes, bot.max_runtime_s, bot.cpu_limit_percent) == (None, None, None)
+    assert (bot.limits.memory_limit_bytes, bot.limits.max_runtime_s, bot.limits.cpu_limit_percent) == (None, None, None)
     assert bot.cwd == "bot"
 
     assert dict(config.deploy["kubernetes"]) == {"image": "registry.example/shop:1"}
@@ -112,12 +112,12 @@ def test_defaults_of_a_minimal_worker() -> None:
     config = parse_config('[workers.w]\nrun = "pkg.mod:fn"\n', path="/srv/My Stack!/procguard.toml")
     worker = config.workers["w"]
     assert worker == WorkerConfig(name="w", run="pkg.mod:fn")
-    assert worker.interval_s == 600.0
-    assert worker.max_runtime_s == 24 * 3600
-    assert worker.memory_limit_bytes == 2048 * MB
-    assert worker.cpu_limit_percent == 80.0
-    assert worker.grace_s == 30.0
-    assert worker.health_port is None
+    assert worker.limits.interval_s == 600.0
+    assert worker.limits.max_runtime_s == 24 * 3600
+    assert worker.limits.memory_limit_bytes == 2048 * MB
+    assert worker.limits.cpu_limit_percent == 80.0
+    assert worker.limits.grace_s == 30.0
+    assert worker.limits.health_port is None
     assert worker.restart == "always"
     # the project name defaults to the directory, made safe for unit names
     assert config.project.name == "My-Stack"
@@ -127,7 +127,7 @@ def test_defaults_of_a_minimal_worker() -> None:
 def test_settings_are_immutable() -> None:
     config = parse_config(FULL)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.workers["api"].grace_s = 1  # type: ignore[misc]
+        config.workers["api"].limits.grace_s = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.workers["api"].env["X"] = "y"  # type: ignore[index]
     with pytest.raises(TypeError):
@@ -178,7 +178,7 @@ BAD = [
     ("[workers.a]\nrun = 'm:f'\ngrace = 0\n", "workers.a.grace", "greater than zero"),
     ("[workers.a]\nrun = 'm:f'\nhealth_port = 70000\n", "workers.a.health_port", "0 to 65535"),
     ("[workers.a]\nrun = 'm:f'\nhealth_port = 'http'\n", "workers.a.health_port", "0 to 65535"),
-    ("[workers.a]\nrun = 'm:f'\nhealth_host = '0.0.0.0 --evil'\n", "workers.a.health_host", "is not an address"),
+    ("[workers.a]\nrun = 'm:f'\nhealth_host = '0.0.0.0 --evil'\n", "workers.a.health_host", "is not an IP address"),
     ("[workers.a]\nrun = 'm:f'\nrestart = 'sometimes'\n", "workers.a.restart", "always, on-failure, never"),
     ("[workers.a]\nrun = 'm:f'\nstart_limit = 0\n", "workers.a.start_limit", "1 or more"),
     ("[workers.a]\nrun = 'm:f'\nmax_iterations = 1.5\n", "workers.a.max_iterations", "whole number"),
@@ -245,8 +245,8 @@ def test_worker_argv_function_mode() -> None:
     assert argv == [
         "/opt/venv/bin/procguard", "run", "shop.collector:collect", "--name", "collector",
         "--interval", "5m", "--max-runtime", "12h", "--max-iterations", "100",
-        "--memory-limit", "1024MB", "--cpu-limit", "50", "--grace", "20s",
-        "--drain-delay", "2s", "--heartbeat-timeout", "15m",
+        "--memory-limit", "1024MB", "--memory-strikes", "3", "--cpu-limit", "50", "--cpu-window", "1m",
+        "--grace", "20s", "--drain-delay", "2s", "--heartbeat-timeout", "15m", "--max-failures", "5",
         "--health-port", "9092", "--health-host", "127.0.0.1",
     ]
 
@@ -256,8 +256,9 @@ def test_worker_argv_command_mode_keeps_the_command_verbatim() -> None:
     argv = worker_argv(config.workers["bot"], procguard=["py", "-m", "procguard"], name="shop.bot")
     assert argv == [
         "py", "-m", "procguard", "run", "--name", "shop.bot",
-        "--max-runtime", "0", "--memory-limit", "0", "--cpu-limit", "0", "--grace", "20s",
-        "--drain-delay", "0s", "--health-port", "0", "--", "python", "-m", "shop.bot", "--name", "a b",
+        "--max-runtime", "0", "--memory-limit", "0", "--memory-strikes", "3", "--cpu-limit", "0",
+        "--cpu-window", "1m", "--grace", "20s", "--drain-delay", "0s", "--health-port", "0",
+        "--", "python", "-m", "shop.bot", "--name", "a b",
     ]
     api = worker_argv(config.workers["api"], procguard=["procguard"], health_host="0.0.0.0")
     assert api[-7:] == ["--", "python", "-m", "shop.api", "--port", "8080", "--verbose"]
@@ -265,40 +266,43 @@ def test_worker_argv_command_mode_keeps_the_command_verbatim() -> None:
 
 
 def test_worker_argv_is_accepted_by_procguard_run() -> None:
-    """The flags worker_argv writes are the ones `procguard run` parses, with the same values."""
-    pytest.importorskip("procguard.runner.options")
+    """The flags worker_argv writes are the ones `procguard run` parses, into the same settings."""
     from procguard.cli.main import build_parser
     from procguard.runner.options import options_from_args
 
     config = parse_config(
         FULL + '\n[workers.frac]\nrun = "m:f"\ninterval = "1.5s"\nmemory_limit = "1000000B"\n'
-        'drain_delay = "0.25s"\nheartbeat_timeout = "2.5s"\n'
-        '\n[workers.cmd]\ncommand = "prog"\ndrain_delay = "3s"\nheartbeat_timeout = "5s"\n'
+        'drain_delay = "0.25s"\nheartbeat_timeout = "2.5s"\nmemory_strikes = 7\ncpu_window = "12.5s"\n'
+        '\n[workers.cmd]\ncommand = "prog"\ndrain_delay = "3s"\n'
     )
     parser, _module = build_parser("run")
     for worker in config.workers.values():
         argv = worker_argv(worker, procguard=[])
-        namespace = parser.parse_args(argv[1:])
-        if getattr(namespace, "cpu_window_s", 0) is None:  # run_run fills in its default first
-            namespace.cpu_window_s = 60.0
-        options = options_from_args(namespace)
+        options = options_from_args(parser.parse_args(argv[1:]))
         assert options.name == worker.name
         assert options.mode == ("function" if worker.run else "command")
         assert options.target == worker.run
         assert options.command == (*(worker.command or ()), *worker.args)
         if worker.run:
-            assert options.interval_s == worker.interval_s
-            assert options.max_iterations == worker.max_iterations
-        assert options.max_runtime_s == worker.max_runtime_s
-        assert options.memory_limit_bytes == worker.memory_limit_bytes
-        assert options.cpu_limit_percent == worker.cpu_limit_percent
-        assert options.grace_s == worker.grace_s
-        assert options.drain_delay_s == worker.drain_delay_s
-        # Function workers carry their heartbeat timeout; command workers never get the flag.
-        expected = worker.heartbeat_timeout_s if worker.run else None
-        assert namespace.heartbeat_timeout_s == expected
-        assert options.health_port == worker.health_port
-        assert options.health_host == worker.health_host
+            assert options.limits == worker.limits
+        else:  # a command's loop-only settings are not its business: the defaults stay
+            assert options.limits.with_changes(
+                interval_s=worker.limits.interval_s,
+                max_iterations=worker.limits.max_iterations,
+                heartbeat_timeout_s=worker.limits.heartbeat_timeout_s,
+                max_failures=worker.limits.max_failures,
+            ) == worker.limits
+
+
+def test_loop_settings_of_defaults_do_not_reach_a_command() -> None:
+    config = parse_config(
+        "[defaults]\nheartbeat_timeout = '5s'\nmax_iterations = 3\n"
+        "[workers.f]\nrun = 'm:f'\n[workers.c]\ncommand = 'prog'\n"
+    )
+    assert config.workers["f"].limits.heartbeat_timeout_s == 5.0
+    assert config.workers["f"].limits.max_iterations == 3
+    assert config.workers["c"].limits.heartbeat_timeout_s == 60.0  # the default, untouched
+    assert config.workers["c"].limits.max_iterations is None
 
 
 def test_start_order_puts_dependencies_first() -> None:
@@ -324,7 +328,7 @@ command = "s"
 def test_cpu_limit_accepts_up_to_all_cores() -> None:
     cores = os.cpu_count() or 1
     config = parse_config(f"[workers.w]\nrun = 'm:f'\ncpu_limit = {100 * cores}\n")
-    assert config.workers["w"].cpu_limit_percent == 100.0 * cores
+    assert config.workers["w"].limits.cpu_limit_percent == 100.0 * cores
 
 
 def test_stack_config_type() -> None:
@@ -332,14 +336,18 @@ def test_stack_config_type() -> None:
 
 
 def test_every_setting_is_declared_once_and_documented() -> None:
-    """Each WorkerConfig/ProjectConfig field has exactly one TOML key, and the docs show today's table."""
-    from procguard.config import PROJECT_KEYS, WORKER_KEYS, reference_markdown
+    """Each field has exactly one TOML key, lifecycle keys come from procguard.limits, and the docs
+    show today's tables (``make docs`` rewrites them)."""
+    from procguard.config import LIFECYCLE_KEYS, PROJECT_KEYS, WORKER_KEYS
+    from procguard.limits import SETTINGS, WorkerLimits
 
-    from .helpers import REPO_ROOT
+    from .doc_tables import DOCS, TABLES, section
 
-    worker_fields = {f.name for f in dataclasses.fields(WorkerConfig)} - {"name"}
-    assert sorted(spec.field for spec in WORKER_KEYS.values()) == sorted(worker_fields)
+    stack_fields = {f.name for f in dataclasses.fields(WorkerConfig)} - {"name", "limits"}
+    stack_keys = {key: spec for key, spec in WORKER_KEYS.items() if key not in LIFECYCLE_KEYS}
+    assert sorted(spec.field for spec in stack_keys.values()) == sorted(stack_fields)
+    assert {spec.field for spec in LIFECYCLE_KEYS.values()} == {s.field for s in SETTINGS if s.toml}
+    assert {s.field for s in SETTINGS} == {f.name for f in dataclasses.fields(WorkerLimits)}
     assert sorted(spec.field for spec in PROJECT_KEYS.values()) == sorted(f.name for f in dataclasses.fields(ProjectConfig))
-    docs = (REPO_ROOT / "docs" / "PRODUCTION_DEPLOYMENT.md").read_text()
-    section = docs.split("<!-- config-reference -->\n", 1)[1].split("<!-- /config-reference -->", 1)[0]
-    assert section == reference_markdown()
+    for page, marker, generate in TABLES:
+        assert section((DOCS / page).read_text(), marker) == generate(), f"{page} drifted: run make docs"

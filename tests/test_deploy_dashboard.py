@@ -15,21 +15,31 @@ DASHBOARD = REPO_ROOT / "docs" / "grafana-dashboard.json"
 
 
 def _exported_names() -> set[str]:
+    """Every series name a worker's own endpoint and the supervisor's status port render."""
     from procguard.health.exposition import render_prometheus
+    from procguard.supervisor.metrics import render_metrics
+    from procguard.supervisor.states import WorkerState
+    from procguard.supervisor.view import View, WorkerFigures
 
     snapshot = WorkerSnapshot(
-        name="collector", pid=1234, health=HealthStatus(True), ready=HealthStatus(True),
-        uptime_seconds=60, cpu_percent=10, memory_bytes=100 << 20, memory_percent=1.0, num_threads=3,
-        num_children=2, heartbeat_age_seconds=1.5, iterations=5, failed_iterations=1, max_iterations=100,
-        max_runtime_seconds=3600, remaining_seconds=3540, memory_limit_bytes=2 << 30, cpu_limit_percent=80,
-        stop_reasons_total={"max_runtime": 1},
+        name="collector", stack="analyticbot", pid=1234, health=HealthStatus(True), ready=HealthStatus(True),
+        start_time_seconds=1_700_000_000.0, uptime_seconds=60, cpu_percent=10, memory_bytes=100 << 20,
+        memory_percent=1.0, num_threads=3, num_children=2, heartbeat_age_seconds=1.5, iterations=5,
+        failed_iterations=1, max_iterations=100, max_runtime_seconds=3600, remaining_seconds=3540,
+        memory_limit_bytes=2 << 30, cpu_limit_percent=80,
     )
-    body, _content_type = render_prometheus([snapshot])
+    figures = WorkerFigures(
+        name="collector", state=WorkerState.RUNNING, restarts=2, stops={"memory_limit": 2}, cpu_seconds_total=3.5,
+        memory_bytes=100 << 20, start_time_seconds=1_700_000_000.0, memory_limit_bytes=2 << 30, healthy=True,
+    )
+    worker_body, _ = render_prometheus([snapshot])
+    supervisor_body, _ = render_metrics(View(project="analyticbot", supervisor_pid=1, figures=[figures]))
     names: set[str] = set()
-    for family in text_string_to_metric_families(body.decode()):
-        names.update(sample.name for sample in family.samples)
-        labels = {key for sample in family.samples for key in sample.labels}
-        assert "worker" in labels, family.name
+    for body in (worker_body, supervisor_body):
+        for family in text_string_to_metric_families(body.decode()):
+            names.update(sample.name for sample in family.samples)
+            labels = {key for sample in family.samples for key in sample.labels}
+            assert {"worker", "stack"} <= labels, family.name  # the same labels on both endpoints
     return names
 
 

@@ -16,7 +16,6 @@ from procguard.health.exposition import (
     render_json,
     render_prometheus,
 )
-from procguard.reasons import StopReason
 from procguard.snapshot import HealthStatus, WorkerSnapshot
 
 MiB = 1024 * 1024
@@ -41,7 +40,7 @@ def snap(name: str = "collector", **kw: object) -> WorkerSnapshot:
         remaining_seconds=23 * 3600.0,
         memory_limit_bytes=2048 * MiB,
         cpu_limit_percent=80.0,
-        stop_reasons_total={"signal": 2, "max_runtime": 1},
+        start_time_seconds=1_700_000_000.0,
     )
     fields.update(kw)
     return WorkerSnapshot(name=name, **fields)  # type: ignore[arg-type]
@@ -90,13 +89,15 @@ def test_prometheus_text_parses_back_for_several_workers() -> None:
     assert values[("procguard_remaining_runtime_seconds", a)] == 23 * 3600.0
     assert values[("procguard_max_runtime_seconds", a)] == 24 * 3600.0
     assert values[("procguard_max_iterations", a)] == 100
-    stops = {
-        dict(labels)["reason"]: value
-        for (name, labels), value in values.items()
-        if name == "procguard_stops_total" and dict(labels)["worker"] == "a"
-    }
-    assert stops["signal"] == 2 and stops["max_runtime"] == 1
-    assert set(stops) == {r.value for r in StopReason}  # every reason present, zero included
+    assert values[("procguard_start_time_seconds", a)] == 1_700_000_000.0
+    # Stops are counted where they survive a restart (the supervisor), not by the worker itself.
+    assert not [name for name, _labels in values if name.startswith("procguard_stops")]
+
+
+def test_a_stack_worker_carries_the_stack_label() -> None:
+    body, _ = render_prometheus([snap("collector", stack="analyticbot")])
+    values = samples(parse_prometheus(body.decode()))
+    assert values[("procguard_uptime_seconds", (("stack", "analyticbot"), ("worker", "collector")))] == 3600.0
 
 
 def test_openmetrics_parses_back_and_ends_with_eof() -> None:
@@ -107,7 +108,6 @@ def test_openmetrics_parses_back_and_ends_with_eof() -> None:
     families = {f.name: f for f in parse_openmetrics(text)}
     assert families["procguard_uptime_seconds"].unit == "seconds"
     assert families["procguard_iterations"].type == "counter"
-    assert families["procguard_stops"].type == "counter"
     values = samples(families.values())
     assert values[("procguard_iterations_total", (("worker", "collector"),))] == 17
 

@@ -141,7 +141,7 @@ def test_metrics_formats(served: tuple[HealthServer, MutableSource]) -> None:
     status, headers, body = get(server.port, "/metrics?format=prometheus")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     names = {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
-    assert {"procguard_uptime_seconds", "procguard_iterations_total", "procguard_stops_total"} <= names
+    assert {"procguard_uptime_seconds", "procguard_iterations_total", "procguard_healthy"} <= names
     status, headers, body = get(server.port, "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     status, headers, body = get(server.port, "/metrics", headers={

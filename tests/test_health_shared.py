@@ -31,7 +31,8 @@ def full_snapshot() -> WorkerSnapshot:
         started=True, stopping=True, uptime_seconds=1.5, cpu_percent=12.5, memory_bytes=1234,
         memory_percent=0.5, num_threads=3, num_children=1, heartbeat_age_seconds=0.25, iterations=7,
         failed_iterations=2, max_iterations=9, max_runtime_seconds=60.0, remaining_seconds=58.5,
-        memory_limit_bytes=4096, cpu_limit_percent=80.0, stop_reason="signal", stop_reasons_total={"signal": 1},
+        memory_limit_bytes=4096, cpu_limit_percent=80.0, stop_reason="signal",
+        stack="analyticbot", start_time_seconds=1_700_000_000.5,
     )
 
 

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from procguard.lifecycle_args import add_lifecycle_arguments, manager_kwargs_from_args
+from procguard.lifecycle_args import add_lifecycle_arguments, limits_from_args
+from procguard.limits import SETTINGS, WorkerLimits
 from procguard.manager import ProcessManager
 
 SEED_LINE = "--interval 10 --max-runtime 24 --memory-limit 2048 --cpu-limit 80 --health-port 9091 --user-id 123 --once"
@@ -52,7 +53,7 @@ def test_defaults_are_those_of_the_design():
         ("--interval", "0", "interval_s", 0.0),
         ("--interval", "1.5", "interval_s", 90.0),
         ("--max-runtime", "30m", "max_runtime_s", 1800.0),
-        ("--max-runtime", "0", "max_runtime_s", 0.0),
+        ("--max-runtime", "0", "max_runtime_s", None),
         ("--memory-limit", "512MB", "memory_limit_bytes", 512 * 1024 * 1024),
         ("--memory-limit", "2GiB", "memory_limit_bytes", 2 * 1024**3),
         ("--cpu-limit", "150", "cpu_limit_percent", 150.0 if (os.cpu_count() or 1) >= 2 else None),
@@ -68,7 +69,7 @@ def test_defaults_are_those_of_the_design():
     ],
 )
 def test_suffixes_and_bare_numbers(flag, value, attr, expected):
-    if expected is None and attr == "cpu_limit_percent":
+    if expected is None and attr == "cpu_limit_percent" and (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 CPUs")
     args = worker_parser().parse_args([flag, value])
     assert getattr(args, attr) == expected
@@ -99,25 +100,23 @@ def test_bad_values_are_reported_by_argparse_as_one_error_line(flag, value, caps
     assert flag in error_lines[0] and repr(value) in error_lines[0]
 
 
-def test_manager_kwargs_keep_the_seeds_names_and_units():
-    kwargs = manager_kwargs_from_args(worker_parser().parse_args(SEED_LINE.split()))
-    assert kwargs["max_runtime_hours"] == 24
-    assert kwargs["memory_limit_mb"] == 2048
-    assert kwargs["cpu_limit_percent"] == 80
-    assert kwargs["health_port"] == 9091
-    assert kwargs["max_iterations"] is None
-    assert "name" not in kwargs  # no --name: the manager's own default applies
+def test_the_seed_line_gives_one_limits_value():
+    limits = limits_from_args(worker_parser().parse_args(SEED_LINE.split()))
+    assert limits == WorkerLimits(
+        interval_s=600.0, max_runtime_s=24 * 3600.0, memory_limit_bytes=2048 * 1024 * 1024,
+        cpu_limit_percent=80.0, health_port=9091,
+    )
 
 
 def test_zero_means_no_limit_and_no_server():
     args = worker_parser().parse_args(
         ["--max-runtime", "0", "--memory-limit", "0", "--cpu-limit", "0", "--health-port", "0"]
     )
-    kwargs = manager_kwargs_from_args(args)
-    assert kwargs["max_runtime_hours"] is None
-    assert kwargs["memory_limit_mb"] is None
-    assert kwargs["cpu_limit_percent"] is None
-    assert kwargs["health_port"] is None
+    limits = limits_from_args(args)
+    assert limits.max_runtime_s is None
+    assert limits.memory_limit_bytes is None
+    assert limits.cpu_limit_percent is None
+    assert limits.health_port is None
 
 
 def test_process_manager_from_args_builds_the_limits():
@@ -127,13 +126,14 @@ def test_process_manager_from_args_builds_the_limits():
     )
     manager = ProcessManager.from_args(args, max_consecutive_failures=4)
     assert manager.name == "w1"
-    assert manager.max_runtime_s == 5400
-    assert manager.memory_limit_bytes == 1024**3
-    assert manager.cpu_limit_percent == 50
-    assert manager.max_iterations == 7
-    assert manager.grace_s == 12
-    assert manager.health_port is None
-    assert manager.max_consecutive_failures == 4
+    lim = manager.limits
+    assert lim.max_runtime_s == 5400
+    assert lim.memory_limit_bytes == 1024**3
+    assert lim.cpu_limit_percent == 50
+    assert lim.max_iterations == 7
+    assert lim.grace_s == 12
+    assert lim.health_port is None
+    assert lim.max_failures == 4
 
 
 def test_flags_can_go_into_an_existing_group():
@@ -143,12 +143,18 @@ def test_flags_can_go_into_an_existing_group():
     assert parser.parse_args(["--interval", "5m"]).interval_s == 300.0
 
 
-def test_drain_delay_reaches_the_manager_and_extends_its_grace():
-    """--grace is the stop after the drain; the manager counts grace from the request, so it gets both."""
+def test_drain_delay_and_grace_reach_the_manager_as_they_are():
+    """--grace is the stop after the drain; the manager's stop budget is both."""
     args = worker_parser().parse_args(["--drain-delay", "5s", "--grace", "10s", "--health-port", "0"])
-    kwargs = manager_kwargs_from_args(args)
-    assert kwargs["drain_delay_s"] == 5.0 and kwargs["grace_s"] == 15.0
     manager = ProcessManager.from_args(args)
-    assert manager.drain_delay_s == 5.0 and manager.grace_s == 15.0
-    plain = manager_kwargs_from_args(worker_parser().parse_args(["--grace", "10s"]))
-    assert plain["drain_delay_s"] == 0.0 and plain["grace_s"] == 10.0
+    assert manager.limits.drain_delay_s == 5.0 and manager.limits.grace_s == 10.0
+    assert manager.limits.stop_budget_s == 15.0
+
+
+def test_worker_flags_are_the_settings_declared_for_workers():
+    parser = worker_parser()
+    flags = {a.option_strings[0] for a in parser._actions if a.option_strings}
+    declared = {s.flag for s in SETTINGS if s.flag_scope == "worker"}
+    assert declared <= flags
+    assert not {s.flag for s in SETTINGS if s.flag_scope != "worker"} & flags  # runner-only flags stay out
+    assert {"--once", "--name", "--replace"} <= flags

@@ -241,7 +241,9 @@ def test_hot_path_calls_nothing_but_monotonic(manager: ProcessManager) -> None:
         ({"cpu_limit_percent": 100.0 * ((os.cpu_count() or 1) + 1)}, "cpu_limit_percent"),
         ({"max_runtime_hours": "soon"}, "max_runtime_hours"),
         ({"sample_interval_s": 0}, "sample_interval_s"),
-        ({"memory_limit_mb": 200, "memory_hard_limit_mb": 100}, "below memory_limit_mb"),
+        ({"memory_limit_mb": 200, "memory_hard_limit_mb": 100}, "below memory_limit"),
+        ({"grace_s": 0}, "grace_s"),
+        ({"grace_s": None}, "grace_s"),
         ({"max_iterations": -1}, "max_iterations"),
         ({"name": ""}, "name"),
     ],
@@ -252,16 +254,39 @@ def test_bad_input_is_a_usage_error(kwargs: dict[str, object], fragment: str) ->
 
 
 def test_zero_and_none_mean_no_limit() -> None:
-    m = ProcessManager(None, 0, None, 0, max_iterations=0, heartbeat_timeout_s=0)
-    assert m.max_runtime_s is None and m.memory_limit_bytes is None and m.memory_hard_limit_bytes is None
-    assert m.cpu_limit_percent is None and m.max_iterations is None and m.heartbeat_timeout_s is None
+    lim = ProcessManager(None, 0, None, 0, max_iterations=0, heartbeat_timeout_s=0).limits
+    assert lim.max_runtime_s is None and lim.memory_limit_bytes is None and lim.memory_ceiling_bytes is None
+    assert lim.cpu_limit_percent is None and lim.max_iterations is None and lim.heartbeat_timeout_s is None
 
 
 def test_seed_defaults_and_units() -> None:
-    m = ProcessManager("collector")
-    assert m.max_runtime_s == 24 * 3600 and m.memory_limit_bytes == 2048 * MB
-    assert m.memory_hard_limit_bytes == 2560 * MB and m.cpu_limit_percent == 80
-    assert ProcessManager(memory_limit_mb="1GiB").memory_limit_bytes == 1024 * MB
+    lim = ProcessManager("collector").limits
+    assert lim.max_runtime_s == 24 * 3600 and lim.memory_limit_bytes == 2048 * MB
+    assert lim.memory_ceiling_bytes == 2560 * MB and lim.cpu_limit_percent == 80
+    assert lim.health_port is None  # the library serves HTTP only when asked
+    assert ProcessManager(memory_limit_mb="1GiB").limits.memory_limit_bytes == 1024 * MB
+
+
+def test_keywords_are_the_settings_declared_for_the_library() -> None:
+    """The constructor's setting keywords are exactly the ones the settings table declares."""
+    import inspect
+
+    from procguard.limits import SETTINGS
+
+    params = inspect.signature(ProcessManager).parameters
+    declared = {s.keyword for s in SETTINGS if s.keyword}
+    own = {"name", "limits", "sample_interval_s", "include_children", "use_uss", "handle_signals",
+           "runtime_jitter_s", "cleanup_timeout_s", "child_grace_s", "terminate_children", "single_instance",
+           "state_dir", "helper_pids"}
+    assert set(params) - own == declared
+
+
+def test_keywords_override_a_limits_value() -> None:
+    from procguard.limits import WorkerLimits
+
+    base = WorkerLimits(memory_limit_bytes=100 * MB, grace_s=5.0)
+    m = ProcessManager("w", memory_limit_mb=300, limits=base)
+    assert m.limits == base.with_changes(memory_limit_bytes=300 * MB)
 
 
 def test_from_args_uses_the_lifecycle_flags() -> None:
@@ -271,7 +296,8 @@ def test_from_args_uses_the_lifecycle_flags() -> None:
     add_lifecycle_arguments(parser)
     args = parser.parse_args(["--max-runtime", "2", "--memory-limit", "512", "--cpu-limit", "50"])
     m = ProcessManager.from_args(args, handle_signals=False)
-    assert m.max_runtime_s == 7200 and m.memory_limit_bytes == 512 * MB and m.cpu_limit_percent == 50
+    lim = m.limits
+    assert lim.max_runtime_s == 7200 and lim.memory_limit_bytes == 512 * MB and lim.cpu_limit_percent == 50
     assert m.handle_signals is False
 
 
@@ -393,7 +419,8 @@ def test_health_server_follows_the_manager(state_dir: Path) -> None:
         assert status == 200 and doc["metrics"]["pid"] == os.getpid()  # type: ignore[index]
         responder = m.health_server.responder_pid
         if responder:  # procguard's own responder process is not the worker's memory
-            wait_for(lambda: m._latest is not None and responder not in m._latest.children, message="exclusion")
+            wait_for(lambda: (latest := m._monitor.latest) is not None and responder not in latest.children,
+                     message="exclusion")
         m.set_ready(False, "cache warming")
         assert _get(port, "/ready") == (503, {"status": "not_ready", "reason": "cache warming"})
         assert _get(port, "/health")[0] == 200

@@ -8,10 +8,17 @@ from dataclasses import dataclass
 import pytest
 
 from procguard import policy
-from procguard.policy import Limits, LimitTracker
+from procguard.limits import WorkerLimits
+from procguard.policy import LimitTracker
 from procguard.reasons import StopReason
 
 MB = 1024 * 1024
+
+
+def Limits(**values: object) -> WorkerLimits:
+    """WorkerLimits with nothing set but ``values`` (the defaults would limit memory and CPU)."""
+    base = {"memory_limit_bytes": None, "cpu_limit_percent": None}
+    return WorkerLimits(**{**base, **values})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -22,28 +29,28 @@ class Sample:
 
 
 def test_one_spike_over_the_soft_limit_is_not_enough() -> None:
-    t = LimitTracker(Limits(memory_soft_bytes=100 * MB, memory_strikes=3), started_at=0)
-    assert t.observe(Sample(150 * MB), 1) is None
-    assert t.observe(Sample(150 * MB), 2) is None
+    t = LimitTracker(Limits(memory_limit_bytes=100 * MB, memory_strikes=3), started_at=0)
+    assert t.observe(Sample(120 * MB), 1) is None
+    assert t.observe(Sample(120 * MB), 2) is None
     assert t.observe(Sample(50 * MB), 3) is None  # back under: strikes start over
-    assert t.observe(Sample(150 * MB), 4) is None
-    assert t.observe(Sample(150 * MB), 5) is None
-    verdict = t.observe(Sample(150 * MB), 6)
+    assert t.observe(Sample(120 * MB), 4) is None
+    assert t.observe(Sample(120 * MB), 5) is None
+    verdict = t.observe(Sample(120 * MB), 6)
     assert verdict is not None
     assert verdict.reason is StopReason.MEMORY_LIMIT and not verdict.hard
     assert verdict.figures["strikes"] == 3
-    assert "150.0 MB over the limit 100.0 MB for 3 consecutive samples" in verdict.detail
+    assert "120.0 MB over the limit 100.0 MB for 3 consecutive samples" in verdict.detail
 
 
 def test_hard_ceiling_acts_on_one_sample() -> None:
-    t = LimitTracker(Limits(memory_soft_bytes=100 * MB, memory_hard_bytes=125 * MB), started_at=0)
+    t = LimitTracker(Limits(memory_limit_bytes=100 * MB, memory_hard_limit_bytes=125 * MB), started_at=0)
     verdict = t.observe(Sample(126 * MB), 1)
-    assert verdict is not None and verdict.hard and verdict.reason is StopReason.MEMORY_LIMIT
-    assert verdict.figures == {"memory_bytes": 126 * MB, "memory_hard_bytes": 125 * MB}
+    assert verdict is not None and verdict.hard and verdict.reason is StopReason.HARD_MEMORY_LIMIT
+    assert verdict.figures == {"memory_bytes": 126 * MB, "memory_hard_limit_bytes": 125 * MB}
 
 
 def test_at_the_limit_is_not_over_it() -> None:
-    t = LimitTracker(Limits(memory_soft_bytes=100, memory_hard_bytes=100, memory_strikes=1), started_at=0)
+    t = LimitTracker(Limits(memory_limit_bytes=100, memory_hard_limit_bytes=100, memory_strikes=1), started_at=0)
     assert t.observe(Sample(100), 1) is None
     assert t.observe(Sample(101), 2) is not None
 
@@ -55,15 +62,22 @@ def test_no_limits_never_stop() -> None:
 
 
 def test_default_hard_limit_is_a_margin_above_soft() -> None:
-    assert policy.default_hard_limit(200 * MB) == 250 * MB
-    assert policy.default_hard_limit(None) is None
-    assert policy.default_hard_limit(0) is None
+    assert Limits(memory_limit_bytes=200 * MB).memory_ceiling_bytes == 250 * MB
+    assert Limits(memory_limit_bytes=200 * MB, memory_hard_limit_bytes=300 * MB).memory_ceiling_bytes == 300 * MB
+    assert Limits(memory_limit_bytes=None).memory_ceiling_bytes is None
 
 
-def test_cpu_needs_a_full_window_and_the_startup_grace() -> None:
-    lim = Limits(cpu_limit_percent=80, cpu_window_s=10, cpu_grace_s=30)
+def test_a_ceiling_below_the_limit_is_refused() -> None:
+    from procguard.errors import UsageError
+
+    with pytest.raises(UsageError, match="below memory_limit"):
+        Limits(memory_limit_bytes=200 * MB, memory_hard_limit_bytes=100 * MB)
+
+
+def test_cpu_needs_one_full_window_since_the_start() -> None:
+    lim = Limits(cpu_limit_percent=80, cpu_window_s=10)
     t = LimitTracker(lim, started_at=100)
-    assert t.observe(Sample(0, 99.0, 10.0), 110) is None  # within start-up grace
+    assert t.observe(Sample(0, 99.0, 10.0), 105) is None  # not one window since the start yet
     assert t.observe(Sample(0, 99.0, 5.0), 140) is None  # window not full yet
     assert t.observe(Sample(0, 79.0, 10.0), 140) is None  # under the limit
     verdict = t.observe(Sample(0, 99.0, 9.8), 141)  # full within 5%
@@ -72,14 +86,16 @@ def test_cpu_needs_a_full_window_and_the_startup_grace() -> None:
 
 
 def test_memory_is_judged_before_cpu() -> None:
-    lim = Limits(memory_soft_bytes=10, memory_strikes=1, cpu_limit_percent=1, cpu_window_s=1, cpu_grace_s=0)
+    lim = Limits(memory_limit_bytes=10, memory_strikes=1, cpu_limit_percent=1, cpu_window_s=1)
     verdict = LimitTracker(lim, started_at=0).observe(Sample(11, 50.0, 1.0), 5)
     assert verdict is not None and verdict.reason is StopReason.MEMORY_LIMIT
 
 
 def test_strikes_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="memory_strikes"):
-        Limits(memory_strikes=0)
+    from procguard.errors import UsageError
+
+    with pytest.raises(UsageError, match="memory_strikes"):
+        WorkerLimits.from_user({"memory_strikes": 0})
 
 
 def test_runtime_deadline_without_and_with_jitter() -> None:
@@ -107,3 +123,26 @@ def test_grace_exceeded() -> None:
     assert not policy.grace_exceeded(100, 80, 30)
     assert policy.grace_exceeded(111, 80, 30)
     assert not policy.grace_exceeded(10_000, 80, 0)  # 0: no grace enforcement
+
+
+@pytest.mark.parametrize(
+    ("memory_mib", "strikes", "previous", "expected"),
+    [
+        (10, 0, None, 2.0),  # far from the limit: the regular pace
+        (70, 0, None, policy.NEAR_LIMIT_SAMPLE_INTERVAL_S),  # at 70 % of it: near
+        (40, 0, (0.0, 10), policy.NEAR_LIMIT_SAMPLE_INTERVAL_S),  # growing 30 MiB/s: reaches it within 2 s
+        (40, 0, (0.0, 39), 2.0),  # growing slowly: regular
+        (101, 0, (0.0, 99), policy.STRIKE_SAMPLE_INTERVAL_S),  # over it: the strikes are counted fast
+        (90, 1, (0.0, 101), policy.STRIKE_SAMPLE_INTERVAL_S),  # a strike pending
+    ],
+)
+def test_next_sample_delay(memory_mib, strikes, previous, expected) -> None:
+    lim = Limits(memory_limit_bytes=100 * MB)
+    prev = None if previous is None else (previous[0], previous[1] * MB)
+    delay = policy.next_sample_delay(memory_mib * MB, limits=lim, strikes=strikes, previous=prev, now=1.0,
+                                     regular_s=2.0)
+    assert delay == expected
+
+
+def test_next_sample_delay_without_a_limit_is_regular() -> None:
+    assert policy.next_sample_delay(10**12, limits=Limits(), strikes=0, previous=None, now=1.0, regular_s=2.0) == 2.0

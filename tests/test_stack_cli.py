@@ -93,7 +93,8 @@ def test_status_stop_start_restart_logs_history(stack: Stack, tmp_path: Path) ->
     assert restart.returncode == 0, restart.stderr
     api = stack.wait_state("api", "running")
     assert api["pid"] != old_pid and api["restarts"] == 1
-    assert api["last_exit"]["reason"] == "requested"
+    assert api["last_exit"]["reason"] == "stopped" and api["last_exit"]["by"] == "operator"
+    assert api["last_exit"]["detail"] == "procguard restart"
 
     wait_for(lambda: stack.cli("logs", "worker", "-n", "3").stdout.count("tick from") == 3,
              message="three lines of the ticker's log")
@@ -111,7 +112,7 @@ def test_status_stop_start_restart_logs_history(stack: Stack, tmp_path: Path) ->
 
     history = json.loads(stack.cli("history", "--json", "-n", "0").stdout)
     api_events = [(e["event"], e["reason"]) for e in history if e["worker"] == "api"]
-    assert api_events[:2] == [("start", None), ("stop", "requested")]
+    assert api_events[:2] == [("start", None), ("stop", "stopped")]
     assert api_events[-1] == ("start", None)
     newest_first = [e["time"] for e in history]
     assert newest_first == sorted(newest_first, reverse=True)
@@ -208,7 +209,7 @@ def test_control_commands_find_the_only_running_stack_from_any_shell(stack: Stac
     assert history.returncode == 0, history.stderr
     events = json.loads(history.stdout)
     assert {e["project"] for e in events} == {"teststack"}
-    assert ("api", "stop", "requested") in {(e["worker"], e["event"], e["reason"]) for e in events}
+    assert ("api", "stop", "stopped") in {(e["worker"], e["event"], e["reason"]) for e in events}
     only = _cli_from(cwd, stack.state_dir, "history", "--json", "--worker", "worker")
     assert {e["worker"] for e in json.loads(only.stdout)} == {"worker"}
     bad = _cli_from(cwd, stack.state_dir, "history", "--worker", "nope")

@@ -48,9 +48,10 @@ def test_crash_restarts_at_once_then_waits_its_backoff(tmp_path: Path, state_dir
     assert starts(record) == 2
     assert 0 < worker["next_start_in_seconds"] <= 30
     assert worker["restarts"] == 2
-    assert worker["last_exit"]["status"] == 3 and worker["last_exit"]["reason"] == "exit 3"
+    assert worker["last_exit"]["status"] == 3 and worker["last_exit"]["reason"] == "crashed"
+    assert worker["last_exit"]["detail"] == "exited with status 3" and worker["last_exit"]["by"] == "worker"
     stops = [e for e in history(stack, "crasher") if e.event == "stop"]
-    assert [(e.reason, e.exit_status) for e in stops] == [("exit 3", 3), ("exit 3", 3)]
+    assert [(e.reason, e.exit_status) for e in stops] == [("crashed", 3), ("crashed", 3)]
     assert all(e.runtime_seconds is not None and e.runtime_seconds >= 0.2 for e in stops)
     # 'restart' by hand does not wait for the backoff
     result = stack.cli("restart", "crasher")
@@ -104,13 +105,16 @@ def test_planned_recycle_is_not_counted_as_a_failure(tmp_path: Path, state_dir: 
 def test_memory_limit_of_a_command_is_enforced_from_outside(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
     record = tmp_path / "hog"
     stack = make_stack(tmp_path, state_dir, spawn, {
-        "hog": {"command": worker_cmd("hog.py", record, 80), "memory_limit": "40MB", "start_limit": 2},
+        # 48 MB (+ the interpreter): over the limit, under its hard ceiling (50 MB x 1.25): a
+        # graceful, planned recycle
+        "hog": {"command": worker_cmd("hog.py", record, 48), "memory_limit": "50MB", "start_limit": 2},
     })
     stack.up()
     wait_for(lambda: starts(record) >= 3, message=lambda: f"3 recycles; {stack.output()[-2000:]}")
     stops = [e for e in history(stack, "hog") if e.event == "stop"]
     assert stops and all(e.reason == "memory_limit" for e in stops)
-    assert all(e.peak_memory_bytes and e.peak_memory_bytes > 40 * 1024 * 1024 for e in stops)
+    assert all(e.by == "procguard" and "over the limit 50.0 MB" in (e.detail or "") for e in stops)
+    assert all(e.peak_memory_bytes and e.peak_memory_bytes > 50 * 1024 * 1024 for e in stops)
     assert stack.worker("hog")["state"] != "fatal"  # type: ignore[index]
 
 
@@ -129,8 +133,9 @@ def test_failing_liveness_probe_restarts_the_worker(tmp_path: Path, state_dir: P
     os.kill(worker["pid"], signal.SIGSTOP)
     stack.wait_worker("frozen", lambda w: w["pid"] not in (None, worker["pid"]), what="replaced", timeout=30)
     stops = [e for e in history(stack, "frozen") if e.event == "stop"]
-    assert stops[0].reason == "liveness"
-    assert stops[0].exit_status == -signal.SIGKILL  # a frozen process only goes by SIGKILL, after grace
+    # a frozen process only goes by SIGKILL, after its grace: the liveness stop it did not finish
+    assert stops[0].reason == "grace_exceeded", stops[0]
+    assert "liveness" in (stops[0].detail or "") and stops[0].exit_status == 128 + signal.SIGKILL
     assert "health probe failed (3/3)" in stack.output()
 
 
@@ -152,8 +157,10 @@ def test_down_stops_all_workers_in_parallel_within_grace(tmp_path: Path, state_d
     assert [name for name, pid in pids.items() if alive(pid)] == []
     assert proc.wait(timeout=10) == 0
     stops = {e.worker: e for e in history(stack) if e.event == "stop"}
-    assert {name: e.reason for name, e in stops.items()} == dict.fromkeys(workers, "requested")
-    assert stops["stubborn"].exit_status == -signal.SIGKILL
+    expected = {**dict.fromkeys(workers, "stopped"), "stubborn": "grace_exceeded"}  # killed after its grace
+    assert {name: e.reason for name, e in stops.items()} == expected
+    assert all(e.by == "operator" and e.detail == "procguard down" for name, e in stops.items() if name != "stubborn")
+    assert stops["stubborn"].exit_status == 128 + signal.SIGKILL and "procguard down" in stops["stubborn"].detail
     assert all(stops[f"slow{i}"].exit_status == 0 for i in range(4))
     assert not (state_dir / "supervisor.teststack.sock").exists()
     assert stack.cli("down").returncode == 0  # nothing running: still fine
@@ -249,7 +256,8 @@ def test_a_command_that_cannot_start_goes_fatal(tmp_path: Path, state_dir: Path,
     stack.up()
     ghost = stack.wait_state("ghost", "fatal")
     assert ghost["last_exit"]["status"] == 127
-    assert ghost["last_exit"]["reason"] == "cannot start: No such file or directory"
+    assert ghost["last_exit"]["reason"] == "crashed"
+    assert ghost["last_exit"]["detail"] == "cannot start: No such file or directory"
     assert stack.wait_state("ticker", "running")["pid"]
 
 

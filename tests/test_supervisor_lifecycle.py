@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from procguard.config import load_config
+from procguard.reasons import Ender, StopReason
 from procguard.supervisor.history import History, read_events
 from procguard.supervisor.leftovers import LeftoverGroups
-from procguard.supervisor.lifecycle import Lifecycle, deps_ready, next_deadline
+from procguard.supervisor.lifecycle import Lifecycle, deps_ready, next_deadline, operator_stop
 from procguard.supervisor.logs import RotatingFile, WorkerOutput
 from procguard.supervisor.probe import ProbeResult, probe_targets
 from procguard.supervisor.settings import Settings
@@ -99,7 +100,8 @@ def test_stop_all_goes_from_the_end_of_the_chain(workers: dict[str, Worker], lif
     workers["bot"].state, workers["bot"].pid = S.STOPPED, None
     stop_all.step(100.0)
     assert workers["api"].state is S.STOPPING and workers["db"].state is S.RUNNING
-    assert workers["api"].stop_deadline == 100.0 + workers["api"].config.grace_s + 1.0  # runner margin
+    assert workers["api"].stop_deadline == 100.0 + workers["api"].config.limits.grace_s + 1.0  # runner margin
+    assert workers["api"].asked is not None and workers["api"].asked.reason is StopReason.STOPPED
     workers["api"].state = S.STOPPED
     stop_all.step(100.0)
     assert workers["db"].state is S.STOPPING
@@ -121,7 +123,9 @@ def test_failed_probes_in_a_row_stop_the_worker_as_a_liveness_failure(
     assert api.probe_failures == 0
     for _ in range(2):
         lifecycle.probe_result(api, ProbeResult("api", 1, False, "timed out"), 100.0)
-    assert api.state is S.STOPPING and api.stop_cause == "liveness" and not api.stop_planned
+    assert api.state is S.STOPPING and api.asked is not None
+    assert api.asked.reason is StopReason.LIVENESS and api.asked.by is Ender.PROCGUARD and not api.asked.planned
+    assert "2 health probes in a row failed: timed out" in api.asked.detail
 
 
 def test_a_stop_request_cancels_a_backoff_and_answers_waiters(
@@ -131,7 +135,7 @@ def test_a_stop_request_cancels_a_backoff_and_answers_waiters(
     db.state, db.next_start_at = S.BACKOFF, 120.0
     answered: list[WorkerState] = []
     db.waiters.append(lambda w: answered.append(w.state))
-    lifecycle.request_stop(db, 100.0)
+    lifecycle.request_stop(db, 100.0, operator_stop("procguard stop"))
     assert db.state is S.STOPPED and db.next_start_at is None and answered == [S.STOPPED]
 
 
@@ -145,5 +149,6 @@ def test_a_spawn_that_fails_is_an_exit_127_in_the_history(
     assert db.state is S.BACKOFF and db.next_start_at == 100.0 + db.policy.initial_s
     assert db.restarts == 2 and db.last_exit is not None and db.last_exit["status"] == 127
     events = read_events(tmp_path / "history.sqlite", project="p", limit=0)
-    assert [(e.event, e.exit_status, e.pid, e.reason) for e in events] == [
-        ("stop", 127, None, "cannot start: No such file or directory")] * 2
+    assert [(e.event, e.exit_status, e.pid, e.reason, e.detail) for e in events] == [
+        ("stop", 127, None, "crashed", "cannot start: No such file or directory")] * 2
+    assert db.last_exit["reason"] == "crashed" and db.stops_total == {"crashed": 2}

@@ -6,7 +6,6 @@ import pytest
 
 from procguard.errors import UsageError
 from procguard.reasons import (
-    ExitStatus,
     StopReason,
     exit_status_for,
     is_planned_recycle,
@@ -75,11 +74,19 @@ def test_format_duration() -> None:
 
 
 def test_exit_status_table_round_trips() -> None:
+    """Each status of 80 and up belongs to one reason; the others (0, 1, 128 + N) to several."""
     for reason in StopReason:
+        if reason is StopReason.SUPERVISOR_DIED:
+            continue  # a history row, never an exit
         status = exit_status_for(reason, 15)
-        if status != ExitStatus.OK:
+        if 80 <= status < 128:
             assert reason_for_exit_status(status) is reason
+        else:
+            assert reason_for_exit_status(status) is None
     assert exit_status_for(StopReason.SIGNAL, 2) == 130
+    assert exit_status_for(StopReason.HARD_MEMORY_LIMIT) == 86
+    assert exit_status_for(StopReason.GRACE_EXCEEDED) == 87
+    assert exit_status_for(StopReason.CRASHED) == 1
     assert is_planned_recycle(exit_status_for(StopReason.MAX_RUNTIME))
     assert not is_planned_recycle(exit_status_for(StopReason.HEARTBEAT_TIMEOUT))
     assert not is_planned_recycle(1)

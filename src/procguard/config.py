@@ -2,10 +2,14 @@
 
 Everything downstream (``procguard up``, ``procguard check``, the deploy
 renderers) works from :class:`StackConfig` and never sees raw TOML: a value
-is converted to seconds, bytes or a percentage here, once, with the units of
-DESIGN.md (bare numbers keep the seed's units), so a typo in a config is
-reported before anything starts, with the file, the key and what is
-accepted (:class:`~procguard.errors.ConfigError`, exit status 2).
+is converted to seconds, bytes or a percentage here, once (bare numbers keep
+the seed's units), so a typo in a config is reported before anything
+starts, with the file, the key and what is accepted
+(:class:`~procguard.errors.ConfigError`, exit status 2). A worker's
+lifecycle keys (``memory_limit``, ``grace``, ...) are the settings of
+:mod:`procguard.limits`, declared there once and parsed into the worker's
+:class:`~procguard.limits.WorkerLimits`; the keys here are the stack's own
+(how to run the worker, restarts, dependencies).
 
 Layout::
 
@@ -20,8 +24,6 @@ Layout::
 from __future__ import annotations
 
 import logging
-import math
-import os
 import pathlib
 import re
 import shlex
@@ -32,7 +34,8 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, get_args
 
 from .errors import ConfigError, UsageError
-from .units import MB, parse_count, parse_duration, parse_percent, parse_port, parse_size
+from .limits import SETTINGS, Setting, WorkerLimits
+from .units import MB, parse_count, parse_duration, parse_port, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,14 +64,12 @@ DEPLOY_TARGETS: tuple[str, ...] = ("systemd", "supervisor", "kubernetes")
 class WorkerConfig:
     """One ``[workers.NAME]`` table with ``[defaults]`` merged under it.
 
-    Durations are seconds, sizes bytes; ``None`` means "no limit" (or "not
-    set" for ``heartbeat_timeout_s`` / ``health_port``). Exactly one of
-    ``run`` (function mode) and ``command`` (an external program) is set.
-    A relative ``cwd`` is relative to the config file's directory (``procguard
+    ``limits`` holds the lifecycle settings (base units, ``None`` = no limit);
+    the other fields say how the stack runs the worker. Exactly one of
+    ``run`` (function mode) and ``command`` (an external program) is set. A
+    relative ``cwd`` is relative to the config file's directory (``procguard
     up``) or to the deploy working directory (``procguard deploy``).
-    ``drain_delay_s`` becomes ``procguard run --drain-delay`` and counts in
-    the stop budgets; ``heartbeat_timeout_s`` becomes ``--heartbeat-timeout``
-    (function workers) and feeds systemd's ``WatchdogSec``.
+    Durations are seconds.
     """
 
     name: str
@@ -77,16 +78,7 @@ class WorkerConfig:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: str | None = None
-    interval_s: float = 600.0
-    max_runtime_s: float | None = 24 * 3600.0
-    max_iterations: int | None = None
-    memory_limit_bytes: int | None = 2048 * MB
-    cpu_limit_percent: float | None = 80.0
-    grace_s: float = 30.0
-    drain_delay_s: float = 0.0
-    heartbeat_timeout_s: float | None = None
-    health_port: int | None = None
-    health_host: str = "127.0.0.1"
+    limits: WorkerLimits = field(default_factory=WorkerLimits)
     restart: RestartPolicy = "always"
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -94,6 +86,11 @@ class WorkerConfig:
     start_limit: int = 5
     start_limit_interval_s: float = 60.0
     depends_on: tuple[str, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        """``"function"`` (``run =``) or ``"command"``."""
+        return "function" if self.run is not None else "command"
 
 
 @dataclass(frozen=True)
@@ -245,15 +242,6 @@ def _positive(convert: Callable[[object], float], accepted: str) -> Callable[[ob
     return converter
 
 
-def _cpu_maximum() -> float:
-    return 100.0 * (os.cpu_count() or 1)
-
-
-def _cpu(value: object) -> float | None:
-    percent = parse_percent(value, maximum=_cpu_maximum())
-    return None if percent == 0 else percent
-
-
 _Converter = Callable[[_Ctx, str, object], Any]
 
 
@@ -265,55 +253,23 @@ class Key(NamedTuple):
     doc: str
 
 
-_DUR = "duration (90s, 10m, 24h)"
+def _lifecycle(setting: Setting) -> _Converter:
+    def converter(ctx: _Ctx, key: str, value: object) -> Any:
+        try:
+            return setting.parse(value)
+        except UsageError as error:
+            raise ctx.error(key, str(error)) from None
 
-#: ``[workers.NAME]`` / ``[defaults]`` keys. Bare numbers keep the seed's units.
-WORKER_KEYS: dict[str, Key] = {
+    return converter
+
+
+#: The stack's own ``[workers.NAME]`` / ``[defaults]`` keys: how to run the worker.
+_STACK_KEYS: dict[str, Key] = {
     "run": Key("run", _target, '`"package.module:function"` called every interval (function mode)'),
     "command": Key("command", _command, "a program: a string split like a shell, or a list taken as is"),
     "args": Key("args", _str_list, "extra arguments appended to `command`"),
     "env": Key("env", _env, "environment variables (a table; `[defaults]` and worker tables merge)"),
     "cwd": Key("cwd", _nonempty_str, "working directory, relative to the config file's directory"),
-    "interval": Key(
-        "interval_s",
-        _wrap(lambda v: parse_duration(v, default_unit="m")),
-        f"time between iterations of a `run` worker; bare number = minutes, or a {_DUR}; default 10m",
-    ),
-    "max_runtime": Key(
-        "max_runtime_s",
-        _wrap(_none_if_zero(lambda v: parse_duration(v, default_unit="h"))),
-        "planned recycle after this long; bare number = hours; default 24h; 0 = no limit",
-    ),
-    "max_iterations": Key(
-        "max_iterations", _wrap(_none_if_zero(parse_count)), "planned recycle after N iterations (`run` only)"
-    ),
-    "memory_limit": Key(
-        "memory_limit_bytes",
-        _wrap(_none_if_zero(lambda v: parse_size(v, default_unit="MB"))),
-        "worker + children RSS; bare number = MB, or 512MB, 2GiB; default 2048; 0 = no limit",
-    ),
-    "cpu_limit": Key(
-        "cpu_limit_percent", _wrap(_cpu), "percent of one core, averaged; default 80; 0 = no limit"
-    ),
-    "grace": Key(
-        "grace_s",
-        _wrap(_positive(parse_duration, "a duration like 30s")),
-        "how long a graceful stop may take; bare number = seconds; default 30s",
-    ),
-    "drain_delay": Key(
-        "drain_delay_s",
-        _wrap(parse_duration),
-        "after SIGTERM, not-ready but working this long before stopping (`--drain-delay`); default 0",
-    ),
-    "heartbeat_timeout": Key(
-        "heartbeat_timeout_s",
-        _wrap(_none_if_zero(parse_duration)),
-        "a loop silent this long is stuck (`--heartbeat-timeout`, run workers); systemd `WatchdogSec`",
-    ),
-    "health_port": Key(
-        "health_port", _wrap(_none_if_zero(parse_port)), "serve /health, /ready, /metrics here; default none"
-    ),
-    "health_host": Key("health_host", _host, "address the health server binds; default 127.0.0.1"),
     "restart": Key("restart", _restart, "`always` (default), `on-failure` or `never`"),
     "backoff_initial": Key("backoff_initial_s", _wrap(parse_duration), "first restart delay; default 0.5s"),
     "backoff_max": Key("backoff_max_s", _wrap(parse_duration), "longest restart delay; default 30s"),
@@ -332,6 +288,17 @@ WORKER_KEYS: dict[str, Key] = {
     ),
     "depends_on": Key("depends_on", _str_list, "workers started before (and stopped after) this one"),
 }
+
+#: The lifecycle keys, from their one declaration in procguard.limits.
+LIFECYCLE_KEYS: dict[str, Key] = {
+    s.key: Key(s.field, _lifecycle(s), s.help) for s in SETTINGS if s.toml
+}
+
+#: Every ``[workers.NAME]`` / ``[defaults]`` key.
+WORKER_KEYS: dict[str, Key] = {**_STACK_KEYS, **LIFECYCLE_KEYS}
+
+#: Lifecycle keys that mean something only for a loop procguard runs (``run =`` workers).
+_LOOP_ONLY: frozenset[str] = frozenset(s.field for s in SETTINGS if s.applies == "loop")
 
 #: ``[project]`` keys.
 PROJECT_KEYS: dict[str, Key] = {
@@ -352,15 +319,20 @@ PROJECT_KEYS: dict[str, Key] = {
 
 
 def reference_markdown() -> str:
-    """The procguard.toml key reference as Markdown tables, generated from the declarations above."""
+    """The procguard.toml keys of the stack as Markdown tables, generated from the declarations above.
+
+    The lifecycle keys (``memory_limit``, ``grace``, ...) have their own table,
+    :func:`procguard.limits.reference_markdown`.
+    """
     lines = ["| `[project]` key | meaning |", "|---|---|"]
     lines += [f"| `{key}` | {spec.doc} |" for key, spec in PROJECT_KEYS.items()]
     lines += ["", "| `[workers.NAME]` / `[defaults]` key | meaning |", "|---|---|"]
-    lines += [f"| `{key}` | {spec.doc} |" for key, spec in WORKER_KEYS.items()]
+    lines += [f"| `{key}` | {spec.doc} |" for key, spec in _STACK_KEYS.items()]
     return "\n".join(lines) + "\n"
 
 
 _SECTIONS = ("project", "defaults", "workers", "deploy")
+_LIFECYCLE_FIELDS = frozenset(s.field for s in SETTINGS)
 
 
 def _accepted(keys: Sequence[str]) -> str:
@@ -422,16 +394,13 @@ def _check_ports(ctx: _Ctx, project: ProjectConfig, workers: Mapping[str, Worker
     if project.status_port:
         owners[project.status_port] = "project.status_port"
     for worker in workers.values():
-        if worker.health_port is None:
+        port = worker.limits.health_port
+        if port is None:
             continue
         key = f"workers.{worker.name}.health_port"
-        if worker.health_port in owners:
-            raise ctx.error(
-                key,
-                f"port {worker.health_port} is already used by {owners[worker.health_port]}"
-                " (use a free port)",
-            )
-        owners[worker.health_port] = key
+        if port in owners:
+            raise ctx.error(key, f"port {port} is already used by {owners[port]} (use a free port)")
+        owners[port] = key
 
 
 def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> StackConfig:
@@ -478,15 +447,24 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
                 f'{which} of run and command given (use run = "package.module:function" '
                 'or command = "program args", exactly one)',
             )
-        if has_command and "max_iterations" in own:
-            raise ctx.error(f"{prefix}.max_iterations", "applies to run workers only (remove it here)")
+        lifecycle = {f: values.pop(f) for f in list(values) if f in _LIFECYCLE_FIELDS}
         if has_command:
-            values.pop("max_iterations", None)  # a [defaults] value concerns run workers only
+            for key in own:
+                if key in LIFECYCLE_KEYS and LIFECYCLE_KEYS[key].field in _LOOP_ONLY:
+                    raise ctx.error(
+                        f"{prefix}.{key}", "applies to run workers only, not to a command (remove it here)"
+                    )
+            # [defaults] values for run workers do not concern a command.
+            lifecycle = {f: v for f, v in lifecycle.items() if f not in _LOOP_ONLY}
         if has_run and values.get("args"):
             raise ctx.error(f"{prefix}.args", "args apply to command workers only (put them in command)")
         if values.get("backoff_max_s", 30.0) < values.get("backoff_initial_s", 0.5):
             raise ctx.error(f"{prefix}.backoff_max", "is smaller than backoff_initial (use a larger value)")
-        workers[name] = WorkerConfig(name=name, **values)
+        try:
+            limits = WorkerLimits().with_changes(**lifecycle)
+        except UsageError as error:
+            raise ctx.error(prefix, str(error)) from None
+        workers[name] = WorkerConfig(name=name, limits=limits, **values)
 
     _check_depends(ctx, workers)
     _check_ports(ctx, project, workers)
@@ -526,55 +504,32 @@ def load_config(path: str | pathlib.Path | None = None) -> StackConfig:
 
 
 # ---------------------------------------------------------------------------
-# the command line of a worker
-
-
-def format_seconds(seconds: float) -> str:
-    """Exact, short, parseable by procguard.units: ``86400.0`` -> ``"24h"``, ``0.5`` -> ``"0.5s"``."""
-    if math.isfinite(seconds) and seconds == int(seconds):
-        whole = int(seconds)
-        for unit, size in (("h", 3600), ("m", 60)):
-            if whole >= size and whole % size == 0:
-                return f"{whole // size}{unit}"
-        return f"{whole}s"
-    return f"{seconds!r}s"
-
-
-def format_bytes(size: int) -> str:
-    """``2147483648`` -> ``"2048MB"`` (MB as the seed means it, 2**20); else ``"123B"``."""
-    if size % MB == 0:
-        return f"{size // MB}MB"
-    return f"{size}B"
-
-
-def _format_percent(percent: float) -> str:
-    return str(int(percent)) if percent == int(percent) else repr(percent)
+# the command line of a worker in a generated production file
 
 
 def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> list[str]:
-    """The ``procguard run`` flags that carry this worker's limits (no target, no name).
+    """The ``procguard run`` flags that carry this worker's settings, for a generated file.
 
-    ``--drain-delay`` is always spelled out; ``--heartbeat-timeout`` only
-    for a function worker that sets ``heartbeat_timeout`` (``procguard run``
-    refuses it for a command, and an unset one keeps the runner's default).
+    Every setting with a flag that applies to the worker's mode is spelled
+    out (from its declaration in :mod:`procguard.limits`), so the worker
+    does not depend on the defaults of the procguard version that runs it;
+    ``health_host`` overrides the bind address (the Kubernetes renderer
+    passes ``0.0.0.0``). ``procguard up`` does not use this: it hands the
+    settings over as a value.
     """
     flags: list[str] = []
-    if worker.run is not None:
-        flags += ["--interval", format_seconds(worker.interval_s)]
-    flags += ["--max-runtime", "0" if worker.max_runtime_s is None else format_seconds(worker.max_runtime_s)]
-    if worker.max_iterations is not None:
-        flags += ["--max-iterations", str(worker.max_iterations)]
-    memory, cpu = worker.memory_limit_bytes, worker.cpu_limit_percent
-    flags += ["--memory-limit", "0" if memory is None else format_bytes(memory)]
-    flags += ["--cpu-limit", "0" if cpu is None else _format_percent(cpu)]
-    flags += ["--grace", format_seconds(worker.grace_s)]
-    flags += ["--drain-delay", format_seconds(worker.drain_delay_s)]
-    if worker.run is not None and worker.heartbeat_timeout_s is not None:
-        # Function mode only: the runner watches a command's process, not a loop inside it.
-        flags += ["--heartbeat-timeout", format_seconds(worker.heartbeat_timeout_s)]
-    flags += ["--health-port", str(worker.health_port or 0)]
-    if worker.health_port:
-        flags += ["--health-host", health_host or worker.health_host]
+    limits = worker.limits
+    for setting in SETTINGS:
+        if setting.flag_scope == "none":
+            continue
+        if worker.run is None and setting.applies == "loop":
+            continue
+        value = getattr(limits, setting.field)
+        if setting.key == "health_host":
+            if not limits.health_port:
+                continue
+            value = health_host or value
+        flags += [setting.flag, setting.format(value)]
     return flags
 
 
@@ -585,14 +540,12 @@ def worker_argv(
     name: str | None = None,
     health_host: str | None = None,
 ) -> list[str]:
-    """The command line that runs ``worker`` under ``procguard run``.
+    """The command line that runs ``worker`` under ``procguard run`` in a generated file.
 
     ``procguard`` is how to invoke procguard (``[sys.executable, "-m",
     "procguard"]`` or ``["/opt/venv/bin/procguard"]``). ``name`` overrides the
     instance name (default: the worker's name); ``health_host`` overrides
-    the bind address (the Kubernetes renderer passes ``0.0.0.0``). Every
-    flag is spelled out, so the worker does not depend on the defaults of
-    the procguard version that runs it.
+    the bind address.
     """
     instance = name or worker.name
     flags = lifecycle_flags(worker, health_host=health_host)

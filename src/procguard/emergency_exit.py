@@ -15,22 +15,33 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
+    from .outcome import StopOutcome
     from .sampler import ResourceSampler
 
 log = logging.getLogger(__name__)
 
 
-def exit_now(status: int, detail: str, *, label: str, pid: int, sampler: ResourceSampler | None) -> NoReturn:
-    """Log ``detail`` as critical, SIGKILL the descendants ``sampler`` knows of, flush, ``os._exit(status)``.
+def exit_now(
+    outcome: StopOutcome,
+    *,
+    label: str,
+    pid: int,
+    sampler: ResourceSampler | None,
+    report: Callable[[StopOutcome], None] | None = None,
+) -> NoReturn:
+    """Log ``outcome``, SIGKILL the descendants ``sampler`` knows of, report, flush, exit with its status.
 
     ``sampler`` rescans the tree first (a child started since the last sample
     is killed too); without one no descendant is signalled. pid <= 1 and
-    ``pid`` itself are never signalled.
+    ``pid`` itself are never signalled. ``report`` (the supervisor's link)
+    hears the outcome before the process ends.
     """
-    log.critical("%s (pid %d) exiting now with status %d: %s", label, pid, status, detail)
+    status = outcome.exit_status if outcome.exit_status is not None else 1
+    log.critical("%s (pid %d) stopped at once: %s", label, pid, outcome.summary())
     try:
         kids = sampler.descendants(rescan=True) if sampler is not None else ()
     except Exception:
@@ -41,6 +52,11 @@ def exit_now(status: int, detail: str, *, label: str, pid: int, sampler: Resourc
                 os.kill(kid, signal.SIGKILL)
             except OSError:
                 pass
+    if report is not None:
+        try:
+            report(outcome)
+        except Exception:
+            pass
     for handler in logging.getLogger().handlers:
         try:
             handler.flush()

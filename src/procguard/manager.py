@@ -29,9 +29,15 @@ How the work is split (docs/PROCESS_LIFECYCLE_MANAGEMENT.md tells the whole stor
   :meth:`sleep` / :meth:`sleep_async` return at once
   (:mod:`procguard.stop_event`). Only three things end the process from the
   monitor thread with ``os._exit`` (:mod:`procguard.emergency_exit`): the
-  hard memory ceiling (status 86), a second stop signal and a graceful stop
-  that overran ``grace_s`` (both 87). Descendants are SIGKILLed first so
-  that none is orphaned.
+  hard memory ceiling (``hard_memory_limit``, status 86), a second stop
+  signal and a graceful stop that overran its grace (``grace_exceeded``,
+  87). Descendants are SIGKILLed first so that none is orphaned.
+- Every stop is one :class:`~procguard.outcome.StopOutcome` (reason, detail
+  with the figures, exit status, who ended the worker), created where the
+  stop is decided and rendered everywhere: the last log line, the exit
+  status, and -- under ``procguard up`` -- the supervisor's status, history
+  and metrics, which hear it through the worker's link
+  (:mod:`procguard.parent_link`).
 - :meth:`shutdown` runs the cleanup callbacks, each bounded
   (:mod:`procguard.callbacks`), then stops the children still running
   (:mod:`procguard.children`).
@@ -43,12 +49,13 @@ How the work is split (docs/PROCESS_LIFECYCLE_MANAGEMENT.md tells the whole stor
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -56,50 +63,41 @@ from . import policy
 from .callbacks import CleanupFn, callable_name, run_cleanup, run_cleanup_async
 from .children import terminate_children
 from .errors import UsageError
-from .monitor import (
-    FAST_SAMPLE_DIVISOR,  # noqa: F401  (still importable from here)
-    Monitor,
-    format_mb,
-)
-from .reasons import ExitStatus, StopReason, exit_status_for
+from .limits import SETTINGS, Setting, WorkerLimits
+from .monitor import Monitor, StopRequest, format_mb
+from .outcome import StopOutcome
+from .parent_link import ParentLink, claim, stop_for_signal
+from .reasons import Ender, ExitStatus, StopReason
 from .signals import STOP_SIGNALS, SignalCapture
-from .snapshot import HEALTHY, HealthStatus, WorkerSnapshot
+from .snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
 from .stop_event import StopEvent
-from .units import parse_count, parse_duration, parse_percent, parse_size
+from .units import parse_duration
 
 if TYPE_CHECKING:
     import argparse
 
     from .instances.claim import InstanceClaim
-    from .sampler import ResourceSample, ResourceSampler
+    from .sampler import ResourceSampler
 
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 _NEVER = sys.maxsize
 
-#: Defaults, chosen for a demanding user (see the lifecycle document for the reasoning).
+#: Defaults of the manager's own knobs (the worker's settings are WorkerLimits').
 DEFAULT_SAMPLE_INTERVAL_S = 0.25
-DEFAULT_MEMORY_STRIKES = 3
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
-DEFAULT_CPU_WINDOW_S = 60.0
-DEFAULT_CPU_GRACE_S = 60.0
-DEFAULT_GRACE_S = 30.0
 DEFAULT_CLEANUP_TIMEOUT_S = 10.0
 DEFAULT_CHILD_GRACE_S = 5.0
 
-#: Reasons that are planned and logged at INFO; the others are WARNING.
-_PLANNED = frozenset(
-    {StopReason.MAX_RUNTIME, StopReason.MAX_ITERATIONS, StopReason.COMPLETED, StopReason.REQUESTED,
-     StopReason.SIGNAL}
-)
+#: The seed-compatible keywords, and the setting each one sets (declared with the setting,
+#: in its bare unit: ``max_runtime_hours`` hours, ``memory_limit_mb`` MB, ``*_s`` seconds).
+_KEYWORDS: dict[str, str] = {s.keyword: s.key for s in SETTINGS if s.keyword}
+_KEYWORD_OF: dict[str, str] = {key: keyword for keyword, key in _KEYWORDS.items()}
+
+#: "Not given": the setting keeps its value from ``limits`` (or the default).
+_UNSET: Any = object()
 
 F = TypeVar("F", bound=CleanupFn)
-
-
-def _limit(value: float | None) -> float | None:
-    """``0`` and ``None`` both mean "no limit"."""
-    return value if value else None
 
 
 class ProcessManager:
@@ -107,40 +105,40 @@ class ProcessManager:
 
     Seed-compatible positional arguments: ``name``, ``max_runtime_hours``,
     ``memory_limit_mb``, ``cpu_limit_percent`` (percent of one core; up to
-    100 x CPU count). ``0`` or ``None`` means "no limit" for every limit.
+    100 x the CPU count). ``0`` or ``None`` means "no limit" for every limit.
     Numbers may also be given as strings with units (``"90m"``, ``"512MB"``).
 
-    Keyword-only (defaults in brackets):
+    The worker's settings are one :class:`~procguard.limits.WorkerLimits`
+    (``limits=``, e.g. from :meth:`from_args`); the keywords below set single
+    settings on top of it, in the setting's unit, and keep their defaults
+    from it (docs/PROCESS_LIFECYCLE_MANAGEMENT.md has the table):
+    ``max_iterations``, ``heartbeat_timeout_s`` [60], ``cpu_window_s`` [60],
+    ``grace_s`` [30: the stop may take this long after the drain],
+    ``drain_delay_s`` [0: after a first SIGTERM/SIGINT, stay not-ready but
+    working this long], ``health_port`` / ``health_host`` [none /
+    127.0.0.1: serve /health, /ready, /metrics over HTTP],
+    ``memory_hard_limit_mb`` [1.25 x the limit: one sample above it ends the
+    process at once, status 86], ``memory_strikes`` [3 consecutive samples
+    over the memory limit before a graceful stop],
+    ``max_consecutive_failures`` [5 :meth:`record_failure` in a row stop the
+    worker with ``iteration_failures``].
 
-    - ``max_iterations`` [None]: stop after this many iterations.
-    - ``heartbeat_timeout_s`` [60]: the loop counts as stuck (unhealthy, then
-      stopped with ``heartbeat_timeout``) when neither :meth:`heartbeat` nor
-      a new iteration nor the manager's own sleep happened for this long.
-    - ``sample_interval_s`` [0.25]: how often the monitor thread samples.
-    - ``memory_strikes`` [3]: consecutive samples over the soft memory limit
-      before a graceful stop (0.75 s at the default interval).
-    - ``memory_hard_limit_mb`` [1.25 x soft]: one sample above it ends the
-      process at once (status 86).
+    The manager's own knobs (keyword-only, defaults in brackets):
+
+    - ``sample_interval_s`` [0.25]: how often the monitor thread samples
+      (much faster while memory is over the limit).
     - ``include_children`` [True]: memory/CPU of the process and all its
       descendants; ``use_uss`` [False]: count USS instead of RSS (costlier).
-    - ``cpu_window_s`` [60]: the CPU limit compares the average over a full
-      window; ``cpu_grace_s`` [60]: no CPU verdict this soon after start.
-    - ``grace_s`` [30]: a graceful stop still running after this long ends
-      the process (status 87). Counted from the stop request.
-    - ``drain_delay_s`` [0]: after a first SIGTERM/SIGINT, stay not-ready but
-      working this long before stopping (so load balancers stop sending).
     - ``handle_signals`` [True]: install SIGTERM/SIGINT handlers (main thread only).
-    - ``health_port`` [None] / ``health_host`` ["127.0.0.1"]: serve
-      /health, /ready, /metrics over HTTP (``None`` or 0: no server).
     - ``runtime_jitter_s`` [0]: recycle up to this much *before* max runtime,
       chosen at random, so a fleet started together does not recycle together.
     - ``cleanup_timeout_s`` [10]: bound of each cleanup callback.
     - ``child_grace_s`` [5]: SIGTERM-to-SIGKILL wait for leftover children;
       ``terminate_children`` [True]: False leaves them running (your choice).
-    - ``max_consecutive_failures`` [None]: :meth:`record_failure` this many
-      times in a row stops with ``iteration_failures``.
     - ``single_instance`` [True] / ``state_dir`` [None]: with a ``name``,
       :meth:`start` takes the instance lock (refusing a second instance).
+    - ``helper_pids`` [()]: procguard's own processes beside the worker
+      (``procguard run``'s guardian), never counted in its figures.
     """
 
     # Slots keep attribute access on the hot path specialised: with more than
@@ -148,60 +146,44 @@ class ProcessManager:
     # opcodes that rely on them) give up, which costs ~25% per iteration.
     __slots__ = (
         "__weakref__",
-        "_breach",
         "_cleanups",
         "_consecutive_failures",
-        "_crashed",
+        "_crash",
         "_deadline",
-        "_exit_status",
         "_failed_iterations",
         "_gate",
         "_halt",
         "_health_server",
+        "_helpers",
         "_instance_claim",
         "_iteration_cap",
         "_iterations",
+        "_labels",
         "_last_beat",
-        "_latest",
+        "_link",
         "_monitor",
         "_notifier",
+        "_outcome",
         "_pid",
-        "_progress_at",
+        "_reported_helpers",
         "_sampler",
         "_shut_down",
         "_signals",
         "_sleep_until",
         "_started",
         "_started_at",
-        "_stop_asked_at",
-        "_stop_detail",
-        "_stop_due_at",
+        "_started_wall",
+        "_stop",
         "_stop_event",
         "_stop_lock",
-        "_stop_reason",
-        "_stop_signum",
         "_stopped_at",
         "_user_ready",
         "_user_ready_reason",
         "child_grace_s",
         "cleanup_timeout_s",
-        "cpu_grace_s",
-        "cpu_limit_percent",
-        "cpu_window_s",
-        "drain_delay_s",
-        "grace_s",
         "handle_signals",
-        "health_host",
-        "health_port",
-        "heartbeat_timeout_s",
         "include_children",
         "limits",
-        "max_consecutive_failures",
-        "max_iterations",
-        "max_runtime_s",
-        "memory_hard_limit_bytes",
-        "memory_limit_bytes",
-        "memory_strikes",
         "name",
         "runtime_jitter_s",
         "sample_interval_s",
@@ -214,63 +196,57 @@ class ProcessManager:
     def __init__(
         self,
         name: str | None = None,
-        max_runtime_hours: float | str | None = 24,
-        memory_limit_mb: float | str | None = 2048,
-        cpu_limit_percent: float | str | None = 80,
+        max_runtime_hours: float | str | None = _UNSET,
+        memory_limit_mb: float | str | None = _UNSET,
+        cpu_limit_percent: float | str | None = _UNSET,
         *,
-        max_iterations: int | None = None,
-        heartbeat_timeout_s: float | None = DEFAULT_HEARTBEAT_TIMEOUT_S,
+        limits: WorkerLimits | None = None,
+        max_iterations: int | str | None = _UNSET,
+        heartbeat_timeout_s: float | str | None = _UNSET,
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
-        cpu_window_s: float = DEFAULT_CPU_WINDOW_S,
-        cpu_grace_s: float = DEFAULT_CPU_GRACE_S,
+        cpu_window_s: float | str = _UNSET,
         include_children: bool = True,
         use_uss: bool = False,
-        grace_s: float = DEFAULT_GRACE_S,
+        grace_s: float | str = _UNSET,
         handle_signals: bool = True,
-        health_port: int | None = None,
-        health_host: str = "127.0.0.1",
+        health_port: int | None = _UNSET,
+        health_host: str = _UNSET,
         runtime_jitter_s: float = 0.0,
-        memory_hard_limit_mb: float | str | None = None,
-        memory_strikes: int = DEFAULT_MEMORY_STRIKES,
+        memory_hard_limit_mb: float | str | None = _UNSET,
+        memory_strikes: int = _UNSET,
         cleanup_timeout_s: float = DEFAULT_CLEANUP_TIMEOUT_S,
         child_grace_s: float = DEFAULT_CHILD_GRACE_S,
         terminate_children: bool = True,
-        drain_delay_s: float = 0.0,
-        max_consecutive_failures: int | None = None,
+        drain_delay_s: float | str = _UNSET,
+        max_consecutive_failures: int | None = _UNSET,
         single_instance: bool = True,
         state_dir: str | os.PathLike[str] | None = None,
+        helper_pids: Collection[int] = (),
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name.strip()):
             msg = f"name: {name!r} is not an instance name (use a non-empty string or None)"
             raise UsageError(msg)
         self.name = name
-        self.max_runtime_s = _limit(
-            parse_duration(max_runtime_hours or 0, default_unit="h", what="max_runtime_hours")
-        )
-        soft = parse_size(memory_limit_mb or 0, what="memory_limit_mb") or None
-        hard = (
-            parse_size(memory_hard_limit_mb, what="memory_hard_limit_mb") or None
-            if memory_hard_limit_mb is not None
-            else policy.default_hard_limit(soft)
-        )
-        if soft and hard and hard < soft:
-            msg = (
-                f"memory_hard_limit_mb: {memory_hard_limit_mb!r} is below memory_limit_mb "
-                f"{memory_limit_mb!r} (use a ceiling at or above the soft limit)"
-            )
-            raise UsageError(msg)
-        self.memory_limit_bytes = soft
-        self.memory_hard_limit_bytes = hard
-        self.cpu_limit_percent = _limit(
-            parse_percent(
-                cpu_limit_percent or 0, maximum=100.0 * (os.cpu_count() or 1), what="cpu_limit_percent"
-            )
-        )
-        self.max_iterations = (
-            parse_count(max_iterations, what="max_iterations") or None if max_iterations is not None else None
-        )
-        self.heartbeat_timeout_s = _limit(
-            parse_duration(heartbeat_timeout_s or 0, what="heartbeat_timeout_s")
+        given = {
+            "max_runtime_hours": max_runtime_hours,
+            "memory_limit_mb": memory_limit_mb,
+            "cpu_limit_percent": cpu_limit_percent,
+            "max_iterations": max_iterations,
+            "heartbeat_timeout_s": heartbeat_timeout_s,
+            "cpu_window_s": cpu_window_s,
+            "grace_s": grace_s,
+            "drain_delay_s": drain_delay_s,
+            "health_port": health_port,
+            "health_host": health_host,
+            "memory_hard_limit_mb": memory_hard_limit_mb,
+            "memory_strikes": memory_strikes,
+            "max_consecutive_failures": max_consecutive_failures,
+        }
+        #: The worker's settings (base units, None = no limit): one value, read everywhere.
+        self.limits: WorkerLimits = WorkerLimits.from_user(
+            {_KEYWORDS[keyword]: value for keyword, value in given.items() if value is not _UNSET},
+            base=limits,
+            what=_keyword_of,
         )
         self.sample_interval_s = parse_duration(sample_interval_s, what="sample_interval_s")
         if self.sample_interval_s <= 0:
@@ -279,40 +255,20 @@ class ProcessManager:
                 "(use a positive number of seconds)"
             )
             raise UsageError(msg)
-        self.cpu_window_s = parse_duration(cpu_window_s, what="cpu_window_s")
-        self.cpu_grace_s = parse_duration(cpu_grace_s, what="cpu_grace_s")
         self.include_children = bool(include_children)
         self.use_uss = bool(use_uss)
-        self.grace_s = parse_duration(grace_s, what="grace_s")
         self.handle_signals = bool(handle_signals)
-        self.health_port = health_port or None
-        self.health_host = health_host
         self.runtime_jitter_s = parse_duration(runtime_jitter_s, what="runtime_jitter_s")
-        self.memory_strikes = parse_count(memory_strikes, what="memory_strikes", minimum=1)
         self.cleanup_timeout_s = parse_duration(cleanup_timeout_s, what="cleanup_timeout_s")
         self.child_grace_s = parse_duration(child_grace_s, what="child_grace_s")
         self.terminate_children = bool(terminate_children)
-        self.drain_delay_s = parse_duration(drain_delay_s, what="drain_delay_s")
-        self.max_consecutive_failures = (
-            parse_count(max_consecutive_failures, what="max_consecutive_failures") or None
-            if max_consecutive_failures is not None
-            else None
-        )
         self.single_instance = bool(single_instance)
         self.state_dir = state_dir
-        self.limits = policy.Limits(
-            memory_soft_bytes=soft,
-            memory_hard_bytes=hard,
-            memory_strikes=self.memory_strikes,
-            cpu_limit_percent=self.cpu_limit_percent,
-            cpu_window_s=self.cpu_window_s,
-            cpu_grace_s=self.cpu_grace_s,
-        )
 
         # --- hot-path state: plain attributes only -------------------------
         self._halt = True  # not started, or a stop is due
         self._iterations = 0
-        self._iteration_cap = self.max_iterations or _NEVER
+        self._iteration_cap = self.limits.max_iterations or _NEVER
         # should_continue() stays on its fast path while iterations < _gate: the
         # cap while running, -1 when halted. One compare covers both checks, and
         # only plain stores change it (no read-modify-write shared with the monitor).
@@ -325,16 +281,13 @@ class ProcessManager:
         self._started = False
         self._shut_down = False
         self._started_at = 0.0
+        self._started_wall = 0.0
         self._stopped_at = 0.0
         self._deadline: float | None = None
         self._stop_lock = threading.Lock()
-        self._stop_reason: StopReason | None = None
-        self._stop_detail = ""
-        self._stop_signum: int | None = None
-        self._stop_asked_at: float | None = None
-        self._stop_due_at: float | None = None
-        self._crashed = False
-        self._exit_status: int | None = None
+        self._stop: StopRequest | None = None  # set once, under _stop_lock
+        self._outcome: StopOutcome | None = None  # final, after shutdown
+        self._crash: StopOutcome | None = None  # the work loop raised or exited with a failure status
         self._user_ready = True
         self._user_ready_reason = ""
         self._consecutive_failures = 0
@@ -342,26 +295,31 @@ class ProcessManager:
         self._cleanups: list[CleanupFn] = []
         self._stop_event = StopEvent()
 
-        # --- monitor state --------------------------------------------------
+        # --- what start() sets up ---------------------------------------------
         self._signals: SignalCapture | None = None
         self._sampler: ResourceSampler | None = None
-        # Kept current by the monitor thread; read by health() and snapshot().
-        self._latest: ResourceSample | None = None
-        self._breach: str | None = None
-        self._progress_at = 0.0
         self._monitor: Monitor | None = None
         self._health_server: Any = None
         self._notifier: Any = None
         self._instance_claim: InstanceClaim | None = None
+        self._link: ParentLink | None = None  # this process's link to its supervisor (set at start)
+        self._labels: tuple[str, str | None] = (name or "worker", None)
+        self._helpers = frozenset(helper_pids)
+        self._reported_helpers: set[int] = set()
 
     # ------------------------------------------------------------------ build
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> ProcessManager:
-        """Build a manager from the flags of ``add_lifecycle_arguments(parser)``; ``overrides`` win."""
-        from .lifecycle_args import manager_kwargs_from_args
+        """Build a manager from the flags of ``add_lifecycle_arguments(parser)``; ``overrides`` win.
 
-        kwargs = dict(manager_kwargs_from_args(args))
+        The flags give the whole :class:`~procguard.limits.WorkerLimits`
+        (``--name`` the name); ``overrides`` are constructor keywords set on
+        top (``name=``, ``max_consecutive_failures=`` ...).
+        """
+        from .lifecycle_args import limits_from_args
+
+        kwargs: dict[str, Any] = {"name": getattr(args, "name", None), "limits": limits_from_args(args)}
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -398,19 +356,20 @@ class ProcessManager:
         self._refresh_health()
         if self._notifier is not None:
             self._call_quietly(self._notifier.ready)
+        lim = self.limits
         log.info(
             "%s (pid %d) started: max runtime %s, max iterations %s, memory limit %s (hard %s), "
             "CPU limit %s, heartbeat timeout %s, grace %gs%s",
             self._label,
             self._pid,
-            f"{self.max_runtime_s:g}s" if self.max_runtime_s else "none",
-            self.max_iterations or "none",
-            format_mb(self.memory_limit_bytes) if self.memory_limit_bytes else "none",
-            format_mb(self.memory_hard_limit_bytes) if self.memory_hard_limit_bytes else "none",
-            f"{self.cpu_limit_percent:g}%" if self.cpu_limit_percent else "none",
-            f"{self.heartbeat_timeout_s:g}s" if self.heartbeat_timeout_s else "none",
-            self.grace_s,
-            f", health on {self.health_host}:{self.health_port}" if self._health_server is not None else "",
+            f"{lim.max_runtime_s:g}s" if lim.max_runtime_s else "none",
+            lim.max_iterations or "none",
+            format_mb(lim.memory_limit_bytes) if lim.memory_limit_bytes else "none",
+            format_mb(lim.memory_ceiling_bytes) if lim.memory_ceiling_bytes else "none",
+            f"{lim.cpu_limit_percent:g}%" if lim.cpu_limit_percent else "none",
+            f"{lim.heartbeat_timeout_s:g}s" if lim.heartbeat_timeout_s else "none",
+            lim.grace_s,
+            f", health on {lim.health_host}:{lim.health_port}" if self._health_server is not None else "",
         )
         return self
 
@@ -420,7 +379,7 @@ class ProcessManager:
         from .instances.claim import InstanceClaim
 
         self._instance_claim = InstanceClaim.take(
-            self.name, pid=self._pid, state_dir=self.state_dir, health_port=self.health_port
+            self.name, pid=self._pid, state_dir=self.state_dir, health_port=self.limits.health_port
         )
 
     def _start_monitoring(self) -> None:
@@ -428,33 +387,33 @@ class ProcessManager:
 
         now = _monotonic()
         self._started_at = now
+        self._started_wall = time.time()
         self._last_beat = now
-        self._progress_at = now
-        self._deadline = policy.runtime_deadline(now, self.max_runtime_s, self.runtime_jitter_s)
+        self._deadline = policy.runtime_deadline(now, self.limits.max_runtime_s, self.runtime_jitter_s)
+        self._link = claim()
+        self._labels = metric_labels(self._label)
         self._sampler = ResourceSampler(
             self._pid,
             include_children=self.include_children,
             use_uss=self.use_uss,
-            cpu_window_s=self.cpu_window_s,
+            cpu_window_s=self.limits.cpu_window_s,
         )
+        self._sampler.set_excluded(self._helpers)
         self._warn_about_cgroup()
-        self._signals = SignalCapture(STOP_SIGNALS)
+        early_capture = SignalCapture.take_early() if self.handle_signals else None
+        self._signals = early_capture or SignalCapture(STOP_SIGNALS)
         if self.handle_signals and not self._signals.install():
             log.warning(
                 "%s (pid %d): start() called off the main thread; SIGTERM/SIGINT handlers not installed",
                 self._label,
                 self._pid,
             )
-        try:
-            self._latest = self._sampler.sample()  # baseline: the CPU window starts here
-        except Exception:
-            log.debug("first sample failed", exc_info=True)
-        if self.health_port:
+        if self.limits.health_port:
             from .health.server import serve_health
 
             token = os.environ.get("PROCGUARD_HEALTH_TOKEN") or None
             self._health_server = serve_health(
-                self.snapshot, host=self.health_host, port=self.health_port, token=token
+                self.snapshot, host=self.limits.health_host, port=self.limits.health_port, token=token
             )
         if os.environ.get("NOTIFY_SOCKET"):
             try:
@@ -465,21 +424,29 @@ class ProcessManager:
                 log.warning("NOTIFY_SOCKET is set but procguard.health.notify is unavailable")
         # Started from the main thread, the monitor watches it (and is no daemon):
         # see Monitor for why.
-        monitor = Monitor(self, watch_main=threading.current_thread() is threading.main_thread())
+        monitor = Monitor(_Watched(self), watch_main=threading.current_thread() is threading.main_thread())
+        try:
+            monitor.latest = self._sampler.sample()  # baseline: the CPU window starts here
+        except Exception:
+            log.debug("first sample failed", exc_info=True)
         # Running from here on: set before the monitor runs, so that a stop it
         # decides at its first tick can never be overwritten by start().
         self._started = True
         self._halt = False
         self._gate = self._iteration_cap
         self._monitor = monitor
+        early = self._signals.first_signum
+        if early is not None:  # a stop signal came while procguard run was still starting
+            self._begin_stop(stop_for_signal(early, self._link), drain=self.limits.drain_delay_s)
         monitor.start()
 
     def _warn_about_cgroup(self) -> None:
-        if not self.memory_limit_bytes:
+        limit = self.limits.memory_limit_bytes
+        if not limit:
             return
         from .cgroup import memory_limit_bytes, soft_limit_warning
 
-        warning = soft_limit_warning(self.memory_limit_bytes, memory_limit_bytes())
+        warning = soft_limit_warning(limit, memory_limit_bytes())
         if warning:
             log.warning("%s (pid %d): %s", self._label, self._pid, warning)
 
@@ -528,8 +495,11 @@ class ProcessManager:
             return False
         if self._iterations >= self._iteration_cap:
             self._begin_stop(
-                StopReason.MAX_ITERATIONS,
-                f"{self._iterations} iterations done, the limit",
+                StopOutcome.decided(
+                    StopReason.MAX_ITERATIONS,
+                    f"{self._iterations} iterations done, the limit",
+                    by=Ender.PROCGUARD,
+                )
             )
             return False
         self._iterations += 1
@@ -580,34 +550,31 @@ class ProcessManager:
         Returns False when a stop was already under way (the first reason wins).
         """
         reason = StopReason(reason)
-        return self._begin_stop(reason, detail or "requested by the program")
+        by = Ender.WORKER if reason in (StopReason.REQUESTED, StopReason.COMPLETED, StopReason.CRASHED) else (
+            Ender.PROCGUARD
+        )
+        return self._begin_stop(StopOutcome.decided(reason, detail or "requested by the program", by=by))
 
-    def _begin_stop(
-        self, reason: StopReason, detail: str, *, signum: int | None = None, drain: float = 0.0
-    ) -> bool:
+    def _begin_stop(self, outcome: StopOutcome, *, drain: float = 0.0) -> bool:
         now = _monotonic()
         with self._stop_lock:
-            if self._stop_reason is not None:
+            if self._stop is not None:
                 return False
-            self._stop_reason = reason
-            self._stop_detail = detail
-            self._stop_signum = signum
-            self._stop_asked_at = now
-            self._stop_due_at = now + drain
-        level = logging.INFO if reason in _PLANNED else logging.WARNING
+            self._stop = StopRequest(outcome, asked_at=now, due_at=now + drain)
+        level = logging.INFO if outcome.expected else logging.WARNING
         log.log(
             level,
             "%s (pid %d) stopping: %s (%s) after %d iterations, %.1fs up%s",
             self._label,
             self._pid,
-            reason.value,
-            detail,
+            outcome.reason.value,
+            outcome.detail,
             self._iterations,
             now - self._started_at if self._started else 0.0,
             f"; draining for {drain:g}s first" if drain > 0 else "",
         )
         if self._notifier is not None:
-            self._call_quietly(self._notifier.stopping, f"stopping: {reason.value} ({detail})")
+            self._call_quietly(self._notifier.stopping, f"stopping: {outcome.summary()}")
         self._refresh_health()
         if drain <= 0:
             self._make_due()
@@ -624,7 +591,9 @@ class ProcessManager:
     # --------------------------------------------------------------- heartbeat
 
     def _heartbeat_age(self, now: float) -> float:
-        return policy.heartbeat_age(now, max(self._last_beat, self._progress_at), self._sleep_until)
+        monitor = self._monitor
+        progress = monitor.progress_at if monitor is not None else self._started_at
+        return policy.heartbeat_age(now, max(self._last_beat, progress), self._sleep_until)
 
     # ---------------------------------------------------------------- failures
 
@@ -632,12 +601,15 @@ class ProcessManager:
         """Count a failed iteration; ``max_consecutive_failures`` in a row stops the worker."""
         self._failed_iterations += 1
         self._consecutive_failures += 1
-        cap = self.max_consecutive_failures
+        cap = self.limits.max_failures
         if cap and self._consecutive_failures >= cap:
             last = f"; last: {exc!r}" if exc is not None else ""
             self._begin_stop(
-                StopReason.ITERATION_FAILURES,
-                f"{self._consecutive_failures} consecutive failed iterations, the limit{last}",
+                StopOutcome.decided(
+                    StopReason.ITERATION_FAILURES,
+                    f"{self._consecutive_failures} consecutive failed iterations, the limit{last}",
+                    by=Ender.PROCGUARD,
+                )
             )
 
     def record_success(self) -> None:
@@ -664,23 +636,25 @@ class ProcessManager:
         now = _monotonic() if now is None else now
         if not self._started:
             return HealthStatus(False, "stopped" if self._shut_down else "not started")
-        if self._stop_reason is not None:
-            return HealthStatus(False, f"stopping: {self._stop_reason.value} ({self._stop_detail})")
+        stop = self._stop
+        if stop is not None:
+            return HealthStatus(False, f"stopping: {stop.outcome.reason.value} ({stop.outcome.detail})")
         age = self._heartbeat_age(now)
-        if self.heartbeat_timeout_s is not None and age > self.heartbeat_timeout_s:
-            return HealthStatus(
-                False, f"heartbeat stale: {age:.1f}s old (timeout {self.heartbeat_timeout_s:g}s)"
-            )
-        if self._breach:
-            return HealthStatus(False, self._breach)
+        timeout = self.limits.heartbeat_timeout_s
+        if timeout is not None and age > timeout:
+            return HealthStatus(False, f"heartbeat stale: {age:.1f}s old (timeout {timeout:g}s)")
+        monitor = self._monitor
+        if monitor is not None and monitor.breach:
+            return HealthStatus(False, monitor.breach)
         return HealthStatus(True, HEALTHY)
 
     def readiness(self) -> HealthStatus:
         """Readiness: started, not draining or stopping, not marked not-ready."""
         if not self._started:
             return HealthStatus(False, "stopped" if self._shut_down else "not started")
-        if self._stop_reason is not None:
-            return HealthStatus(False, f"stopping: {self._stop_reason.value}")
+        stop = self._stop
+        if stop is not None:
+            return HealthStatus(False, f"stopping: {stop.outcome.reason.value}")
         if not self._user_ready:
             return HealthStatus(False, self._user_ready_reason)
         return HealthStatus(True, "ready")
@@ -692,20 +666,25 @@ class ProcessManager:
         health server calls it on every request.
         """
         now = _monotonic()
-        s = self._latest
+        monitor = self._monitor
+        s = monitor.latest if monitor is not None else None
         started = self._started
         uptime = (self._stopped_at or now) - self._started_at if self._started_at else 0.0
         remaining = None
         if self._deadline is not None and started:
             remaining = max(0.0, self._deadline - now)
-        reason = self._stop_reason
+        stop = self._stop
+        lim = self.limits
+        worker, stack = self._labels
         return WorkerSnapshot(
-            name=self._label,
+            name=worker,
+            stack=stack,
             pid=self._pid,
             health=self.health(now),
             ready=self.readiness(),
             started=started,
-            stopping=reason is not None,
+            stopping=stop is not None,
+            start_time_seconds=self._started_wall or None,
             uptime_seconds=uptime,
             cpu_percent=s.cpu_percent if s else 0.0,
             memory_bytes=s.memory_bytes if s else 0,
@@ -715,13 +694,12 @@ class ProcessManager:
             heartbeat_age_seconds=self._heartbeat_age(now) if started else None,
             iterations=self._iterations,
             failed_iterations=self._failed_iterations,
-            max_iterations=self.max_iterations,
-            max_runtime_seconds=self.max_runtime_s,
+            max_iterations=lim.max_iterations,
+            max_runtime_seconds=lim.max_runtime_s,
             remaining_seconds=remaining,
-            memory_limit_bytes=self.memory_limit_bytes,
-            cpu_limit_percent=self.cpu_limit_percent,
-            stop_reason=reason.value if reason is not None else None,
-            stop_reasons_total={reason.value: 1} if reason is not None else {},
+            memory_limit_bytes=lim.memory_limit_bytes,
+            cpu_limit_percent=lim.cpu_limit_percent,
+            stop_reason=stop.outcome.reason.value if stop is not None else None,
         )
 
     def metrics(self) -> dict[str, Any]:
@@ -733,16 +711,27 @@ class ProcessManager:
     @property
     def stop_reason(self) -> StopReason | None:
         """Why the worker is stopping/stopped (None while running)."""
-        return self._stop_reason
+        stop = self._stop
+        return stop.outcome.reason if stop is not None else None
+
+    @property
+    def stop_outcome(self) -> StopOutcome | None:
+        """The whole stop: reason, detail with figures, exit status, who ended it (None while running).
+
+        Final after :meth:`shutdown`; before, the stop decided so far.
+        """
+        if self._outcome is not None:
+            return self._outcome
+        stop = self._stop
+        return stop.outcome if stop is not None else None
 
     @property
     def exit_status(self) -> int:
         """The exit status for the stop so far (final after :meth:`shutdown`)."""
-        if self._exit_status is not None:
-            return self._exit_status
-        if self._crashed:
-            return int(ExitStatus.ERROR)
-        return exit_status_for(self._stop_reason, self._stop_signum)
+        outcome = self._crash if self._outcome is None and self._crash is not None else self.stop_outcome
+        if outcome is None or outcome.exit_status is None:
+            return int(ExitStatus.OK)
+        return outcome.exit_status
 
     @property
     def iterations(self) -> int:
@@ -752,7 +741,7 @@ class ProcessManager:
     @property
     def is_stopping(self) -> bool:
         """True once a stop was asked (also during the drain delay)."""
-        return self._stop_reason is not None
+        return self._stop is not None
 
     @property
     def health_server(self) -> Any:
@@ -803,11 +792,29 @@ class ProcessManager:
         raise SystemExit(self.shutdown())
 
     def _prepare_shutdown(self) -> None:
-        if self._stop_reason is None:
-            reason = StopReason.REQUESTED if self._crashed else StopReason.COMPLETED
-            detail = "the work loop raised" if self._crashed else "the work loop ended"
-            self._begin_stop(reason, detail)
+        completed = StopOutcome.decided(StopReason.COMPLETED, "the work loop ended", by=Ender.WORKER)
+        ended = self._crash or completed
+        self._begin_stop(ended)
         self._make_due()
+
+    def _crashed_with(self, exc: BaseException) -> None:
+        """The work loop ended by ``exc``: a crash when it is an exception or a failing ``sys.exit``.
+
+        Called by the context manager and by ``procguard run``'s loop, so the
+        stop outcome (``crashed``, with the status the process will exit with)
+        is the one its supervisor sees, not a clean ``completed``.
+        """
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            if code is None or code == 0:
+                return
+            status = code if isinstance(code, int) and not isinstance(code, bool) else int(ExitStatus.ERROR)
+            detail = f"the program exited with status {status}"
+        elif isinstance(exc, Exception):
+            status, detail = int(ExitStatus.ERROR), f"the work loop raised {type(exc).__name__}: {exc}"
+        else:
+            return  # KeyboardInterrupt and friends: a stop signal, not a crash
+        self._crash = StopOutcome(StopReason.CRASHED, detail, exit_status=status, by=Ender.WORKER)
 
     def _finish_shutdown(self) -> int:
         if self._health_server is not None:
@@ -832,19 +839,26 @@ class ProcessManager:
         self._halt = True
         self._gate = -1
         atexit.unregister(self._shutdown_at_exit)
-        status = self.exit_status
-        self._exit_status = status
+        stop = self._stop
+        assert stop is not None  # _prepare_shutdown made sure
+        outcome = stop.outcome
+        crash = self._crash
+        if crash is not None and outcome is not crash:
+            # It raised (or exited) while a stop was under way: the exit status says crash.
+            outcome = dataclasses.replace(crash, detail=f"{crash.detail} while stopping for {outcome.reason}")
+        self._outcome = outcome
         uptime = _monotonic() - self._started_at if self._started_at else 0.0
         log.info(
-            "%s (pid %d) stopped: %s, exit status %d, %d iterations, %.1fs up",
+            "%s (pid %d) stopped: %s; %d iterations, %.1fs up",
             self._label,
             self._pid,
-            self._stop_reason.value if self._stop_reason else "completed",
-            status,
+            outcome.summary(),
             self._iterations,
             uptime,
         )
-        return status
+        if self._link is not None:
+            self._link.report_outcome(outcome)
+        return self.exit_status
 
     def _shutdown_at_exit(self) -> None:
         """atexit: a program that forgot ``shutdown()`` still runs its cleanups and leaves no children."""
@@ -864,6 +878,19 @@ class ProcessManager:
         except Exception:
             log.warning("%s (pid %d): %s failed", self._label, self._pid, callable_name(fn), exc_info=True)
 
+    def _helper_pids(self) -> set[int]:
+        """procguard's processes beside the worker (guardian, health responder); new ones are reported."""
+        helpers = set(self._helpers)
+        responder = getattr(self._health_server, "responder_pid", None)
+        if responder:
+            helpers.add(responder)
+        link = self._link
+        if link is not None:
+            for pid in helpers - self._reported_helpers:
+                link.report_helper(pid)
+            self._reported_helpers |= helpers
+        return helpers
+
     # -------------------------------------------------------- context managers
 
     def __enter__(self) -> ProcessManager:
@@ -872,8 +899,8 @@ class ProcessManager:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None and isinstance(exc, Exception):
-            self._crashed = True
+        if exc is not None:
+            self._crashed_with(exc)
         self.shutdown()
 
     async def __aenter__(self) -> ProcessManager:
@@ -882,6 +909,98 @@ class ProcessManager:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None and isinstance(exc, Exception):
-            self._crashed = True
+        if exc is not None:
+            self._crashed_with(exc)
         await self.shutdown_async()
+
+
+def _keyword_of(setting: Setting) -> str:
+    """The constructor keyword that names ``setting`` in an error message."""
+    return _KEYWORD_OF.get(setting.key, setting.key)
+
+
+class _Watched:
+    """The manager as its monitor sees it (:class:`~procguard.monitor.Watched`): nothing more."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, manager: ProcessManager) -> None:
+        self._m = manager
+
+    @property
+    def label(self) -> str:
+        return self._m._label
+
+    @property
+    def pid(self) -> int:
+        return self._m._pid
+
+    @property
+    def limits(self) -> WorkerLimits:
+        return self._m.limits
+
+    @property
+    def sample_interval_s(self) -> float:
+        return self._m.sample_interval_s
+
+    @property
+    def started_at(self) -> float:
+        return self._m._started_at
+
+    @property
+    def deadline(self) -> float | None:
+        return self._m._deadline
+
+    @property
+    def sampler(self) -> ResourceSampler | None:
+        return self._m._sampler
+
+    @property
+    def signals(self) -> SignalCapture:
+        signals = self._m._signals
+        assert signals is not None  # the monitor runs only after start() set it
+        return signals
+
+    @property
+    def iterations(self) -> int:
+        return self._m._iterations
+
+    @property
+    def stop(self) -> StopRequest | None:
+        return self._m._stop
+
+    @property
+    def stop_is_due(self) -> bool:
+        return self._m._halt
+
+    @property
+    def shut_down(self) -> bool:
+        return self._m._shut_down
+
+    def heartbeat_age(self, now: float) -> float:
+        return self._m._heartbeat_age(now)
+
+    def begin_stop(self, outcome: StopOutcome, *, drain: float = 0.0) -> bool:
+        return self._m._begin_stop(outcome, drain=drain)
+
+    def make_due(self) -> None:
+        self._m._make_due()
+
+    def shutdown(self) -> int:
+        return self._m.shutdown()
+
+    def feed_watchdog(self) -> None:
+        m = self._m
+        if m._notifier is not None:
+            m._call_quietly(m._notifier.watchdog)
+
+    def helper_pids(self) -> set[int]:
+        return self._m._helper_pids()
+
+    def signal_stop(self, signum: int) -> StopOutcome:
+        return stop_for_signal(signum, self._m._link)
+
+    def report(self, outcome: StopOutcome) -> None:
+        link = self._m._link
+        if link is not None:
+            link.report_outcome(outcome)

@@ -9,16 +9,16 @@ rules, and the unit tests drive them with made-up samples and times.
 
 Rules (see docs/PROCESS_LIFECYCLE_MANAGEMENT.md):
 
-- memory over the *soft* limit for ``memory_strikes`` consecutive samples ->
+- memory over the limit for ``memory_strikes`` consecutive samples ->
   graceful stop (``memory_limit``); one spike is not enough, as in circus's
-  resource watcher, but the strikes are counted at the sampling interval
-  (a fraction of a second), not once a minute.
-- memory over the *hard* ceiling in any one sample -> immediate stop: a
-  worker leaking fast would cross the kernel's limit before a graceful stop
-  could finish.
-- CPU averaged over a full ``cpu_window_s`` window above the limit, once the
-  start-up grace is over -> graceful stop (``cpu_limit``). A window that is not
-  yet full never counts.
+  resource watcher, but the strikes are counted at the strike pace
+  (:data:`STRIKE_SAMPLE_INTERVAL_S`, a fraction of a second), not once a minute.
+- memory over the hard ceiling in any one sample -> immediate stop
+  (``hard_memory_limit``): a worker leaking fast would cross the kernel's
+  limit before a graceful stop could finish.
+- CPU averaged over a full ``cpu_window_s`` window above the limit ->
+  graceful stop (``cpu_limit``). No verdict before one whole window has
+  passed since the start.
 - runtime past the (jittered) deadline -> graceful stop (``max_runtime``).
 """
 
@@ -28,12 +28,19 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .limits import WorkerLimits
 from .reasons import StopReason
 
 _MB = 1024 * 1024
 
-#: Default hard ceiling: this factor above the soft memory limit.
-HARD_LIMIT_FACTOR = 1.25
+#: How often a watcher samples a worker that is near its memory limit (or growing
+#: towards it), so the crossing is seen within a fraction of a second.
+NEAR_LIMIT_SAMPLE_INTERVAL_S = 0.25
+#: How often a worker is sampled while its memory strikes are being counted (over the
+#: limit): the strikes confirm a real breach within a tenth of a second, not seconds.
+STRIKE_SAMPLE_INTERVAL_S = 0.05
+#: From this fraction of its memory limit on, a worker is sampled at the near-limit pace.
+CLOSE_WATCH_FRACTION = 0.6
 
 
 class SampleLike(Protocol):
@@ -50,32 +57,8 @@ class SampleLike(Protocol):
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Limits of one worker, in base units. ``None`` means "no limit"."""
-
-    memory_soft_bytes: int | None = None
-    memory_hard_bytes: int | None = None
-    memory_strikes: int = 3
-    cpu_limit_percent: float | None = None
-    cpu_window_s: float = 60.0
-    cpu_grace_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.memory_strikes < 1:
-            msg = f"memory_strikes: {self.memory_strikes!r} is out of range (use 1 or more)"
-            raise ValueError(msg)
-
-
-def default_hard_limit(soft_bytes: int | None) -> int | None:
-    """The hard ceiling used when none is given: ``HARD_LIMIT_FACTOR`` x soft."""
-    if not soft_bytes:
-        return None
-    return int(soft_bytes * HARD_LIMIT_FACTOR)
-
-
-@dataclass(frozen=True)
 class LimitVerdict:
-    """A decision to stop: why, how (``hard``: exit now), and the figures behind it."""
+    """A decision to stop: why, how (``hard``: end it now), and the figures behind it."""
 
     reason: StopReason
     hard: bool
@@ -90,30 +73,39 @@ def _mb(n: float) -> str:
 class LimitTracker:
     """Stateful (strike counts) but pure: feed it samples in time order.
 
-    >>> t = LimitTracker(Limits(memory_soft_bytes=100, memory_strikes=2), started_at=0.0)
-    >>> class S: memory_bytes, cpu_percent, cpu_window_s = 150, 0.0, 0.0
+    The in-process manager, ``procguard run`` watching a command and the
+    supervisor each keep one per worker, built from the worker's
+    :class:`~procguard.limits.WorkerLimits`, so a limit trips the same way
+    whoever watches.
+
+    >>> t = LimitTracker(WorkerLimits(memory_limit_bytes=100, memory_strikes=2), started_at=0.0)
+    >>> class S: memory_bytes, cpu_percent, cpu_window_s = 110, 0.0, 0.0
     >>> t.observe(S(), 1.0) is None
     True
     >>> t.observe(S(), 2.0).reason.value
     'memory_limit'
     """
 
-    def __init__(self, limits: Limits, *, started_at: float) -> None:
+    def __init__(self, limits: WorkerLimits, *, started_at: float) -> None:
         self.limits = limits
         self.started_at = started_at
         self.memory_strikes = 0
 
     def over_soft_memory(self, sample: SampleLike) -> bool:
-        """True when this one sample is above the soft limit (health turns red at once)."""
-        soft = self.limits.memory_soft_bytes
-        return bool(soft) and sample.memory_bytes > soft  # type: ignore[operator]
+        """True when this one sample is above the memory limit (health turns red at once)."""
+        soft = self.limits.memory_limit_bytes
+        return soft is not None and sample.memory_bytes > soft
 
     def over_cpu(self, sample: SampleLike, now: float) -> bool:
-        """True when the CPU average over a *full* window, after the start-up grace, is too high."""
+        """True when the CPU average over a *full* window is over the limit.
+
+        No verdict before one whole window has passed since the start: a
+        start-up burst is not a sustained load.
+        """
         lim = self.limits
         if not lim.cpu_limit_percent:
             return False
-        if now - self.started_at < lim.cpu_grace_s:
+        if now - self.started_at < lim.cpu_window_s:
             return False
         # A window is "full" within 5% (sampling ticks never land exactly on it).
         if sample.cpu_window_s < lim.cpu_window_s * 0.95:
@@ -124,17 +116,17 @@ class LimitTracker:
         """Account for one sample taken at ``now``; return a verdict when a limit is reached."""
         lim = self.limits
         mem = sample.memory_bytes
-        hard = lim.memory_hard_bytes
+        hard = lim.memory_ceiling_bytes
         if hard and mem > hard:
             return LimitVerdict(
-                StopReason.MEMORY_LIMIT,
+                StopReason.HARD_MEMORY_LIMIT,
                 hard=True,
                 detail=f"memory {_mb(mem)} over the hard ceiling {_mb(hard)}",
-                figures={"memory_bytes": mem, "memory_hard_bytes": hard},
+                figures={"memory_bytes": mem, "memory_hard_limit_bytes": hard},
             )
         if self.over_soft_memory(sample):
             self.memory_strikes += 1
-            soft = lim.memory_soft_bytes or 0
+            soft = lim.memory_limit_bytes or 0
             if self.memory_strikes >= lim.memory_strikes:
                 return LimitVerdict(
                     StopReason.MEMORY_LIMIT,
@@ -213,34 +205,40 @@ def grace_exceeded(now: float, stop_asked_at: float | None, grace_s: float) -> b
 # recycle a worker) and the hard ceiling is only a margin above the limit.
 # A leak crossing the limit between two slow samples would reach the ceiling
 # and be killed instead of recycled. So a worker near its limit, or growing
-# towards it, is sampled at a fast pace *before* the crossing.
+# towards it, is sampled at the near-limit pace *before* the crossing, and a
+# worker over its limit at the strike pace until the strikes are counted.
+# The in-process manager follows the same rule with its own regular pace.
 
-def needs_close_watch(
+
+def next_sample_delay(
     memory_bytes: int,
     *,
-    soft_bytes: int | None,
+    limits: WorkerLimits,
     strikes: int,
     previous: tuple[float, int] | None,
     now: float,
-    horizon_s: float,
-    near_fraction: float,
-) -> bool:
-    """True when the worker should be sampled at the fast pace until its next sample.
+    regular_s: float,
+) -> float:
+    """Seconds until this worker's next sample: ``regular_s``, the near-limit or the strike pace.
 
     ``previous`` is ``(monotonic time, memory bytes)`` of the sample before
-    this one (None for a worker's first sample); ``horizon_s`` is how far
-    ahead the growth is projected (the regular sampling interval).
+    this one (None for a worker's first sample); growth is projected
+    ``regular_s`` ahead.
     """
-    if not soft_bytes:
-        return False
-    if strikes > 0 or memory_bytes > soft_bytes:
-        return True
-    if memory_bytes >= soft_bytes * near_fraction:
-        return True
+    soft = limits.memory_limit_bytes
+    if not soft:
+        return regular_s
+    if strikes > 0 or memory_bytes > soft:
+        return min(regular_s, STRIKE_SAMPLE_INTERVAL_S)
+    near = min(regular_s, NEAR_LIMIT_SAMPLE_INTERVAL_S)
+    if memory_bytes >= soft * CLOSE_WATCH_FRACTION:
+        return near
     if previous is None:
-        return False
+        return regular_s
     then, before = previous
     if now <= then:
-        return False
+        return regular_s
     rate = (memory_bytes - before) / (now - then)
-    return rate > 0 and memory_bytes + rate * horizon_s >= soft_bytes
+    if rate > 0 and memory_bytes + rate * regular_s >= soft:
+        return near
+    return regular_s

@@ -37,9 +37,13 @@ _Handler = Callable[[int, FrameType | None], Any] | int | None
 #: previous handlers back at once, so that SIGTERM stops it as usual instead of
 #: being recorded by a copy of our handler that nobody watches.
 _INSTALLED: list[SignalCapture] = []
+#: The capture installed by :meth:`SignalCapture.install_early`, until someone takes it.
+_EARLY: SignalCapture | None = None
 
 
 def _restore_in_child() -> None:
+    global _EARLY
+    _EARLY = None
     for capture in list(_INSTALLED):
         for signum, previous in capture._previous.items():
             try:
@@ -82,8 +86,33 @@ class SignalCapture:
         """Readable after each recorded signal (drain it with :meth:`drain`)."""
         return self._read_fd
 
+    @classmethod
+    def install_early(cls, signums: Iterable[int] = STOP_SIGNALS) -> None:
+        """Record stop signals from now on, before the program has set anything else up.
+
+        ``procguard run`` calls it first thing, so a SIGTERM that arrives
+        while it is still importing the target or taking its lock is a
+        graceful stop (exit 143) rather than death by the default action.
+        Whoever then watches the signals takes this capture over with
+        :meth:`take_early`, recorded signals included.
+        """
+        global _EARLY
+        if _EARLY is None:
+            capture = cls(signums)
+            if capture.install():
+                _EARLY = capture
+
+    @classmethod
+    def take_early(cls) -> SignalCapture | None:
+        """The capture :meth:`install_early` installed (once), or None."""
+        global _EARLY
+        capture, _EARLY = _EARLY, None
+        return capture
+
     def install(self) -> bool:
-        """Install the handlers; returns False (and does nothing) off the main thread."""
+        """Install the handlers (idempotent); returns False (and does nothing) off the main thread."""
+        if self.installed:
+            return True
         if threading.current_thread() is not threading.main_thread():
             return False
         for signum in self.signums:

@@ -10,11 +10,28 @@ snapshot can be copied to another thread or process as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 HEALTHY = "healthy"
+
+#: The worker's name in procguard.toml and its stack's name, set by ``procguard up`` and by
+#: the generated production files, so every endpoint labels its series the same way.
+WORKER_ENV = "PROCGUARD_WORKER"
+STACK_ENV = "PROCGUARD_STACK"
+
+
+def metric_labels(name: str) -> tuple[str, str | None]:
+    """``(worker, stack)`` labels for a worker whose own name is ``name``.
+
+    The worker label is the name in procguard.toml when procguard started the
+    worker for a stack (``PROCGUARD_WORKER``), else ``name``; the stack label
+    is the project name (``PROCGUARD_STACK``), None outside a stack.
+    """
+    worker = os.environ.get(WORKER_ENV) or name
+    return worker, os.environ.get(STACK_ENV) or None
 
 
 @dataclass(frozen=True)
@@ -36,12 +53,14 @@ class WorkerSnapshot:
     core busy). ``None`` means "not applicable" (no limit, no heartbeat yet).
     """
 
-    name: str
+    name: str  # the ``worker`` label
     pid: int
     health: HealthStatus
     ready: HealthStatus
+    stack: str | None = None  # the ``stack`` label (None: no stack)
     started: bool = True
     stopping: bool = False
+    start_time_seconds: float | None = None  # Unix time the worker process started
     uptime_seconds: float = 0.0
     cpu_percent: float = 0.0
     memory_bytes: int = 0
@@ -57,7 +76,6 @@ class WorkerSnapshot:
     memory_limit_bytes: int | None = None
     cpu_limit_percent: float | None = None
     stop_reason: str | None = None
-    stop_reasons_total: Mapping[str, int] = field(default_factory=dict)
 
     def to_metrics_json(self) -> dict[str, Any]:
         """The ``/metrics`` JSON document, exactly the keys of DESIGN.md section 4."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import format_bytes, load_config, start_order
+from ..config import load_config, start_order
+from ..limits import format_bytes
 from ..reasons import ExitStatus
 
 
@@ -40,8 +41,10 @@ def run_check(args: argparse.Namespace) -> int:
     for name in start_order(config):
         worker = config.workers[name]
         target = worker.run if worker.run else " ".join(worker.command or ())
-        memory = format_bytes(worker.memory_limit_bytes) if worker.memory_limit_bytes else "no limit"
-        runtime = _duration(worker.max_runtime_s) if worker.max_runtime_s else "no limit"
-        port = f", health :{worker.health_port}" if worker.health_port else ""
-        print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {worker.grace_s:g}s{port})")
+        limit = worker.limits.memory_limit_bytes
+        memory = format_bytes(limit) if limit else "no limit"
+        runtime = _duration(worker.limits.max_runtime_s) if worker.limits.max_runtime_s else "no limit"
+        port = f", health :{worker.limits.health_port}" if worker.limits.health_port else ""
+        grace = worker.limits.grace_s
+        print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{port})")
     return ExitStatus.OK

@@ -99,6 +99,11 @@ def _main(args: list[str]) -> int:
         print(f"procguard {__version__}")
         return ExitStatus.OK
     command, rest = args[0], args[1:]
+    if command == "run":
+        # First thing: from here on a SIGTERM is a graceful stop, even before the worker runs.
+        from ..signals import SignalCapture
+
+        SignalCapture.install_early()
     if command not in COMMANDS:
         sys.stderr.write(
             f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"

@@ -20,60 +20,36 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from ..lifecycle_args import add_lifecycle_arguments
-from ..reasons import ExitStatus
-from ..units import parse_count, parse_duration
+from ..lifecycle_args import add_lifecycle_arguments, add_setting_arguments
+from ..limits import SETTINGS
+from ..reasons import REASONS, ExitStatus, StopReason
 
 log = logging.getLogger(__name__)
 
-EXIT_STATUS_HELP = f"""\
-exit statuses:
-  {ExitStatus.OK:<4} completed (--once), stopped on request, or the command exited 0
-  {ExitStatus.ERROR:<4} the worker failed: an exception escaped, or the --once iteration failed
-  {ExitStatus.USAGE:<4} bad input: unknown flag, bad value, unimportable target, port taken
-  {ExitStatus.ALREADY_RUNNING:<4} another instance of --name is running (use --replace to take over)
-  {ExitStatus.MAX_RUNTIME:<4} --max-runtime reached, stopped gracefully (planned recycle)
-  {ExitStatus.MAX_ITERATIONS:<4} --max-iterations reached (planned recycle)
-  {ExitStatus.MEMORY_LIMIT:<4} --memory-limit reached, stopped gracefully (planned recycle)
-  {ExitStatus.CPU_LIMIT:<4} --cpu-limit reached, stopped gracefully (planned recycle)
-  {ExitStatus.HEARTBEAT_TIMEOUT:<4} the work loop stopped heart-beating
-  {ExitStatus.ITERATION_FAILURES:<4} --max-failures consecutive iterations raised
-  {ExitStatus.MEMORY_HARD_LIMIT:<4} memory crossed the hard ceiling (1.25 x the limit): stopped at once
-  {ExitStatus.GRACE_EXCEEDED:<4} a graceful stop overran --grace, or a second signal: stopped at once
-  130, 143  stopped gracefully by SIGINT, SIGTERM
-  command mode: otherwise the command's own exit status (128 + N if it died of signal N)
 
-bare numbers keep the seed's units: --interval minutes, --max-runtime hours,
---memory-limit MB, --grace and --drain-delay seconds; suffixes work everywhere (90s, 10m, 24h,
-512MB, 2GiB). A limit of 0 means no limit; --health-port 0 disables HTTP.
-"""
-
-
-def _parse_max_failures(text: str) -> int:
-    try:
-        return parse_count(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _parse_cpu_window(text: str) -> float:
-    try:
-        seconds = parse_duration(text, default_unit="s")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if seconds <= 0:
-        msg = f"{text!r} must be more than 0 (use a number of seconds or a duration like 30s, 2m)"
-        raise argparse.ArgumentTypeError(msg)
-    return seconds
-
-
-def _parse_heartbeat_timeout(text: str) -> float:
-    try:
-        return parse_duration(text, default_unit="s")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _exit_status_help() -> str:
+    """The epilog of ``procguard run --help``: exit statuses and units, from their one table."""
+    rows = [
+        (str(ExitStatus.OK), "completed (--once), stopped on request, or the command exited 0"),
+        (str(ExitStatus.ERROR), "the worker failed: an exception escaped, or the --once iteration failed"),
+        (str(ExitStatus.USAGE), "bad input: unknown flag, bad value, unimportable target, port taken"),
+        (str(ExitStatus.ALREADY_RUNNING), "another instance of --name runs (--replace takes over)"),
+    ]
+    for reason, info in REASONS.items():
+        if isinstance(info.status, int) and info.status >= ExitStatus.MAX_RUNTIME:
+            rows.append((str(info.status), f"{reason}: {info.words}"))
+    rows.append(("130, 143", f"{StopReason.SIGNAL}: {REASONS[StopReason.SIGNAL].words}"))
+    lines = ["exit statuses:"]
+    lines += [f"  {code:<9} {words}" for code, words in rows]
+    lines.append("  command mode: otherwise the command's own exit status (128 + N if it died of signal N)")
+    bare = ", ".join(f"{s.flag} {s.bare_words}" for s in SETTINGS if s.flag_scope != "none" and s.bare_words)
+    lines += [
+        "",
+        f"bare numbers keep the seed's units: {bare}; suffixes work everywhere (90s, 10m, 24h,",
+        "512MB, 2GiB). A limit of 0 means no limit; --health-port 0 disables HTTP.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _split_command(parser: argparse.ArgumentParser) -> None:
@@ -108,27 +84,14 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
         "%(prog)s [options] package.module:function\n       %(prog)s [options] -- COMMAND [ARGS...]"
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EXIT_STATUS_HELP
+    parser.epilog = _exit_status_help()
     parser.add_argument(
         "target", nargs="?", metavar="package.module:function",
         help="function called every --interval (sync or async; gets the manager if it takes an argument)",
     )
     add_lifecycle_arguments(parser)
     group = parser.add_argument_group("runner")
-    group.add_argument(
-        "--max-failures", dest="max_failures", metavar="N", type=_parse_max_failures, default=None,
-        help="stop after N consecutive failed iterations (function mode; default: 5; 0: never)",
-    )
-    group.add_argument(
-        "--cpu-window", dest="cpu_window_s", metavar="DURATION", type=_parse_cpu_window, default=None,
-        help="window the CPU limit is averaged over; bare number = seconds (default: 60s)",
-    )
-    group.add_argument(
-        "--heartbeat-timeout", dest="heartbeat_timeout_s", metavar="DURATION", type=_parse_heartbeat_timeout,
-        default=None,
-        help="function mode: an iteration running longer than this counts as stuck (unhealthy, then "
-        "stopped); bare number = seconds (default: 60s; 0: never)",
-    )
+    add_setting_arguments(group, [s for s in SETTINGS if s.flag_scope == "run"])
     group.add_argument(
         "--state-dir", dest="state_dir", metavar="DIR", default=None,
         help="state directory for instance locks (default: $PROCGUARD_STATE_DIR, "
@@ -142,10 +105,13 @@ def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
     from ..instances.identity import MARKER_ENV, new_marker
     from ..instances.lock import InstanceLock
+    from ..limits import WorkerLimits
+    from ..parent_link import claim
     from ..runner.options import options_from_args
 
-    cpu_window_given = args.cpu_window_s is not None
-    options = options_from_args(args)
+    link = claim()  # under procguard up: the supervisor's settings and the way to report
+    handed = link.settings() if link is not None else None
+    options = options_from_args(args, base=None if handed is None else WorkerLimits.from_json(handed))
     func = None
     if options.mode == "function":
         from ..runner.function import load_target
@@ -162,13 +128,17 @@ def run_run(args: argparse.Namespace) -> int:
         info={"mode": options.mode, "target": options.target or list(options.command)},
         marker=marker,
         replace=options.replace,
-        replace_grace_s=options.grace_s,
+        replace_grace_s=options.limits.grace_s,
     )
     try:
-        from ..instances.guardian import start_guardian
+        helpers: set[int] = set()
+        if link is None:
+            from ..instances.guardian import start_guardian
 
-        # Should this runner be SIGKILLed, the guardian stops whatever carries the marker.
-        guardian = start_guardian(marker, grace_s=options.grace_s)
+            # Should this runner be SIGKILLed, the guardian stops whatever carries the marker.
+            # Under a supervisor there is none: the supervisor's own watchdog and leftover
+            # sweep do that job for every worker.
+            helpers.add(start_guardian(marker, grace_s=options.limits.grace_s).pid)
         if func is None:
             from ..health.notify import SystemdNotifier
             from ..runner.command import CommandSupervisor
@@ -176,27 +146,21 @@ def run_run(args: argparse.Namespace) -> int:
             # Under a Type=notify unit the runner is the main process: it tells systemd.
             notifier = SystemdNotifier.from_env()
             return CommandSupervisor(
-                options, marker=marker, lock=lock, keep_pids={guardian.pid}, notifier=notifier
+                options, marker=marker, lock=lock, keep_pids=helpers, notifier=notifier, link=link
             ).run()
+        from ..manager import ProcessManager
         from ..runner.function import FunctionLoop
 
         os.environ[MARKER_ENV] = marker  # the worker's children carry it too
-        overrides: dict[str, Any] = {"name": options.name, "max_consecutive_failures": options.max_failures}
-        if args.heartbeat_timeout_s is not None:
-            overrides["heartbeat_timeout_s"] = args.heartbeat_timeout_s or None
-        if cpu_window_given:
-            overrides["cpu_window_s"] = overrides["cpu_grace_s"] = options.cpu_window_s
-        from ..manager import ProcessManager
-
-        manager = ProcessManager.from_args(args, **overrides)
+        manager = ProcessManager(name=options.name, limits=options.limits, helper_pids=helpers)
 
         def record_health_port() -> None:
             server = manager.health_server
             if server is not None:
                 lock.update(health_port=server.port)
 
-        loop = FunctionLoop(func, manager, interval_s=options.interval_s, once=options.once,
-                            label=options.target or "", on_started=record_health_port)
+        loop = FunctionLoop(func, manager, once=options.once, label=options.target or "",
+                            on_started=record_health_port)
         status = loop.run()
         log.info("%s: %d iteration(s), %d failed; exit status %d", options.name, loop.iterations,
                  loop.failures, status)

@@ -19,9 +19,12 @@ Exit statuses (documented in the command help):
   stack's supervisor is already running (nothing started twice: repeating
   ``up --detach`` is idempotent, as a deploy script wants), 1 if the daemon
   could not start.
-- ``status``, ``start``, ``stop``, ``restart``: 3 when no supervisor runs
-  for the stack (LSB's "program is not running"); ``down`` then says so
-  and exits 0 (the stack is down, which is what was asked).
+- ``status``: 0 when every worker is in the state it was asked to be in, 1
+  when any is FATAL or in BACKOFF (restarting after failures), 3 when no
+  supervisor runs for the stack (LSB's "program is not running").
+- ``start``, ``stop``, ``restart``: 3 when no supervisor runs for the stack;
+  ``down`` then says so and exits 0 (the stack is down, which is what was
+  asked).
 - An unknown worker name: 2, listing the known ones. No stack named while
   several run: 2, listing their project names.
 - ``logs``: 1 when the worker has no log file (yet).
@@ -125,8 +128,8 @@ class Target:
         if self.config is None:
             return UNKNOWN_STOP_BUDGET_S
         if name is not None:
-            return self.config.workers[name].grace_s + 30.0
-        return max(w.grace_s for w in self.config.workers.values()) + 30.0
+            return self.config.workers[name].limits.grace_s + 30.0
+        return max(w.limits.grace_s for w in self.config.workers.values()) + 30.0
 
 
 #: How long to wait for a stop when the stack's config (its grace) is unknown.
@@ -387,7 +390,7 @@ def _clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
             targets.setdefault(target.process.pid, target)
     if not targets:
         return set()
-    grace = max(w.grace_s for w in config.workers.values())
+    grace = max(w.limits.grace_s for w in config.workers.values())
     logger.warning("stopping %d stale process(es) of stack %s first", len(targets), config.project.name)
     survivors: set[int] = set()
     for entry in execute_plan(CleanupPlan(f"stack {config.project.name}", tuple(targets.values())), grace):
@@ -528,10 +531,15 @@ def run_down(args: argparse.Namespace) -> int:
 # -- status -------------------------------------------------------------------------
 
 
+#: States that mean a worker is not as it was asked to be: ``status`` exits 1.
+TROUBLED_STATES = ("fatal", "backoff")
+
+
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Show each worker's state, pid, uptime, restarts, memory and last exit. "
-        "Exit status 3 when no supervisor runs for the stack."
+        "Exit status 0 when every worker is as asked, 1 when any is fatal or in backoff, "
+        "3 when no supervisor runs for the stack."
     )
     _common(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of worker objects")
@@ -541,9 +549,11 @@ def run_status(args: argparse.Namespace) -> int:
     target = _target(args)
     reply = _request(target, {"cmd": "status"}, timeout=10.0)
     workers: list[dict[str, Any]] = reply.get("workers", [])
+    troubled = any(w.get("state") in TROUBLED_STATES for w in workers)
+    status = ExitStatus.ERROR if troubled else ExitStatus.OK
     if args.json:
         print(json.dumps(workers, indent=2))
-        return ExitStatus.OK
+        return status
     print(f"stack {target.project} (supervisor PID {reply.get('pid')})")
     rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "LAST EXIT"]]
     for w in workers:
@@ -560,7 +570,11 @@ def run_status(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(rows)
-    return ExitStatus.OK
+    return status
+
+
+def _short(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -690,7 +704,7 @@ def run_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
         return ExitStatus.OK
-    rows = [["TIME", "WORKER", "EVENT", "PID", "REASON", "STATUS", "RUNTIME", "PEAK MEMORY"]]
+    rows = [["TIME", "WORKER", "EVENT", "PID", "REASON", "STATUS", "RUNTIME", "PEAK MEMORY", "DETAIL"]]
     for e in events:
         rows.append(
             [
@@ -702,6 +716,7 @@ def run_history(args: argparse.Namespace) -> int:
                 "-" if e.exit_status is None else str(e.exit_status),
                 "-" if e.runtime_seconds is None else format_duration(e.runtime_seconds),
                 "-" if not e.peak_memory_bytes else f"{e.peak_memory_bytes / (1024 * 1024):.1f} MB",
+                _short(e.detail or "-"),
             ]
         )
     _print_table(rows)

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import StackConfig, WorkerConfig, format_bytes
+from ..config import StackConfig, WorkerConfig
 from ..errors import UsageError
+from ..limits import format_bytes
 from .settings import EngineLimits, app_stop_s, engine_limits
 
 
@@ -60,8 +61,8 @@ def worker_violations(
     """Every broken pair for one worker (empty when the budget holds)."""
     found: list[BudgetViolation] = []
     stop = app_stop_s(worker)
-    drain = f" + drain_delay {_secs(worker.drain_delay_s)}" if worker.drain_delay_s else ""
-    app = f"grace {_secs(worker.grace_s)}{drain}"
+    drain = f" + drain_delay {_secs(worker.limits.drain_delay_s)}" if worker.limits.drain_delay_s else ""
+    app = f"grace {_secs(worker.limits.grace_s)}{drain}"
     sup = overridden.get("supervisor", {})
     sysd = overridden.get("systemd", {})
 
@@ -101,7 +102,7 @@ def worker_violations(
             fix,
         )
 
-    memory = worker.memory_limit_bytes
+    memory = worker.limits.memory_limit_bytes
     if memory is not None:
         mem = f"memory_limit {format_bytes(memory)}"
         high, top, k8s = limits.systemd_memory_high, limits.systemd_memory_max, limits.kubernetes_memory_limit

@@ -68,10 +68,10 @@ def deployment(
         raise UsageError(msg)
     limits = engine_limits(worker, settings)
     name = object_name(config, worker)
-    port = worker.health_port or int(own.get("health_port", DEFAULT_HEALTH_PORT))
+    port = worker.limits.health_port or int(own.get("health_port", DEFAULT_HEALTH_PORT))
     procguard = list(own.get("procguard", ("procguard",)))
     argv = worker_argv(worker, procguard=procguard, name=worker.name, health_host="0.0.0.0")
-    if not worker.health_port:
+    if not worker.limits.health_port:
         # The renderer assigns the pod's health port; replace the disabled one.
         index = argv.index("--health-port")
         argv[index + 1 : index + 2] = [str(port), "--health-host", "0.0.0.0"]
@@ -91,8 +91,8 @@ def deployment(
     if limits.kubernetes_memory_limit is not None:
         resources["limits"]["memory"] = _mebibytes(limits.kubernetes_memory_limit)
     cpu_limit = own.get("cpu_limit")
-    if cpu_limit is None and worker.cpu_limit_percent is not None:
-        cpu_limit = worker.cpu_limit_percent * 1.25
+    if cpu_limit is None and worker.limits.cpu_limit_percent is not None:
+        cpu_limit = worker.limits.cpu_limit_percent * 1.25
     cpu_request = own.get("cpu_request", min(10.0, cpu_limit) if cpu_limit else 10.0)
     resources["requests"]["cpu"] = _millicores(cpu_request)
     if cpu_limit:

@@ -35,7 +35,7 @@ KUBERNETES_STOP_MARGIN_S = 10
 
 def app_stop_s(worker: WorkerConfig) -> float:
     """The longest a graceful stop of ``worker`` takes: drain delay, then grace."""
-    return worker.grace_s + worker.drain_delay_s
+    return worker.limits.grace_s + worker.limits.drain_delay_s
 
 
 def derived_memory_high(limit: int) -> int:
@@ -234,7 +234,7 @@ def engine_limits(worker: WorkerConfig, settings: Mapping[str, Mapping[str, Any]
     """Engine values for ``worker``: the overrides in ``settings[target]``, else derived."""
     stop = math.ceil(app_stop_s(worker))
     systemd, supervisor, kube = (settings.get(t, {}) for t in ("systemd", "supervisor", "kubernetes"))
-    limit = worker.memory_limit_bytes
+    limit = worker.limits.memory_limit_bytes
 
     def size_or(key: str, table: Mapping[str, Any], derived: int | None) -> int | None:
         return int(table[key]) if key in table else derived

@@ -174,7 +174,7 @@ def render_unit(
     if worker.restart == "on-failure":
         # Recycles are successes (not logged as failures) but still restarted.
         service.append(f"RestartForceExitStatus={' '.join(str(s) for s in sorted(RECYCLE_STATUSES))}")
-    default_watchdog = worker.heartbeat_timeout_s
+    default_watchdog = worker.limits.heartbeat_timeout_s
     if worker.run is None:
         default_watchdog = default_watchdog or COMMAND_WATCHDOG_S
     watchdog = own.get("watchdog", default_watchdog)
@@ -192,8 +192,8 @@ def render_unit(
             "MemorySwapMax=0",
         ]
     cpu_quota = own.get("cpu_quota")
-    if cpu_quota is None and worker.cpu_limit_percent is not None:
-        cpu_quota = math.ceil(worker.cpu_limit_percent * 1.25)
+    if cpu_quota is None and worker.limits.cpu_limit_percent is not None:
+        cpu_quota = math.ceil(worker.limits.cpu_limit_percent * 1.25)
     if cpu_quota:
         service.append(f"CPUQuota={math.ceil(cpu_quota)}%")
 

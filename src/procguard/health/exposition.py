@@ -26,6 +26,7 @@ worker where the value does not apply, e.g. no limit configured):
 ``procguard_threads``              threads of the worker process
 ``procguard_children``             live descendant processes
 ``procguard_heartbeat_age_seconds`` time since the work loop last beat
+``procguard_start_time_seconds``   Unix time the worker process started
 ``procguard_iterations_total``     counter: iterations of the work loop
 ``procguard_failed_iterations_total`` counter: iterations that raised
 ``procguard_remaining_runtime_seconds`` time left before the runtime limit
@@ -33,8 +34,15 @@ worker where the value does not apply, e.g. no limit configured):
 ``procguard_max_iterations``       limit: iterations
 ``procguard_memory_limit_bytes``   limit: memory
 ``procguard_cpu_limit_ratio``      limit: CPU (1.0 = one core)
-``procguard_stops_total``          counter by ``reason``: stops of this worker
 ================================== ==========================================
+
+Every sample carries ``worker`` (the worker's name in procguard.toml when it
+runs in a stack, else its own name) and, in a stack, ``stack``. Counts that
+must survive a restart (stops by reason, restarts) are the supervisor's
+(``procguard_worker_*`` on its status port): a worker's own counter would
+start again from zero with every new process. In production, a change of
+``procguard_start_time_seconds`` is a restart whoever did it (systemd,
+Kubernetes, supervisord).
 """
 
 from __future__ import annotations
@@ -43,7 +51,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from ..reasons import StopReason
 from ..snapshot import WorkerSnapshot
 
 if TYPE_CHECKING:
@@ -94,7 +101,7 @@ def render_prometheus(
     """Prometheus text (or OpenMetrics with ``openmetrics=True``) for any number of workers.
 
     Returns ``(body, content_type)``. Worker names should be unique; samples
-    are labelled ``worker="<name>"``.
+    are labelled ``worker="<name>"`` (and ``stack="<project>"`` in a stack).
     """
     from prometheus_client.registry import CollectorRegistry
 
@@ -182,34 +189,31 @@ class SnapshotCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snaps = list(self._snapshots())
+        # ``stack`` only where there is one (a worker of procguard up or of a generated stack).
+        with_stack = any(snap.stack for snap in snaps)
+        labels = ["stack", "worker"] if with_stack else ["worker"]
+
+        def values(snap: WorkerSnapshot) -> list[str]:
+            return [snap.stack or "", snap.name] if with_stack else [snap.name]
+
         for spec in _GAUGES:
-            family = GaugeMetricFamily(spec.name, spec.help, labels=["worker"], unit=spec.unit)
+            family = GaugeMetricFamily(spec.name, spec.help, labels=labels, unit=spec.unit)
             for snap in snaps:
                 value = spec.value(snap)
                 if value is not None:
-                    family.add_metric([snap.name], float(value))
+                    family.add_metric(values(snap), float(value))
             yield family
         iterations = CounterMetricFamily(
-            "procguard_iterations", "Iterations of the work loop.", labels=["worker"]
+            "procguard_iterations", "Iterations of the work loop.", labels=labels
         )
         failed = CounterMetricFamily(
-            "procguard_failed_iterations", "Iterations of the work loop that raised.", labels=["worker"]
-        )
-        stops = CounterMetricFamily(
-            "procguard_stops",
-            "Stops of the worker by reason (a restarted worker starts again from zero).",
-            labels=["worker", "reason"],
+            "procguard_failed_iterations", "Iterations of the work loop that raised.", labels=labels
         )
         for snap in snaps:
-            iterations.add_metric([snap.name], float(snap.iterations))
-            failed.add_metric([snap.name], float(snap.failed_iterations))
-            counts = {reason.value: 0 for reason in StopReason}
-            counts.update(snap.stop_reasons_total)
-            for reason, count in sorted(counts.items()):
-                stops.add_metric([snap.name, str(reason)], float(count))
+            iterations.add_metric(values(snap), float(snap.iterations))
+            failed.add_metric(values(snap), float(snap.failed_iterations))
         yield iterations
         yield failed
-        yield stops
 
 
 class _Gauge:
@@ -236,6 +240,8 @@ _GAUGES: tuple[_Gauge, ...] = (
     _Gauge("procguard_stopping", "1 once the worker is stopping.", lambda s: 1.0 if s.stopping else 0.0),
     _Gauge("procguard_uptime_seconds", "Time since the worker started.",
            lambda s: s.uptime_seconds, "seconds"),
+    _Gauge("procguard_start_time_seconds", "Unix time the worker process started (a change is a restart).",
+           lambda s: s.start_time_seconds, "seconds"),
     _Gauge("procguard_cpu_usage_ratio", "CPU used, averaged over the sampling window (1.0 = one core).",
            lambda s: _ratio(s.cpu_percent), "ratio"),
     _Gauge("procguard_memory_resident_bytes", "Resident memory of the worker and its descendants.",

@@ -46,7 +46,6 @@ def encode_snapshot(snapshot: WorkerSnapshot) -> bytes:
     for key in ("health", "ready"):
         status: HealthStatus = fields[key]
         fields[key] = {"is_healthy": status.is_healthy, "reason": status.reason[:MAX_REASON]}
-    fields["stop_reasons_total"] = dict(snapshot.stop_reasons_total)
     return json.dumps(fields, separators=(",", ":")).encode()
 
 

@@ -8,15 +8,17 @@ nothing of procguard. The runner:
   makes itself a child subreaper, so the command dies with the runner and
   grandchildren it orphans come back to the runner to be stopped;
 - samples the command's whole process tree every ``sample_interval_s``
-  (1 s), and every ``fast_sample_interval_s`` (0.25 s) while it is near its
-  memory limit or growing towards it (:func:`procguard.policy.needs_close_watch`),
-  so an idle command costs little to watch and a leak is still stopped
-  gracefully (:class:`~procguard.sampler.ResourceSampler`), and applies the same rules as
-  the in-process manager (:mod:`procguard.policy`): memory over the limit
-  for several consecutive samples or CPU over the limit averaged over a
-  full window -> SIGTERM, then SIGKILL to the whole tree after ``--grace``;
-  memory over the hard ceiling (1.25 x the limit) -> SIGKILL at once;
-  ``--max-runtime`` reached -> SIGTERM, then SIGKILL after grace;
+  (1 s), faster while it is near its memory limit or growing towards it and
+  faster still while its memory strikes are counted
+  (:func:`procguard.policy.next_sample_delay`), so an idle command costs
+  little to watch and a leak is still stopped gracefully
+  (:class:`~procguard.sampler.ResourceSampler`), and applies the same rules
+  as the in-process manager (:mod:`procguard.policy`, the same
+  :class:`~procguard.limits.WorkerLimits`): memory over the limit for
+  ``memory_strikes`` consecutive samples or CPU over the limit averaged over
+  a full window -> SIGTERM, then SIGKILL to the whole tree after
+  ``--grace``; memory over the hard ceiling (1.25 x the limit) -> SIGKILL
+  at once; ``--max-runtime`` reached -> SIGTERM, then SIGKILL after grace;
 - on the first SIGTERM/SIGINT it turns not-ready (/ready 503) at once,
   keeps the command working for ``--drain-delay``, then forwards the signal
   to the command (the command's main process; it decides how to stop its
@@ -34,14 +36,19 @@ nothing of procguard. The runner:
   that speaks sd_notify itself would otherwise send messages systemd
   rejects.
 
-The exit status is the command's own (128 + N when it died of signal N),
-except when the runner stopped it: then it is the reason's status from
-:mod:`procguard.reasons` (80 max runtime, 82 memory, 83 CPU; 86 hard memory
-ceiling; 87 when grace ran out or a second signal forced the stop).
+How the command ended is one :class:`~procguard.outcome.StopOutcome`
+(:func:`procguard.outcome.outcome_of_exit` over what the runner asked and
+how the command exited), logged, reported to a supervising ``procguard up``
+through the link, and turned into the runner's exit status: the command's
+own (128 + N when it died of signal N), except when the runner stopped it for
+a reason with a status of its own in :mod:`procguard.reasons` (80 max
+runtime, 82 memory, 83 CPU; 86 hard memory ceiling; 87 when grace ran out or
+a second signal forced the stop).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -50,7 +57,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
@@ -59,19 +65,14 @@ from ..errors import UsageError
 from ..health.server import HealthServer, serve_health
 from ..instances.lock import InstanceLock
 from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
-from ..policy import (
-    Limits,
-    LimitTracker,
-    LimitVerdict,
-    default_hard_limit,
-    needs_close_watch,
-    runtime_deadline,
-)
+from ..outcome import StopOutcome, outcome_of_exit
+from ..parent_link import ParentLink, stop_for_signal
+from ..policy import LimitTracker, LimitVerdict, next_sample_delay, runtime_deadline
 from ..proctree import process_tree, stop_processes
-from ..reasons import ExitStatus, StopReason, exit_status_for
+from ..reasons import REASONS, Ender, ExitStatus, StopReason
 from ..sampler import ResourceSample, ResourceSampler
 from ..signals import SignalCapture, signal_name
-from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot
+from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
 from .options import RunOptions
 
 if TYPE_CHECKING:
@@ -81,25 +82,10 @@ log = logging.getLogger(__name__)
 
 #: How often the command's tree is sampled while it is well under its memory limit.
 DEFAULT_SAMPLE_INTERVAL_S = 1.0
-#: The pace near the memory limit (memory strikes are counted at this pace there).
-FAST_SAMPLE_INTERVAL_S = 0.25
-#: From this fraction of the memory limit on, the tree is sampled at the fast pace.
-CLOSE_WATCH_FRACTION = 0.6
 #: How often exited orphans adopted as subreaper are reaped (each pass reads our children list).
 REAP_INTERVAL_S = 5.0
 #: The systemd notify variables that belong to the runner (the unit's main process), not to the command.
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """How a supervised command ended: the runner's exit status and why."""
-
-    exit_status: int
-    returncode: int | None
-    stop_reason: StopReason | None
-    detail: str
-    forced: bool
 
 
 def check_command(argv: tuple[str, ...] | list[str]) -> str:
@@ -124,6 +110,14 @@ def _status_of(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
+def runner_status(outcome: StopOutcome, returncode: int) -> int:
+    """The runner's exit status: the reason's own status (80-87) if it has one, else the command's."""
+    status = REASONS[outcome.reason].status
+    if isinstance(status, int) and status >= ExitStatus.MAX_RUNTIME:
+        return status
+    return _status_of(returncode)
+
+
 class CommandSupervisor:
     """Runs one command under the limits of ``options``; :meth:`run` returns the exit status.
 
@@ -134,6 +128,8 @@ class CommandSupervisor:
     counted as leftovers of the command. ``notifier`` (from
     :meth:`SystemdNotifier.from_env`, None outside systemd) gets ``READY=1``,
     ``WATCHDOG=1`` and ``STOPPING=1``; the supervisor closes it when done.
+    ``link`` (under ``procguard up``) hears the command's pid and the outcome,
+    and says why a stop signal was sent.
     """
 
     def __init__(
@@ -144,38 +140,31 @@ class CommandSupervisor:
         lock: InstanceLock | None = None,
         keep_pids: Collection[int] = (),
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
-        fast_sample_interval_s: float = FAST_SAMPLE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         notifier: SystemdNotifier | None = None,
+        link: ParentLink | None = None,
     ) -> None:
         self.options = options
+        self.limits = options.limits
         self.notifier = notifier
+        self.link = link
         self.marker = marker
         self.lock = lock
         self.keep_pids = frozenset(keep_pids)
         self.sample_interval_s = sample_interval_s
-        self.fast_sample_interval_s = min(fast_sample_interval_s, sample_interval_s)
         self._clock = clock
-        soft = options.memory_limit_bytes
-        self.limits = Limits(
-            memory_soft_bytes=soft,
-            memory_hard_bytes=default_hard_limit(soft),
-            cpu_limit_percent=options.cpu_limit_percent,
-            cpu_window_s=options.cpu_window_s,
-            cpu_grace_s=options.cpu_window_s,
-        )
         self.started_at = clock()
+        self._started_wall = time.time()
         self.tracker = LimitTracker(self.limits, started_at=self.started_at)
-        self.deadline = runtime_deadline(self.started_at, options.max_runtime_s)
+        self.deadline = runtime_deadline(self.started_at, self.limits.max_runtime_s)
         self.health: HealthServer | None = None
         self.child: ChildHandle | None = None
+        self._labels = metric_labels(options.name)
         # Written by the watch loop, read by the health thread (whole-object swaps).
         self._sample: ResourceSample | None = None
-        self._stop_reason: StopReason | None = None
-        self._stop_detail = ""
-        self._stop_asked_at: float | None = None
+        self._asked: StopOutcome | None = None  # the stop the runner decided, once
+        self._stop_asked_at: float | None = None  # when the command got its stop signal (grace from here)
         self._forced = False
-        self._hard = False
         self._running = False
         # A first signal during a drain: (signal to forward, when).
         self._forward_signum: int | None = None
@@ -189,40 +178,45 @@ class CommandSupervisor:
         now = self._clock()
         sample = self._sample
         child = self.child
+        asked = self._asked
         health = self._health(now, sample)
         ready = (
             HealthStatus(True, "ready")
-            if self._running and self._stop_reason is None
+            if self._running and asked is None
             else HealthStatus(False, health.reason if not health.is_healthy else "not ready")
         )
         remaining = None if self.deadline is None else max(0.0, self.deadline - now)
+        worker, stack = self._labels
+        lim = self.limits
         return WorkerSnapshot(
-            name=self.options.name,
+            name=worker,
+            stack=stack,
             pid=child.pid if child else os.getpid(),
             health=health,
             ready=ready,
             started=self._running,
-            stopping=self._stop_reason is not None,
+            stopping=asked is not None,
+            start_time_seconds=self._started_wall,
             uptime_seconds=now - self.started_at,
             cpu_percent=sample.cpu_percent if sample else 0.0,
             memory_bytes=sample.memory_bytes if sample else 0,
             memory_percent=sample.memory_percent if sample else 0.0,
             num_threads=sample.num_threads if sample else 0,
             num_children=sample.num_children if sample else 0,
-            max_runtime_seconds=self.options.max_runtime_s,
+            max_runtime_seconds=lim.max_runtime_s,
             remaining_seconds=remaining,
-            memory_limit_bytes=self.options.memory_limit_bytes,
-            cpu_limit_percent=self.options.cpu_limit_percent,
-            stop_reason=str(self._stop_reason) if self._stop_reason else None,
-            stop_reasons_total={str(self._stop_reason): 1} if self._stop_reason else {},
+            memory_limit_bytes=lim.memory_limit_bytes,
+            cpu_limit_percent=lim.cpu_limit_percent,
+            stop_reason=asked.reason.value if asked is not None else None,
         )
 
     def _health(self, now: float, sample: ResourceSample | None) -> HealthStatus:
         """Healthy = running, not stopping, and the last sample within the limits."""
         if not self._running:
             return HealthStatus(False, "not running" if self.child else "starting")
-        if self._stop_reason is not None:
-            return HealthStatus(False, f"stopping: {self._stop_reason}")
+        asked = self._asked
+        if asked is not None:
+            return HealthStatus(False, f"stopping: {asked.reason}")
         if sample is not None and self.tracker.over_soft_memory(sample):
             return HealthStatus(False, f"memory_limit: {sample.memory_bytes / 2**20:.1f} MB over the limit")
         if sample is not None and self.tracker.over_cpu(sample, now):
@@ -254,23 +248,28 @@ class CommandSupervisor:
 
     def run(self) -> int:
         """Start the command, watch it until it ends, clean up; return the exit status."""
-        return self.run_for_result().exit_status
+        outcome = self.run_for_outcome()
+        assert outcome.exit_status is not None
+        return outcome.exit_status
 
-    def run_for_result(self) -> CommandResult:
-        capture = SignalCapture()
+    def run_for_outcome(self) -> StopOutcome:
+        """Start the command, watch it, clean up; how it ended, with the runner's exit status."""
+        capture = SignalCapture.take_early() or SignalCapture()
         capture.install()
         become_child_subreaper()
         try:
             check_command(self.options.command)
-            if self.options.health_port:
+            lim = self.limits
+            if lim.health_port:
                 # The runner's own thread never runs user code, so it answers
                 # probes promptly from a thread: no responder process needed.
                 self.health = serve_health(
-                    self.snapshot, host=self.options.health_host, port=self.options.health_port,
-                    mode="thread",
+                    self.snapshot, host=lim.health_host, port=lim.health_port, mode="thread",
                 )
             self.child = self._spawn()
             self._running = True
+            if self.link is not None:
+                self.link.report_worker_pid(self.child.pid)
             self._notify_ready(self.child)
             log.info(
                 "%s: started %r as pid %s%s", self.options.name, " ".join(self.options.command),
@@ -305,7 +304,7 @@ class CommandSupervisor:
 
     def _sampler(self, pid: int) -> ResourceSampler | None:
         try:
-            return ResourceSampler(pid, include_children=True, cpu_window_s=self.options.cpu_window_s)
+            return ResourceSampler(pid, include_children=True, cpu_window_s=self.limits.cpu_window_s)
         except psutil.Error:  # the command exited at once
             return None
 
@@ -316,13 +315,14 @@ class CommandSupervisor:
         signals_seen = 0
         next_reap = self._clock() + REAP_INTERVAL_S
         pidfd = child.fileno()
+        grace = self.limits.grace_s
         while True:
             now = self._clock()
             wake_at = [next_sample]
-            if self.deadline is not None and self._stop_reason is None:
+            if self.deadline is not None and self._asked is None:
                 wake_at.append(self.deadline)
             if self._stop_asked_at is not None and not self._forced:
-                wake_at.append(self._stop_asked_at + self.options.grace_s)
+                wake_at.append(self._stop_asked_at + grace)
             if self._forward_at is not None:
                 wake_at.append(self._forward_at)
             timeout = max(0.0, min(wake_at) - now)
@@ -338,45 +338,46 @@ class CommandSupervisor:
             now = self._clock()
             if capture.count > signals_seen:
                 capture.drain()
-                signals_seen = capture.count
-                self._on_signal(child, capture.last_signum or signal.SIGTERM, first=signals_seen == 1)
+                count = capture.count
+                if signals_seen == 0:
+                    self._on_signal(child, capture.first_signum or signal.SIGTERM, first=True)
+                if count >= 2:  # a second signal, even one that came with the first
+                    self._on_signal(child, capture.last_signum or signal.SIGTERM, first=False)
+                signals_seen = count
             if self._forward_at is not None and now >= self._forward_at and not self._forced:
                 self._forward(child)
-            if self.deadline is not None and self._stop_reason is None and now >= self.deadline:
+            if self.deadline is not None and self._asked is None and now >= self.deadline:
                 self._begin_stop(
-                    child, StopReason.MAX_RUNTIME,
-                    f"ran for {now - self.started_at:.1f}s, the limit is {self.options.max_runtime_s:g}s",
+                    child,
+                    StopOutcome.decided(
+                        StopReason.MAX_RUNTIME,
+                        f"ran for {now - self.started_at:.1f}s, the limit is {self.limits.max_runtime_s:g}s",
+                        by=Ender.PROCGUARD,
+                    ),
                 )
             if sampler is not None and now >= next_sample:
-                next_sample = now + self.sample_interval_s
                 try:
                     sample = sampler.sample()
                 except psutil.Error:
                     continue  # exiting: the next turn sees it
                 previous = self._sample
                 self._sample = sample
-                if needs_close_watch(
+                verdict = self.tracker.observe(sample, now)
+                next_sample = now + next_sample_delay(
                     sample.memory_bytes,
-                    soft_bytes=self.limits.memory_soft_bytes,
+                    limits=self.limits,
                     strikes=self.tracker.memory_strikes,
                     previous=None if previous is None else (previous.taken_at, previous.memory_bytes),
                     now=sample.taken_at,
-                    horizon_s=self.sample_interval_s,
-                    near_fraction=CLOSE_WATCH_FRACTION,
-                ):
-                    next_sample = now + self.fast_sample_interval_s
-                verdict = self.tracker.observe(sample, now)
+                    regular_s=self.sample_interval_s,
+                )
                 if verdict is not None and not self._forced:
                     self._on_verdict(child, verdict)
                 self._feed_watchdog(now)
-            if (
-                self._stop_asked_at is not None
-                and not self._forced
-                and now - self._stop_asked_at >= self.options.grace_s
-            ):
+            if self._stop_asked_at is not None and not self._forced and now - self._stop_asked_at >= grace:
                 log.warning(
                     "%s: pid %s did not stop within the grace of %gs; killing its process tree",
-                    self.options.name, child.pid, self.options.grace_s,
+                    self.options.name, child.pid, grace,
                 )
                 self._kill_tree(child)
             if now >= next_reap:  # zombies of adopted orphans: harmless for a moment, costly to scan for
@@ -393,12 +394,11 @@ class CommandSupervisor:
 
     def _on_signal(self, child: ChildHandle, signum: int, *, first: bool) -> None:
         name = signal_name(signum)
-        if first and self._stop_reason is None:
-            self._stop_reason = StopReason.SIGNAL
-            self._stop_detail = f"got {name}"
-            drain = self.options.drain_delay_s
+        if first and self._asked is None:
+            self._asked = stop_for_signal(signum, self.link)
+            drain = self.limits.drain_delay_s
             draining = f"; draining for {drain:g}s" if drain > 0 else ""
-            self._notify_stopping(f"stopping: got {name}{draining}")
+            self._notify_stopping(f"stopping: {self._asked.reason} ({self._asked.detail}){draining}")
             self._forward_signum = signum
             if drain > 0:
                 # Not ready from now on (/ready 503), still working: load balancers stop sending first.
@@ -411,7 +411,7 @@ class CommandSupervisor:
         if first and not self._forced:
             # Already stopping gracefully for a limit: let that stop finish within its grace.
             log.info("%s: got %s while already stopping (%s); a second signal stops it at once",
-                     self.options.name, name, self._stop_reason)
+                     self.options.name, name, self._asked.reason if self._asked else "?")
             return
         log.warning("%s: got %s while stopping; killing the process tree of pid %s now",
                     self.options.name, name, child.pid)
@@ -423,30 +423,30 @@ class CommandSupervisor:
         self._forward_at = None
         self._stop_asked_at = self._clock()
         log.info("%s: forwarding %s to pid %s (grace %gs)", self.options.name, signal_name(signum),
-                 child.pid, self.options.grace_s)
+                 child.pid, self.limits.grace_s)
         child.send_signal(signum)
 
     def _on_verdict(self, child: ChildHandle, verdict: LimitVerdict) -> None:
+        decided = StopOutcome.decided(
+            verdict.reason, verdict.detail, by=Ender.PROCGUARD, figures=verdict.figures
+        )
         if verdict.hard:
-            self._stop_reason = verdict.reason
-            self._stop_detail = verdict.detail
+            self._asked = decided  # overrides a graceful stop under way: the ceiling wins
             self._stop_asked_at = self._stop_asked_at or self._clock()
-            self._hard = True
             self._forward_at = None
             self._notify_stopping(f"stopping: {verdict.reason} ({verdict.detail})")
             log.warning("%s: %s: %s; killing the process tree of pid %s at once",
                         self.options.name, verdict.reason, verdict.detail, child.pid)
             self._kill_tree(child)
-        elif self._stop_reason is None:
-            self._begin_stop(child, verdict.reason, verdict.detail)
+        elif self._asked is None:
+            self._begin_stop(child, decided)
 
-    def _begin_stop(self, child: ChildHandle, reason: StopReason, detail: str) -> None:
-        self._stop_reason = reason
-        self._stop_detail = detail
+    def _begin_stop(self, child: ChildHandle, decided: StopOutcome) -> None:
+        self._asked = decided
         self._stop_asked_at = self._clock()
-        self._notify_stopping(f"stopping: {reason} ({detail})")
+        self._notify_stopping(f"stopping: {decided.reason} ({decided.detail})")
         log.warning("%s: %s: %s; sending SIGTERM to pid %s (grace %gs)",
-                    self.options.name, reason, detail, child.pid, self.options.grace_s)
+                    self.options.name, decided.reason, decided.detail, child.pid, self.limits.grace_s)
         child.terminate()
 
     def _kill_tree(self, child: ChildHandle) -> None:
@@ -458,32 +458,28 @@ class CommandSupervisor:
             except psutil.Error:
                 continue
 
-    def _result(self, returncode: int) -> CommandResult:
-        reason = self._stop_reason
-        if self._hard:
-            status = int(ExitStatus.MEMORY_HARD_LIMIT)
-        elif self._forced:
-            status = int(ExitStatus.GRACE_EXCEEDED)
-        elif reason is not None and reason is not StopReason.SIGNAL:
-            status = exit_status_for(reason)
-        else:
-            status = _status_of(returncode)
+    def _result(self, returncode: int) -> StopOutcome:
+        """How the command ended, with the runner's exit status in it; logged and reported."""
+        outcome = outcome_of_exit(
+            returncode, asked=self._asked, forced=self._forced, grace_s=self.limits.grace_s
+        )
         how = f"exited with status {_status_of(returncode)}" if returncode >= 0 else (
             f"was killed by {signal_name(-returncode)}"
         )
         pid = self.child.pid if self.child else "?"
-        if reason is None:
-            level = logging.INFO if returncode == 0 else logging.WARNING
-            log.log(level, "%s: pid %s %s", self.options.name, pid, how)
-        else:
-            planned = reason is StopReason.SIGNAL and not self._forced
-            log.log(
-                logging.INFO if planned else logging.WARNING,
-                "%s: stopped (%s: %s); pid %s %s; exit status %s",
-                self.options.name, reason, self._stop_detail, pid, how, status,
-            )
-        self._notify_stopping(f"stopped: pid {pid} {how}; exit status {status}")
-        return CommandResult(status, returncode, reason, self._stop_detail, self._forced)
+        status = runner_status(outcome, returncode)
+        final = dataclasses.replace(
+            outcome, detail=f"{outcome.detail}; pid {pid} {how}" if outcome.detail else f"pid {pid} {how}",
+            exit_status=status, signal=None,
+        )
+        log.log(
+            logging.INFO if outcome.expected else logging.WARNING,
+            "%s: stopped: %s", self.options.name, final.summary(),
+        )
+        self._notify_stopping(f"stopped: {final.summary()}")
+        if self.link is not None:
+            self.link.report_outcome(final)
+        return final
 
     def _cleanup(self, capture: SignalCapture) -> None:
         """Close health, stop what is left of the tree (orphans adopted by us included), restore signals."""
@@ -503,7 +499,7 @@ class CommandSupervisor:
         if leftovers:
             log.info("%s: stopping %d leftover process(es) of the command: %s", self.options.name,
                      len(leftovers), ", ".join(str(p.pid) for p in leftovers))
-            stop_processes(leftovers, self.options.grace_s)
+            stop_processes(leftovers, self.limits.grace_s)
         if child is not None:
             try:
                 child.popen.wait(timeout=5)

@@ -12,8 +12,8 @@ The loop is the one DESIGN.md section 2 shows, run for the user::
 An iteration that raises is logged with its traceback (to the log only,
 never to an HTTP response) and counted with ``manager.record_failure``; the
 manager stops the worker with ``iteration_failures`` after
-``max_consecutive_failures`` in a row. ``--once`` runs one iteration and
-stops with ``completed`` (exit status 0, or 1 if that iteration failed).
+``max_failures`` in a row. ``--once`` runs one iteration and stops with
+``completed`` (exit status 0), or ``crashed`` (1) if that iteration failed.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class FunctionLoop:
     """Runs one target function as a managed worker; see the module docstring.
 
     ``manager`` must not be started yet: :meth:`run` starts it, calls
-    ``on_started`` (if given), loops, and returns ``manager.shutdown()``'s
-    exit status.
+    ``on_started`` (if given), loops every ``manager.limits.interval_s``, and
+    returns ``manager.shutdown()``'s exit status.
     """
 
     def __init__(
@@ -110,14 +110,13 @@ class FunctionLoop:
         func: Callable[..., Any],
         manager: ProcessManager,
         *,
-        interval_s: float,
         once: bool = False,
         label: str = "",
         on_started: Callable[[], object] | None = None,
     ) -> None:
         self.func = func
         self.manager = manager
-        self.interval_s = interval_s
+        self.interval_s = manager.limits.interval_s
         self.once = once
         self.label = label or getattr(func, "__qualname__", repr(func))
         self.on_started = on_started
@@ -151,10 +150,11 @@ class FunctionLoop:
                 asyncio.run(self._run_async())
             else:
                 self._run_sync()
+        except BaseException as exc:  # sys.exit() in the function: the process exits with its status
+            self.manager._crashed_with(exc)
+            raise
         finally:
             status = self.manager.shutdown()
-        if self.once and self.last_failed and status == 0:
-            return 1
         return status
 
     def _run_sync(self) -> None:
@@ -192,7 +192,10 @@ class FunctionLoop:
             await manager.sleep_async(self.interval_s)
 
     def _complete(self) -> None:
-        self.manager.request_stop(StopReason.COMPLETED, "--once: one iteration done")
+        if self.last_failed:
+            self.manager.request_stop(StopReason.CRASHED, "--once: the one iteration raised")
+        else:
+            self.manager.request_stop(StopReason.COMPLETED, "--once: one iteration done")
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:

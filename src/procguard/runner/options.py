@@ -1,11 +1,12 @@
 """The settings of one ``procguard run``, parsed and checked once.
 
 :func:`options_from_args` turns the argparse namespace into a frozen
-:class:`RunOptions` in base units (seconds, bytes, percent), with ``None``
-for "no limit", and decides the mode: a ``package.module:function`` target
-(function mode) or a command after ``--`` (command mode). Flags that make no
-sense for the chosen mode are refused here with one line, instead of being
-silently ignored.
+:class:`RunOptions`: the mode (a ``package.module:function`` target, or a
+command after ``--``), the name, and the worker's
+:class:`~procguard.limits.WorkerLimits` -- from the flags, on top of the
+settings ``procguard up`` handed over through the worker's link when it
+started this runner. Flags that make no sense for the chosen mode are
+refused here with one line, instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import UsageError
-
-#: Consecutive failed iterations that stop a function worker when --max-failures is not given.
-DEFAULT_MAX_FAILURES = 5
-#: CPU averaging window of command mode when --cpu-window is not given (the library's default).
-DEFAULT_CPU_WINDOW_S = 60.0
+from ..lifecycle_args import given_settings, limits_from_args
+from ..limits import SETTINGS, WorkerLimits
 
 #: ``package.module:function`` (dots allowed in the function part for ``Class.method``).
 TARGET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -32,25 +30,15 @@ Mode = Literal["function", "command"]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything ``procguard run`` needs, in base units; ``None`` means "no limit"."""
+    """Everything ``procguard run`` needs; the worker's settings are one :class:`WorkerLimits`."""
 
     mode: Mode
     name: str
     target: str | None
     command: tuple[str, ...]
-    interval_s: float
-    max_runtime_s: float | None
-    max_iterations: int | None
-    memory_limit_bytes: int | None
-    cpu_limit_percent: float | None
-    cpu_window_s: float
-    health_port: int | None
-    health_host: str
-    grace_s: float
-    drain_delay_s: float
+    limits: WorkerLimits
     once: bool
     replace: bool
-    max_failures: int | None
     state_dir: str | None
 
 
@@ -80,17 +68,15 @@ def derive_name(target: str | None, command: Sequence[str]) -> str:
     return _sanitize(stem)
 
 
-def _positive_or_none(value: float | int | None) -> float | int | None:
-    return value if value else None
-
-
-def options_from_args(args: argparse.Namespace) -> RunOptions:
+def options_from_args(args: argparse.Namespace, *, base: WorkerLimits | None = None) -> RunOptions:
     """Check the parsed flags against each other and build :class:`RunOptions`.
 
-    Raises :class:`UsageError` (exit 2, one line) for a missing or doubled
-    target, a malformed ``module:function``, and flags that do not apply
-    to command mode (``--once``, ``--max-iterations``, ``--max-failures``,
-    ``--heartbeat-timeout``).
+    ``base`` is the settings a supervisor handed over (the flags given
+    override them). Raises :class:`UsageError` (exit 2, one line) for a
+    missing or doubled target, a malformed ``module:function``, and flags that
+    apply only to a loop procguard runs (``--once``, ``--interval``,
+    ``--max-iterations``, ``--max-failures``, ``--heartbeat-timeout``) given
+    with a command.
     """
     target: str | None = args.target
     command = tuple(args.command or ())
@@ -111,34 +97,20 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         raise UsageError(msg)
     mode: Mode = "function" if target else "command"
     if mode == "command":
-        for flag, given in (
-            ("--once", args.once),
-            ("--max-iterations", args.max_iterations is not None),
-            ("--max-failures", args.max_failures is not None),
-            ("--heartbeat-timeout", getattr(args, "heartbeat_timeout_s", None) is not None),
-        ):
-            if given:
-                msg = f"{flag} applies only to a package.module:function target, not to a command"
-                raise UsageError(msg)
-    name = args.name or derive_name(target, command)
-    max_failures = DEFAULT_MAX_FAILURES if args.max_failures is None else args.max_failures
+        given = given_settings(args)
+        loop_only = [s.flag for s in SETTINGS if s.applies == "loop" and s.field in given]
+        if args.once:
+            loop_only.insert(0, "--once")
+        if loop_only:
+            msg = f"{loop_only[0]} applies only to a package.module:function target, not to a command"
+            raise UsageError(msg)
     return RunOptions(
         mode=mode,
-        name=name,
+        name=args.name or derive_name(target, command),
         target=target,
         command=command,
-        interval_s=float(args.interval_s),
-        max_runtime_s=_positive_or_none(args.max_runtime_s),
-        max_iterations=args.max_iterations or None,
-        memory_limit_bytes=args.memory_limit_bytes or None,
-        cpu_limit_percent=_positive_or_none(args.cpu_limit_percent),
-        cpu_window_s=DEFAULT_CPU_WINDOW_S if args.cpu_window_s is None else float(args.cpu_window_s),
-        health_port=args.health_port or None,
-        health_host=args.health_host,
-        grace_s=float(args.grace_s),
-        drain_delay_s=float(getattr(args, "drain_delay_s", 0.0) or 0.0),
+        limits=limits_from_args(args, base=base),
         once=bool(args.once),
         replace=bool(args.replace),
-        max_failures=max_failures or None,
         state_dir=args.state_dir,
     )

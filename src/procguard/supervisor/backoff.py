@@ -7,12 +7,12 @@ whole crash loop in microseconds.
 
 The rules, chosen against the field (FIELD.md, "Restart policy"):
 
-- A **planned recycle** (exit status in :data:`procguard.reasons.RECYCLE_STATUSES`,
-  or a limit the supervisor enforced itself) is restarted at once and is not
-  a failure: a worker that recycles every hour never goes FATAL.
+- A **planned recycle** (an outcome whose reason is one: max runtime, max
+  iterations, memory or CPU limit, whoever enforced it) is restarted at once
+  and is not a failure: a worker that recycles every hour never goes FATAL.
 - Any other exit is a **failure** for the backoff and the start limit, except
-  a clean exit (status 0) under ``on-failure`` or any exit under ``never``,
-  which leave the worker stopped.
+  a clean exit (``completed`` or ``requested``, status 0) under
+  ``on-failure`` or any exit under ``never``, which leave the worker stopped.
 - **Backoff**: the first failure after a stable run restarts immediately (a
   one-off crash costs only Python's start-up, like a bare Popen loop); the
   next ones wait ``initial``, ``2*initial``, ... capped at ``max``. A run
@@ -30,7 +30,8 @@ import enum
 from dataclasses import dataclass
 
 from ..config import RestartPolicy, WorkerConfig
-from ..reasons import RECYCLE_STATUSES, reason_for_exit_status
+from ..outcome import StopOutcome
+from ..reasons import StopReason
 
 
 @dataclass(frozen=True)
@@ -54,45 +55,6 @@ class Policy:
             start_limit=worker.start_limit,
             start_limit_interval_s=worker.start_limit_interval_s,
         )
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How one run of a worker ended.
-
-    ``status`` is the exit status (None when killed by a signal, then
-    ``signal`` says which). ``cause`` is set when the supervisor itself
-    stopped the worker (a limit it enforces, a failed liveness probe), and
-    ``planned`` says whether that stop was a recycle (a limit) rather than a
-    failure (liveness).
-    """
-
-    status: int | None
-    signal: int | None = None
-    runtime_s: float = 0.0
-    cause: str | None = None
-    planned: bool = False
-
-    @property
-    def is_recycle(self) -> bool:
-        if self.planned:
-            return True
-        return self.status is not None and self.status in RECYCLE_STATUSES
-
-    @property
-    def reason(self) -> str:
-        """Short words for history and status: ``max_runtime``, ``exit 1``, ``signal 9``."""
-        if self.status is not None and self.status in RECYCLE_STATUSES:
-            return str(reason_for_exit_status(self.status))
-        if self.cause is not None:
-            return self.cause
-        if self.signal is not None:
-            return f"signal {self.signal}"
-        assert self.status is not None
-        known = reason_for_exit_status(self.status)
-        if known is not None:
-            return str(known)
-        return "exited" if self.status == 0 else f"exit {self.status}"
 
 
 @dataclass(frozen=True)
@@ -127,15 +89,25 @@ def backoff_delay(policy: Policy, consecutive_failures: int) -> float:
     return float(min(policy.max_s, policy.initial_s * (2.0**exponent)))
 
 
-def decide(policy: Policy, record: Record, exit_: Exit, now: float) -> tuple[Decision, Record]:
-    """What to do after ``exit_`` at time ``now``; returns the decision and the new record."""
-    stable = exit_.runtime_s >= policy.reset_s
+#: Outcomes that are a clean end, not a failure (``on-failure`` leaves the worker stopped).
+_CLEAN = frozenset({StopReason.COMPLETED, StopReason.REQUESTED})
+
+
+def decide(
+    policy: Policy, record: Record, outcome: StopOutcome, runtime_s: float, now: float
+) -> tuple[Decision, Record]:
+    """What to do after a run of ``runtime_s`` that ended with ``outcome`` at time ``now``.
+
+    Returns the decision and the new record.
+    """
+    stable = runtime_s >= policy.reset_s
     base = Record() if stable else record
-    if exit_.is_recycle:
+    if outcome.planned:
         if policy.restart == "never":
             return Decision(Action.STOP), base
         return Decision(Action.RESTART, 0.0, counted=False), base
-    if policy.restart == "never" or (policy.restart == "on-failure" and exit_.status == 0):
+    clean = outcome.reason in _CLEAN and outcome.exit_status == 0
+    if policy.restart == "never" or (policy.restart == "on-failure" and clean):
         return Decision(Action.STOP), base
     window_start = now - policy.start_limit_interval_s
     times = (*(t for t in record.failure_times if t > window_start), now)

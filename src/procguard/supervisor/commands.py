@@ -18,7 +18,7 @@ from typing import Any
 
 from .backoff import Record
 from .control import Peer
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, operator_stop
 from .shutdown import StopAll
 from .states import WorkerState
 from .worker import Worker
@@ -111,7 +111,7 @@ class ControlCommands:
             peer.send({"ok": True, "message": f"{worker.name} is already {worker.state}"})
             return
         worker.waiters.append(reply_when(peer, "stop"))
-        self._lifecycle.request_stop(worker, now)
+        self._lifecycle.request_stop(worker, now, operator_stop("procguard stop"))
 
     def _start(self, worker: Worker, peer: Peer, now: float) -> None:
         if worker.state.has_process:
@@ -129,8 +129,7 @@ class ControlCommands:
         if worker.state.has_process:
             worker.waiters.append(reply_when(peer, "restart"))
             worker.restart_after_stop = True
-            if worker.state is not S.STOPPING:
-                self._lifecycle.request_stop(worker, now)
+            self._lifecycle.request_stop(worker, now, operator_stop("procguard restart"))
             return
         if worker.state is S.BACKOFF:
             worker.set_state(S.STOPPED)

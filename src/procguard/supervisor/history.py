@@ -24,14 +24,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..reasons import StopReason
+
 logger = logging.getLogger(__name__)
 
 FILENAME = "history.sqlite"
 
 #: Reason of the ``stop`` rows written for the runs of a supervisor that died.
-SUPERVISOR_DIED = "supervisor_died"
+SUPERVISOR_DIED = StopReason.SUPERVISOR_DIED.value
 
-_COLUMNS = "project, worker, time, event, pid, reason, exit_status, runtime_seconds, peak_memory_bytes"
+_COLUMNS = (
+    "project, worker, time, event, pid, reason, exit_status, runtime_seconds, peak_memory_bytes,"
+    " detail, by_whom"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -44,15 +49,26 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT,
     exit_status INTEGER,
     runtime_seconds REAL,
-    peak_memory_bytes INTEGER
+    peak_memory_bytes INTEGER,
+    detail TEXT,
+    by_whom TEXT
 );
 CREATE INDEX IF NOT EXISTS events_project_time ON events (project, time);
 """
 
+#: Columns added since the first schema: added to an older file when it is opened for writing.
+_ADDED_COLUMNS = (("detail", "TEXT"), ("by_whom", "TEXT"))
+
 
 @dataclass(frozen=True)
 class Event:
-    """One row: ``event`` is ``start`` or ``stop``; the stop fields are None on a start."""
+    """One row: ``event`` is ``start`` or ``stop``; the stop fields are None on a start.
+
+    A stop row is one :class:`~procguard.outcome.StopOutcome` rendered:
+    ``reason`` (the token), ``detail`` (the figures), ``exit_status`` (as a
+    shell reports it: 128 + N for a death by signal N) and ``by`` (who ended
+    the worker).
+    """
 
     project: str
     worker: str
@@ -63,6 +79,8 @@ class Event:
     exit_status: int | None = None
     runtime_seconds: float | None = None
     peak_memory_bytes: int | None = None
+    detail: str | None = None
+    by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,6 +120,10 @@ def _initialise(db: sqlite3.Connection) -> None:
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in present:
+                    db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) and "busy" not in str(error):
@@ -127,8 +149,7 @@ class History:
         """Append ``event``; a failing write is logged, never fatal to the supervisor."""
         try:
             self._db.execute(
-                "INSERT INTO events (project, worker, time, event, pid, reason, exit_status,"
-                " runtime_seconds, peak_memory_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.project,
                     event.worker,
@@ -139,6 +160,8 @@ class History:
                     event.exit_status,
                     event.runtime_seconds,
                     event.peak_memory_bytes,
+                    event.detail,
+                    event.by,
                 ),
             )
         except sqlite3.Error as error:
@@ -150,13 +173,19 @@ class History:
         self._db.close()
 
 
+def _selected(db: sqlite3.Connection) -> str:
+    """The select list for this file: columns an older file lacks read as NULL."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    return ", ".join(name if name in present else "NULL" for name in _COLUMNS.split(", "))
+
+
 def read_events(path: Path, *, project: str | None = None, limit: int = 50) -> list[Event]:
     """The newest ``limit`` events (all when ``limit`` <= 0), newest first."""
     if not path.exists():
         return []
     db = _connect(path)
     try:
-        query = f"SELECT {_COLUMNS} FROM events"
+        query = f"SELECT {_selected(db)} FROM events"
         params: list[Any] = []
         if project is not None:
             query += " WHERE project = ?"
@@ -199,7 +228,7 @@ def unfinished_starts(path: Path, project: str) -> list[Event]:
     db = _connect(path)
     try:
         rows = db.execute(
-            f"SELECT {_COLUMNS} FROM events AS e WHERE project = ? AND event = 'start' AND id = "
+            f"SELECT {_selected(db)} FROM events AS e WHERE project = ? AND event = 'start' AND id = "
             "(SELECT id FROM events WHERE project = e.project AND worker = e.worker"
             " ORDER BY time DESC, id DESC LIMIT 1) ORDER BY worker",
             (project,),
@@ -230,6 +259,7 @@ def supervisor_died_stops(starts: Sequence[Event], now: float, survivors: Collec
                 "stop",
                 pid=start.pid,
                 reason=SUPERVISOR_DIED,
+                detail="the supervisor died while the worker ran",
                 runtime_seconds=round(max(0.0, now - start.time), 3) if survived else None,
             )
         )

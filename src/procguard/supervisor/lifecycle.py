@@ -5,9 +5,16 @@ to one worker (its process exited, a timer expired, a sample or a probe
 result came in, someone asked for a stop); :class:`Lifecycle` moves the
 worker through :mod:`.states`, carries out the restart decision of
 :func:`.backoff.decide` and the limit verdicts of
-:class:`procguard.policy.LimitTracker`, and records each start and stop in
-the history. Which deadline comes next (:func:`next_deadline`) and whether
-a worker may start (:func:`deps_ready`) are pure functions of the workers.
+:class:`procguard.policy.LimitTracker`, and records each start and stop.
+
+Every stop ends in one :class:`~procguard.outcome.StopOutcome`
+(:func:`procguard.outcome.outcome_of_exit` over the stop the supervisor
+asked for, what the worker reported through its link, and how the process
+ended), and :meth:`Lifecycle.exited` renders that one value everywhere: the
+history row, ``last_exit`` (status, page), the note in the worker's log,
+the log line, and the stop counter by reason. Which deadline comes next
+(:func:`next_deadline`) and whether a worker may start (:func:`deps_ready`)
+are pure functions of the workers.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-from ..policy import needs_close_watch
-from .backoff import Action, Exit, decide
+from ..outcome import StopOutcome, outcome_of_exit
+from ..policy import next_sample_delay
+from ..reasons import Ender, StopReason
+from .backoff import Action, decide
 from .history import Event, History
 from .leftovers import LeftoverGroups
 from .probe import ProbeResult
@@ -26,7 +35,7 @@ from .procscan import LimitSample
 from .settings import Settings
 from .states import WorkerState
 from .watchdog import WatchdogLink
-from .worker import Worker
+from .worker import Worker, last_exit_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +70,17 @@ def deps_ready(worker: Worker, workers: Mapping[str, Worker]) -> bool:
     return True
 
 
+def operator_stop(detail: str) -> StopOutcome:
+    """The stop an operator asked for (``procguard stop``, ``down``, ``restart``, a signal to ``up``)."""
+    return StopOutcome.decided(StopReason.STOPPED, detail, by=Ender.OPERATOR)
+
+
 class Lifecycle:
     """Carries out each worker's transitions; ``exiting`` is set once the whole stack is stopping.
 
     What it needs from the loop that owns the workers: ``on_spawned(worker)``
-    watches the new process's output pipe; ``on_changed()`` is told whenever
-    a worker gained or lost a process (the probe targets change).
+    watches the new process's output pipe and link; ``on_changed()`` is told
+    whenever a worker gained or lost a process (the probe targets change).
     """
 
     def __init__(
@@ -108,16 +122,17 @@ class Lifecycle:
             logger.warning(
                 "%s: did not stop within %.1fs (drain + grace), killing its process group (pid %s)",
                 worker.name,
-                worker.config.grace_s + worker.config.drain_delay_s,
+                worker.config.limits.stop_budget_s,
                 worker.pid,
             )
+            worker.killed_after_grace = True
             worker.signal(signal.SIGKILL, group=True)
             worker.stop_deadline = None
 
     # -- starting ------------------------------------------------------------------
 
     def spawn(self, worker: Worker, now: float) -> None:
-        """Start the worker's process now; a spawn that fails is an exit with status 127."""
+        """Start the worker's process now; a spawn that fails is a ``crashed`` exit with status 127."""
         worker.set_state(S.STARTING)
         worker.next_start_at = None
         wall = self._wall()
@@ -125,17 +140,11 @@ class Lifecycle:
             pid = worker.spawn(now, wall)
         except OSError as error:
             logger.error("%s: cannot start: %s", worker.name, error)
-            worker.output.note(f"cannot start: {error}")
-            exit_ = Exit(status=127, cause=f"cannot start: {error.strerror or error}")
-            worker.last_exit = {
-                "status": 127,
-                "signal": None,
-                "reason": exit_.reason,
-                "time": wall,
-                "runtime_seconds": 0.0,
-            }
-            self._record_stop(worker, wall, pid=None, reason=exit_.reason, exit_status=127, runtime_s=0.0)
-            self._after_exit(worker, exit_, now)
+            outcome = StopOutcome(
+                StopReason.CRASHED, f"cannot start: {error.strerror or error}", exit_status=127
+            )
+            self._account(worker, outcome, pid=None, wall=wall, runtime_s=0.0, peak=None)
+            self._after_exit(worker, outcome, 0.0, now)
             return
         self._on_spawned(worker)
         self._watchdog.watch(pid)
@@ -147,47 +156,48 @@ class Lifecycle:
     # -- exits -----------------------------------------------------------------------
 
     def exited(self, worker: Worker, wait_status: int) -> None:
-        """The worker's process was reaped with ``wait_status``: record it, then restart or not."""
+        """The worker's process was reaped with ``wait_status``: one outcome, rendered everywhere."""
         now, wall = self._clock(), self._wall()
         pid = worker.pid
-        was_stopping = worker.state is S.STOPPING
-        peak = worker.peak_memory_bytes or None
-        exit_ = worker.exited(wait_status, now, wall)
+        asked = worker.asked
+        returncode, runtime = worker.exited(wait_status, now)
+        reported = worker.link.outcome if worker.link is not None else None
+        outcome = outcome_of_exit(
+            returncode,
+            asked=asked,
+            reported=reported,
+            forced=worker.killed_after_grace,
+            grace_s=worker.config.limits.grace_s,
+        )
+        # The figure that tripped a memory limit is a peak the samples may have missed.
+        tripped = int(outcome.figures.get("memory_bytes", 0))
+        peak = max(worker.peak_memory_bytes, tripped) or None
+        worker.forget_process()
         if pid is not None:
             # Members of its group may remain (children it did not stop): stop them too.
             self._leftovers.add(pid, now)
-        reason = exit_.reason
-        if was_stopping and exit_.cause is None and not exit_.is_recycle:
-            reason = "requested"
-        self._record_stop(
-            worker,
-            wall,
-            pid=pid,
-            reason=reason,
-            exit_status=exit_.status if exit_.status is not None else -(exit_.signal or 0),
-            runtime_s=round(exit_.runtime_s, 3),
-            peak_memory_bytes=peak,
-        )
-        assert worker.last_exit is not None
-        worker.last_exit["reason"] = reason
-        worker.output.note(f"exited ({reason}) after {exit_.runtime_s:.1f}s")
+        self._account(worker, outcome, pid=pid, wall=wall, runtime_s=runtime, peak=peak)
         self._on_changed()
-        if was_stopping and not worker.stop_cause:
-            self._stopped_on_request(worker, reason, now)
+        if asked is not None and asked.by is Ender.OPERATOR:
+            self._stopped_on_request(worker, now)
         else:
-            self._after_exit(worker, exit_, now)
+            self._after_exit(worker, outcome, runtime, now)
 
-    def _record_stop(
+    def _account(
         self,
         worker: Worker,
-        wall: float,
+        outcome: StopOutcome,
         *,
         pid: int | None,
-        reason: str,
-        exit_status: int,
+        wall: float,
         runtime_s: float,
-        peak_memory_bytes: int | None = None,
+        peak: int | None,
     ) -> None:
+        """Render one stop outcome on every surface: counter, last_exit, log note, history, log line."""
+        worker.stops_total[outcome.reason.value] += 1
+        worker.last_outcome = outcome
+        worker.last_exit = last_exit_json(outcome, wall=wall, runtime_s=runtime_s)
+        worker.output.note(f"stopped: {outcome.summary()} after {runtime_s:.1f}s")
         self.history.record(
             Event(
                 self.project,
@@ -195,15 +205,20 @@ class Lifecycle:
                 wall,
                 "stop",
                 pid=pid,
-                reason=reason,
-                exit_status=exit_status,
-                runtime_seconds=runtime_s,
-                peak_memory_bytes=peak_memory_bytes,
+                reason=outcome.reason.value,
+                exit_status=outcome.status_code,
+                runtime_seconds=round(runtime_s, 3),
+                peak_memory_bytes=peak,
+                detail=outcome.detail,
+                by=outcome.by.value,
             )
         )
+        level = logging.INFO if outcome.expected else logging.WARNING
+        logger.log(
+            level, "%s: pid %s stopped: %s after %.1fs", worker.name, pid, outcome.summary(), runtime_s
+        )
 
-    def _stopped_on_request(self, worker: Worker, reason: str, now: float) -> None:
-        logger.info("%s: stopped (%s)", worker.name, reason)
+    def _stopped_on_request(self, worker: Worker, now: float) -> None:
         worker.set_state(S.STOPPED)
         if worker.restart_after_stop and not self.exiting:
             worker.restart_after_stop = False
@@ -213,17 +228,17 @@ class Lifecycle:
         worker.restart_after_stop = False
         self.notify_waiters(worker)
 
-    def _after_exit(self, worker: Worker, exit_: Exit, now: float) -> None:
+    def _after_exit(self, worker: Worker, outcome: StopOutcome, runtime_s: float, now: float) -> None:
         if self.exiting:
             worker.set_state(S.STOPPED)
             self.notify_waiters(worker)
             return
-        decision, worker.record = decide(worker.policy, worker.record, exit_, now)
+        decision, worker.record = decide(worker.policy, worker.record, outcome, runtime_s, now)
         if decision.action is Action.FATAL:
             logger.error(
                 "%s: %s; %d failed starts within %.0fs, giving up (FATAL until 'procguard start %s')",
                 worker.name,
-                exit_.reason,
+                outcome.reason,
                 len(worker.record.failure_times),
                 worker.policy.start_limit_interval_s,
                 worker.name,
@@ -233,22 +248,19 @@ class Lifecycle:
             self.notify_waiters(worker)
         elif decision.action is Action.STOP:
             logger.info(
-                "%s: exited (%s); restart policy %s leaves it stopped",
+                "%s: %s; restart policy %s leaves it stopped",
                 worker.name,
-                exit_.reason,
+                outcome.reason,
                 worker.policy.restart,
             )
             worker.set_state(S.STOPPED)
             self.notify_waiters(worker)
         elif decision.delay_s <= 0:
-            log = logger.info if not decision.counted else logger.warning
-            log("%s: exited (%s), restarting now", worker.name, exit_.reason)
+            logger.info("%s: restarting now", worker.name)
             worker.restarts += 1
             self.spawn(worker, now)
         else:
-            logger.warning(
-                "%s: exited (%s), restarting in %.1fs", worker.name, exit_.reason, decision.delay_s
-            )
+            logger.warning("%s: restarting in %.1fs", worker.name, decision.delay_s)
             worker.restarts += 1
             worker.set_state(S.BACKOFF)
             worker.next_start_at = now + decision.delay_s
@@ -256,13 +268,13 @@ class Lifecycle:
 
     # -- stopping ----------------------------------------------------------------------
 
-    def request_stop(
-        self, worker: Worker, now: float, *, cause: str | None = None, planned: bool = False
-    ) -> None:
-        """Ask ``worker`` to stop: SIGTERM now, SIGKILL to its group after drain + grace.
+    def request_stop(self, worker: Worker, now: float, why: StopOutcome) -> None:
+        """Ask ``worker`` to stop for ``why``: a note on its link, SIGTERM now, SIGKILL to its group
+        after drain + grace.
 
-        ``cause`` is set when the supervisor itself decided the stop (a limit,
-        a failed probe); ``planned`` makes it a recycle rather than a failure.
+        ``why`` is an operator's stop (:func:`operator_stop`) or a stop the
+        supervisor decided itself (a limit, a failed probe). An operator's stop
+        overrides a recycle in progress: the worker is not restarted after it.
         """
         worker.want_start = False
         if worker.state in (S.BACKOFF, S.FATAL):
@@ -274,101 +286,128 @@ class Lifecycle:
             self.notify_waiters(worker)
             return
         if worker.state is S.STOPPING:
-            if cause is None:  # a request overrides a recycle in progress: do not restart it
-                worker.stop_cause, worker.stop_planned = None, False
+            if (
+                why.by is Ender.OPERATOR
+                and worker.asked is not None
+                and worker.asked.by is not Ender.OPERATOR
+            ):
+                worker.asked = why  # do not restart it after the recycle under way
             return
         worker.set_state(S.STOPPING)
-        worker.stop_cause = cause
-        worker.stop_planned = planned
+        worker.asked = why
         # The worker drains first (still working, not ready), then has its grace;
         # a runner needs a moment more to stop its own child before it exits.
-        budget = worker.config.grace_s + worker.config.drain_delay_s
+        budget = worker.config.limits.stop_budget_s
         worker.stop_deadline = now + budget + (RUNNER_EXIT_MARGIN_S if worker.via_runner else 0.0)
-        logger.info("%s: stopping (pid %s%s)", worker.name, worker.pid, f", {cause}" if cause else "")
+        logger.info("%s: stopping (pid %s): %s (%s)", worker.name, worker.pid, why.reason, why.detail)
+        if worker.link is not None:
+            worker.link.send_stop_note(why)  # before the signal: the worker reads why when it comes
         worker.signal(signal.SIGTERM, group=worker.group_signals)
+
+    def _kill_now(self, worker: Worker, now: float, why: StopOutcome) -> None:
+        """The hard ceiling: SIGKILL the worker's group at once, no note, no grace (even mid-stop)."""
+        logger.warning("%s: %s: killing its group (pid %s) at once", worker.name, why.detail, worker.pid)
+        if worker.state is not S.STOPPING:
+            worker.set_state(S.STOPPING)
+        worker.stop_deadline = None
+        worker.want_start = False
+        worker.asked = why
+        worker.hard_killed = True
+        worker.signal(signal.SIGKILL, group=True)
 
     # -- what the loop observes ------------------------------------------------------------
 
     def sample(self, worker: Worker, now: float, wall: float, *, regular: bool = True) -> None:
         """Read the worker's tree; recycle a directly run command at its memory/CPU/runtime limit.
 
-        ``regular`` is False for the fast samples of a closely watched worker
-        (:func:`procguard.policy.needs_close_watch`); after each sample ``worker.close_watch`` says
-        whether the next one should come at the fast pace. A soft-limit
-        verdict is a graceful recycle (SIGTERM, then grace); the hard ceiling
-        kills, even during a stop already under way.
+        ``regular`` is False for the extra samples of a closely watched worker;
+        after each sample ``worker.next_sample_at`` says when it is due again
+        (:func:`procguard.policy.next_sample_delay`: the regular pace, faster
+        near the memory limit, faster still while its strikes are counted). A
+        limit verdict is a graceful recycle (SIGTERM, then grace); the hard
+        ceiling kills, even during a stop already under way.
         """
         if not worker.state.has_process or worker.sampler is None:
-            worker.close_watch = False
+            worker.next_sample_at = None
             return
         sample = worker.sampler.sample()
         if sample is None:
-            worker.close_watch = False
+            worker.next_sample_at = None
             return
         previous = worker.observe(sample, now, wall, chart=regular)
-        tracker = worker.limits
+        tracker = worker.tracker
         if tracker is None:
+            worker.next_sample_at = None  # a runner watches this one closely itself
             return
-        limits = tracker.limits
-        worker.close_watch = needs_close_watch(
+        limits = worker.config.limits
+        if worker.state is S.STOPPING:
+            hard = limits.memory_ceiling_bytes
+            if hard and sample.memory_bytes > hard and not worker.hard_killed:
+                detail = (
+                    f"memory {sample.memory_bytes / _MB:.1f} MB over the hard ceiling {hard / _MB:.1f} MB"
+                )
+                figures = {"memory_bytes": sample.memory_bytes, "memory_hard_limit_bytes": hard}
+                why = StopOutcome.decided(
+                    StopReason.HARD_MEMORY_LIMIT, detail, by=Ender.PROCGUARD, figures=figures
+                )
+                self._kill_now(worker, now, why)
+            worker.next_sample_at = now + self.settings.fast_sample_interval_s
+            return
+        verdict = tracker.observe(LimitSample(sample), now)
+        worker.next_sample_at = now + next_sample_delay(
             sample.memory_bytes,
-            soft_bytes=limits.memory_soft_bytes,
+            limits=limits,
             strikes=tracker.memory_strikes,
             previous=previous,
             now=now,
-            horizon_s=self.settings.sample_interval_s,
-            near_fraction=self.settings.close_watch_fraction,
+            regular_s=self.settings.sample_interval_s,
         )
-        if worker.state is S.STOPPING:
-            hard = limits.memory_hard_bytes
-            if hard and sample.memory_bytes > hard and not worker.hard_killed:
-                logger.warning(
-                    "%s: memory %.1f MB over the hard ceiling %.1f MB while stopping: "
-                    "killing its group (pid %s)",
-                    worker.name,
-                    sample.memory_bytes / _MB,
-                    hard / _MB,
-                    worker.pid,
-                )
-                worker.hard_killed = True
-                worker.signal(signal.SIGKILL, group=True)
-            return
-        verdict = tracker.observe(LimitSample(sample), now)
         if verdict is not None:
-            logger.warning("%s: %s: recycling", worker.name, verdict.detail)
-            self.request_stop(worker, now, cause=str(verdict.reason), planned=True)
+            why = StopOutcome.decided(
+                verdict.reason, verdict.detail, by=Ender.PROCGUARD, figures=verdict.figures
+            )
             if verdict.hard:
-                worker.hard_killed = True
-                worker.signal(signal.SIGKILL, group=True)
+                self._kill_now(worker, now, why)
+            else:
+                self.request_stop(worker, now, why)
             return
-        runtime = worker.config.max_runtime_s
-        if (
-            worker.supervised_from_outside
-            and runtime is not None
-            and worker.started_at is not None
-            and now - worker.started_at >= runtime
-        ):
-            logger.info("%s: reached max runtime %.0fs: recycling", worker.name, runtime)
-            self.request_stop(worker, now, cause="max_runtime", planned=True)
+        runtime = limits.max_runtime_s
+        if runtime is not None and worker.started_at is not None and now - worker.started_at >= runtime:
+            self.request_stop(
+                worker,
+                now,
+                StopOutcome.decided(
+                    StopReason.MAX_RUNTIME,
+                    f"ran {now - worker.started_at:.1f}s, max runtime {runtime:g}s",
+                    by=Ender.PROCGUARD,
+                ),
+            )
 
     def probe_result(self, worker: Worker, result: ProbeResult, now: float) -> None:
         """Count a failed liveness probe; stop the worker (a failure) after the threshold in a row."""
         if worker.generation != result.generation or worker.state not in (S.STARTING, S.RUNNING):
             return  # about a process that has gone since
         worker.probe_detail = result.detail
+        worker.probed = True
         if result.ok:
             worker.probe_failures = 0
             return
         worker.probe_failures += 1
+        threshold = self.settings.probe_failure_threshold
         logger.warning(
             "%s: health probe failed (%d/%d): %s",
             worker.name,
             worker.probe_failures,
-            self.settings.probe_failure_threshold,
+            threshold,
             result.detail,
         )
-        if worker.probe_failures >= self.settings.probe_failure_threshold and not self.exiting:
-            self.request_stop(worker, now, cause="liveness", planned=False)
+        if worker.probe_failures >= threshold and not self.exiting:
+            why = StopOutcome.decided(
+                StopReason.LIVENESS,
+                f"{worker.probe_failures} health probes in a row failed: {result.detail}",
+                by=Ender.PROCGUARD,
+            )
+            self.request_stop(worker, now, why)
 
     def notify_waiters(self, worker: Worker) -> None:
         """Answer the control clients waiting for this worker's transition."""

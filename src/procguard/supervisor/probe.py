@@ -49,10 +49,10 @@ def probe_targets(workers: Iterable[Worker]) -> dict[str, ProbeTarget]:
     """The workers to probe now: a health port and a live process."""
     targets: dict[str, ProbeTarget] = {}
     for worker in workers:
-        port = worker.config.health_port
+        port = worker.config.limits.health_port
         if port and worker.state.has_process and worker.started_at is not None:
             targets[worker.name] = ProbeTarget(
-                worker.config.health_host, port, worker.generation, worker.started_at
+                worker.config.limits.health_host, port, worker.generation, worker.started_at
             )
     return targets
 

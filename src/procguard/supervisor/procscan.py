@@ -25,14 +25,17 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its live descendants (root first; empty if root is gone)."""
+def tree_pids(root: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """``root`` and all its live descendants (root first; empty if root is gone).
+
+    ``exclude``: pids left out with their own descendants (procguard's helpers).
+    """
     if not os.path.exists(f"/proc/{root}"):
         return []
     pids = [root]
     index = 0
     while index < len(pids) and len(pids) < 10_000:
-        pids.extend(direct_children(pids[index]))
+        pids.extend(pid for pid in direct_children(pids[index]) if pid not in exclude)
         index += 1
     return pids
 
@@ -59,7 +62,8 @@ class TreeSample:
 
     ``cpu_percent`` is the average since the previous sample (for charts);
     ``window_cpu_percent`` the average over the last ``cpu_window_s`` seconds
-    (what a CPU limit is judged on, never a single reading).
+    (what a CPU limit is judged on, never a single reading); ``cpu_seconds``
+    the CPU time of the processes in the tree now.
     """
 
     memory_bytes: int
@@ -67,6 +71,7 @@ class TreeSample:
     num_processes: int
     window_cpu_percent: float = 0.0
     cpu_window_s: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class LimitSample:
@@ -89,11 +94,16 @@ class TreeSampler:
         self._clock = clock
         self._last: tuple[float, int] | None = None
         self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._excluded: frozenset[int] = frozenset()
+
+    def set_excluded(self, pids: frozenset[int] | set[int]) -> None:
+        """Leave these descendants (and theirs) out: procguard's own helpers, not the worker."""
+        self._excluded = frozenset(pids)
 
     def sample(self) -> TreeSample | None:
         """A fresh reading, or None when the root process is gone."""
         ticks = memory = count = 0
-        for pid in tree_pids(self.root_pid):
+        for pid in tree_pids(self.root_pid, self._excluded):
             stat = read_stat(pid)
             if stat is None:
                 continue
@@ -115,6 +125,7 @@ class TreeSampler:
             num_processes=count,
             window_cpu_percent=_percent(window[0], now, ticks),
             cpu_window_s=now - window[0][0],
+            cpu_seconds=ticks / _CLOCK_TICKS,
         )
 
 

@@ -21,11 +21,11 @@ class Settings:
     """Knobs of the supervisor itself (not of a worker); tests shorten them."""
 
     start_period_s: float = 1.0  # alive this long after spawn -> RUNNING
-    sample_interval_s: float = 2.0  # memory/CPU sampling of every worker
-    # Workers near their memory limit (or growing towards it) are sampled at this
-    # pace instead (the runner's), so the limit is confirmed before the hard ceiling.
-    fast_sample_interval_s: float = 0.25
-    close_watch_fraction: float = 0.6  # "near": at or above this fraction of the limit
+    # memory/CPU sampling of every worker; one near its memory limit (or growing
+    # towards it) is sampled faster (procguard.policy.next_sample_delay), so the limit
+    # is confirmed before the hard ceiling.
+    sample_interval_s: float = 2.0
+    fast_sample_interval_s: float = 0.25  # a worker being stopped (watching for the hard ceiling)
     probe_delay_s: float = 10.0  # first health probe this long after spawn
     probe_period_s: float = 5.0
     probe_timeout_s: float = 2.0

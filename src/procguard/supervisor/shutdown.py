@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .leftovers import LeftoverGroups
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, operator_stop
 from .states import WorkerState
 from .worker import Worker
 
@@ -45,6 +45,7 @@ class StopAll:
         self._lifecycle = lifecycle
         self._leftovers = leftovers
         self.forced = False
+        self._why = "procguard down"
 
     @property
     def exiting(self) -> bool:
@@ -55,6 +56,7 @@ class StopAll:
         if self._lifecycle.exiting:
             return
         logger.info("stopping all workers (%s)", why)
+        self._why = why
         self._lifecycle.exiting = True
 
     def step(self, now: float) -> None:
@@ -65,7 +67,7 @@ class StopAll:
                 continue
             if worker.state.has_process and dependents_running(worker, self._workers):
                 continue  # stop before: what depends on it goes down first
-            self._lifecycle.request_stop(worker, now)
+            self._lifecycle.request_stop(worker, now, operator_stop(self._why))
 
     def done(self) -> bool:
         """True when no worker has a process and no leftover group remains."""

@@ -39,7 +39,9 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.STOPPED, S.FATAL, S.STARTING}),
     S.RUNNING: frozenset({S.BACKOFF, S.STOPPING, S.STOPPED, S.FATAL, S.STARTING}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.STARTING}),
+    # A stop procguard decided (a limit, a failed probe) ends like any exit: restarted at
+    # once, after a backoff, or FATAL at the start limit.
+    S.STOPPING: frozenset({S.STOPPED, S.STARTING, S.BACKOFF, S.FATAL}),
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),
 }
 

@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error": "not found (use /, /api/workers or /metrics)"}', "application/json")
 
     def _metrics(self, view: View, query: str) -> None:
-        from ..health.exposition import negotiate, render_prometheus
+        from ..health.exposition import negotiate
+        from .metrics import render_metrics
 
         fmt = negotiate(parse_qs(query).get("format", [None])[0], self.headers.get("Accept"))
         if fmt is None:
@@ -78,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
                 400, b'{"error": "unknown format (use prometheus or openmetrics)"}', "application/json"
             )
             return
-        body, content_type = render_prometheus(view.snapshots, openmetrics=fmt == "openmetrics")
+        body, content_type = render_metrics(view, openmetrics=fmt == "openmetrics")
         self._send(200, body, content_type)
 
     def _send(self, code: int, body: bytes, content_type: str, **headers: str) -> None:

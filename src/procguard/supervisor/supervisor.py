@@ -3,7 +3,8 @@
 One thread does all the deciding (honcho's manager is the model: one loop
 over events), so no worker state is ever shared between threads:
 
-- a ``selectors`` loop waits on the workers' output pipes, the control
+- a ``selectors`` loop waits on the workers' output pipes and links
+  (:mod:`.worker_link`: what a worker reports about itself), the control
   socket and a wake-up pipe that signal handlers (``signal.set_wakeup_fd``)
   and the health prober thread write to (:mod:`.wakeup`);
 - SIGCHLD only wakes the loop; the loop reaps with ``waitpid(-1, WNOHANG)``
@@ -11,7 +12,8 @@ over events), so no worker state is ever shared between threads:
 - timers (backoff, stop deadlines, start period, sampling) are computed
   from the workers' fields at each turn, with :func:`time.monotonic`;
   sampling has a regular tick for every worker and, only while some worker
-  is near its memory limit (:func:`procguard.policy.needs_close_watch`), a fast tick for those.
+  is near or over its memory limit (:func:`procguard.policy.next_sample_delay`),
+  extra ticks for those.
 
 What happens to a worker is :mod:`.lifecycle`'s; stopping the whole stack
 is :mod:`.shutdown`'s; control requests are :mod:`.commands`'; probing is
@@ -106,7 +108,6 @@ class Supervisor:
         self._wakeup = WakeupPipe()
         self._signals = SignalInbox(self._wakeup)
         self._next_sample = 0.0
-        self._next_fast_sample: float | None = None  # only while some worker is closely watched
         self._next_publish = 0.0
         self._publish_pending = True
         self._ready_sent = False
@@ -187,7 +188,7 @@ class Supervisor:
             )
             if self.status_port:
                 self._start_status_server()
-            if any(self.workers[name].config.health_port for name in self.workers):
+            if any(self.workers[name].config.limits.health_port for name in self.workers):
                 self._prober.start()
                 probing = True
             logger.info(
@@ -241,8 +242,9 @@ class Supervisor:
 
     def _next_timeout(self, now: float) -> float:
         deadlines = [self._next_sample]
-        if self._next_fast_sample is not None:
-            deadlines.append(self._next_fast_sample)
+        early = self._next_early_sample()
+        if early is not None:
+            deadlines.append(early)
         if self._publish_pending:
             deadlines.append(self._next_publish)
         for worker in self.workers.values():
@@ -255,6 +257,7 @@ class Supervisor:
 
     def _tick(self, now: float) -> None:
         wall = self._wall()
+        states = [worker.state for worker in self.workers.values()]
         for worker in self.workers.values():
             self.lifecycle.tick(worker, now)
         if self.lifecycle.exiting:
@@ -268,8 +271,11 @@ class Supervisor:
                 ):
                     worker.want_start = False
                     self.lifecycle.spawn(worker, now)
+        if states != [worker.state for worker in self.workers.values()]:
+            self._publish_pending = True  # a timer moved a worker: the page shows it within a moment
         sampled = now >= self._next_sample
-        if sampled or (self._next_fast_sample is not None and now >= self._next_fast_sample):
+        early = self._next_early_sample()
+        if sampled or (early is not None and now >= early):
             self._sample(now, wall, regular=sampled)
         self._leftovers.sweep(now)
         if sampled or (self._publish_pending and now >= self._next_publish):
@@ -280,25 +286,25 @@ class Supervisor:
                 self._on_ready()
             release_memory()
 
-    def _sample(self, now: float, wall: float, *, regular: bool) -> None:
-        """Sample every worker (a regular tick) or only the closely watched ones (a fast tick).
+    def _next_early_sample(self) -> float | None:
+        """The earliest sample due before the next regular tick (a worker near its memory limit)."""
+        due = [w.next_sample_at for w in self.workers.values() if w.next_sample_at is not None]
+        return min(due) if due else None
 
-        Which workers are closely watched is :func:`procguard.policy.needs_close_watch`'s rule, applied by
-        the lifecycle after each sample; the fast tick runs only while there is
-        at least one, so a stack well under its limits wakes at the regular pace.
+    def _sample(self, now: float, wall: float, *, regular: bool) -> None:
+        """Sample every worker (a regular tick) or only the ones due early (near their memory limit).
+
+        When each worker is due again is :func:`procguard.policy.next_sample_delay`'s rule, applied
+        by the lifecycle after each sample; a stack well under its limits wakes at the regular pace.
         """
         for worker in self.workers.values():
-            if regular or worker.close_watch:
+            due = worker.next_sample_at is not None and now >= worker.next_sample_at
+            if regular or due:
                 self.lifecycle.sample(worker, now, wall, regular=regular)
-        settings = self.settings
         if regular:
-            self._next_sample = now + settings.sample_interval_s
+            self._next_sample = now + self.settings.sample_interval_s
         else:
             self._publish_pending = True  # published at the view's own pace, not every fast tick
-        if any(worker.close_watch for worker in self.workers.values()):
-            self._next_fast_sample = now + min(settings.fast_sample_interval_s, settings.sample_interval_s)
-        else:
-            self._next_fast_sample = None
 
     def _handle_signals(self) -> None:
         while (signum := self._signals.pop()) is not None:
@@ -308,7 +314,7 @@ class Supervisor:
             if self.lifecycle.exiting:
                 self._stop_all.force()
             else:
-                self._stop_all.begin(signal.Signals(signum).name)
+                self._stop_all.begin(f"{signal.Signals(signum).name} to procguard up")
 
     def _reap(self) -> None:
         while True:
@@ -322,6 +328,7 @@ class Supervisor:
                 continue
             for worker in self.workers.values():
                 if worker.pid == pid:
+                    self._unwatch_link(worker)
                     self.lifecycle.exited(worker, status)
                     break
             # Anything else is an orphaned grandchild we adopted as subreaper: reaped, nothing more.
@@ -337,6 +344,19 @@ class Supervisor:
         assert worker.output_fd is not None
         fd = worker.output_fd
         self._selector.register(fd, selectors.EVENT_READ, lambda: self._read_output(worker, fd))
+        link = worker.link
+        if link is not None:
+            self._selector.register(link.fileno(), selectors.EVENT_READ, lambda: self._read_link(worker))
+
+    def _read_link(self, worker: Worker) -> None:
+        if not worker.read_link():
+            self._unwatch_link(worker)  # every copy of the worker's end is closed
+
+    def _unwatch_link(self, worker: Worker) -> None:
+        link = worker.link
+        if link is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(link.fileno())
 
     def _read_output(self, worker: Worker, fd: int) -> None:
         try:
@@ -362,11 +382,12 @@ class Supervisor:
     def _publish(self, now: float) -> None:
         self._next_publish = now + PUBLISH_INTERVAL_S
         self._publish_pending = False
-        self._view = build_view(self.project, os.getpid(), self.workers.values(), now)
+        self._view = build_view(self.project, os.getpid(), self.workers.values(), now, self._wall())
 
     def _close(self) -> None:
         """Close what the loop used: output pipes and logs, watchdog, servers, history."""
         for worker in self.workers.values():
+            self._unwatch_link(worker)
             if worker.output_fd is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(worker.output_fd)

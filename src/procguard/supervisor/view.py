@@ -1,4 +1,4 @@
-"""What the status page shows: an immutable view built from the workers, pure.
+"""What the status page and the supervisor's ``/metrics`` show: an immutable view, built pure.
 
 The event loop builds a new :class:`View` after each change (at most every
 ``PUBLISH_INTERVAL_S``) and swaps it in as a whole; the status server thread
@@ -8,15 +8,36 @@ never takes a lock the loop could wait on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..snapshot import HealthStatus, WorkerSnapshot
 from .states import WorkerState
 from .worker import Worker
 
-S = WorkerState
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    """What the supervisor knows of one worker, for its Prometheus families.
+
+    Counted by the supervisor, so they survive the worker's restarts. ``None``
+    is "not known" (no process, not sampled yet, no limit, never probed): the
+    family then has no sample for the worker, never a placeholder 0.
+    """
+
+    name: str
+    state: WorkerState
+    restarts: int
+    stops: Mapping[str, int]
+    cpu_seconds_total: float
+    memory_bytes: int | None = None
+    start_time_seconds: float | None = None
+    memory_limit_bytes: int | None = None
+    healthy: bool | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.state.has_process
 
 
 @dataclass
@@ -26,41 +47,39 @@ class View:
     project: str
     supervisor_pid: int
     workers: list[dict[str, Any]] = field(default_factory=list)
-    snapshots: list[WorkerSnapshot] = field(default_factory=list)
+    figures: list[WorkerFigures] = field(default_factory=list)
 
 
-def build_view(project: str, supervisor_pid: int, workers: Iterable[Worker], now: float) -> View:
-    """The ``/api/workers`` objects (``status --json`` plus recent samples) and the metric snapshots."""
+def build_view(project: str, supervisor_pid: int, workers: Iterable[Worker], now: float, wall: float) -> View:
+    """The ``/api/workers`` objects (``status --json`` plus recent samples) and the metric figures."""
     statuses: list[dict[str, Any]] = []
-    snapshots: list[WorkerSnapshot] = []
+    figures: list[WorkerFigures] = []
     for worker in workers:
         status = worker.status(now)
         status["samples"] = list(worker.samples)
         statuses.append(status)
-        snapshots.append(worker_snapshot(worker, now))
-    return View(project=project, supervisor_pid=supervisor_pid, workers=statuses, snapshots=snapshots)
+        figures.append(worker_figures(worker, now, wall))
+    return View(project=project, supervisor_pid=supervisor_pid, workers=statuses, figures=figures)
 
 
-def worker_snapshot(worker: Worker, now: float) -> WorkerSnapshot:
-    """One worker as the shared :class:`WorkerSnapshot` the Prometheus exposition renders."""
-    sample = worker.last_sample if worker.state.has_process else None
-    running = worker.state in (S.STARTING, S.RUNNING)
-    healthy = running and worker.probe_failures == 0
-    reason = "healthy" if healthy else (worker.probe_detail or str(worker.state))
-    return WorkerSnapshot(
+def worker_figures(worker: Worker, now: float, wall: float) -> WorkerFigures:
+    """One worker's figures; what is not known stays None."""
+    running = worker.state.has_process
+    sample = worker.last_sample if running else None
+    start_time = None
+    if running and worker.started_at is not None:
+        start_time = wall - (now - worker.started_at)
+    healthy = None
+    if running and worker.probed:
+        healthy = worker.probe_failures == 0
+    return WorkerFigures(
         name=worker.name,
-        pid=worker.pid or 0,
-        health=HealthStatus(healthy, reason if not healthy else "healthy"),
-        ready=HealthStatus(worker.state is S.RUNNING, str(worker.state)),
-        started=worker.state.has_process,
-        stopping=worker.state is S.STOPPING,
-        uptime_seconds=worker.uptime(now) or 0.0,
-        cpu_percent=0.0 if sample is None else sample.cpu_percent,
-        memory_bytes=0 if sample is None else sample.memory_bytes,
-        num_children=0 if sample is None else max(0, sample.num_processes - 1),
-        memory_limit_bytes=worker.config.memory_limit_bytes,
-        cpu_limit_percent=worker.config.cpu_limit_percent,
-        max_runtime_seconds=worker.config.max_runtime_s,
-        stop_reason=None if worker.last_exit is None else str(worker.last_exit.get("reason")),
-        stop_reasons_total={},
+        state=worker.state,
+        restarts=worker.restarts,
+        stops=dict(worker.stops_total),
+        cpu_seconds_total=worker.cpu_seconds_total,
+        memory_bytes=None if sample is None else sample.memory_bytes,
+        start_time_seconds=start_time,
+        memory_limit_bytes=worker.config.limits.memory_limit_bytes,
+        healthy=healthy,
     )

@@ -9,14 +9,15 @@ loop in :mod:`.supervisor` with the pure rules of :mod:`.backoff` and
 
 How a worker is run (the design choice, measured in bench/bench_supervisor.py):
 
-- ``run = "pkg.mod:fn"`` workers run as ``procguard run pkg.mod:fn ...``
-  (:func:`procguard.config.worker_argv`): the function must live in a Python
-  process anyway, and the runner gives it the in-process manager (limits,
-  heartbeat, health server, stop-reason exit statuses).
+- ``run = "pkg.mod:fn"`` workers run as ``procguard run pkg.mod:fn``: the
+  function must live in a Python process anyway, and the runner gives it the
+  in-process manager (limits, heartbeat, health server, stop outcomes). Its
+  settings reach it as a value through the worker's link
+  (:mod:`.worker_link`), not as command-line text.
 - ``command = ...`` workers with a ``health_port`` run as ``procguard run
-  --health-port P -- COMMAND`` too: ``health_port`` means "procguard serves
-  this worker's health on P" everywhere (``procguard up`` and the deploy
-  generators alike), and the supervisor probes that port.
+  -- COMMAND`` too: ``health_port`` means "procguard serves this worker's
+  health on P" everywhere (``procguard up`` and the deploy generators
+  alike), and the supervisor probes that port.
 - Other ``command = ...`` workers are spawned directly and watched from
   outside by the supervisor (tree memory/CPU with :mod:`.procscan`, limits
   with :class:`procguard.policy.LimitTracker`, runtime). A runner process
@@ -24,8 +25,13 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   worker: for the 50-worker goal, 50 times the supervisor's own budget.
 
 Either way the process leads its own session (``setsid``), carries the
-marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:ID``, and gets SIGTERM if the
-supervisor dies (parent-death signal); the watchdog kills its whole group.
+marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:ID`` and the labels
+``PROCGUARD_STACK``/``PROCGUARD_WORKER``, holds its end of the link, and
+gets SIGTERM if the supervisor dies (parent-death signal); the watchdog
+kills its whole group. The figures shown for a worker (status, page,
+metrics, history, limits) are those of the worker's own process tree:
+procguard's helpers beside it (the health responder a function worker
+reports, the runner in front of a command) are never counted.
 """
 
 from __future__ import annotations
@@ -41,14 +47,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import WorkerConfig, worker_argv
+from ..config import WorkerConfig
 from ..instances.identity import new_marker
 from ..instances.spawn import spawn_process
-from ..policy import Limits, LimitTracker, default_hard_limit
-from .backoff import Exit, Policy, Record
+from ..outcome import StopOutcome
+from ..policy import LimitTracker
+from ..snapshot import STACK_ENV, WORKER_ENV
+from .backoff import Policy, Record
 from .logs import WorkerOutput
 from .procscan import TreeSample, TreeSampler
 from .states import WorkerState, check_transition
+from .worker_link import LINK_ENV, WorkerLink
 
 logger = logging.getLogger(__name__)
 
@@ -82,27 +91,36 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.marker: str | None = None
+        self.link: WorkerLink | None = None
         self.generation = 0  # spawn counter: stale probe results are ignored
         self.restarts = 0
+        #: Stops by reason token, counted by the supervisor: they survive every restart.
+        self.stops_total: collections.Counter[str] = collections.Counter()
         self.started_at: float | None = None  # monotonic
         self.started_wall: float | None = None
         self.want_start = False  # waiting for dependencies to run
         self.next_start_at: float | None = None  # BACKOFF: when to start again
         self.stop_deadline: float | None = None  # STOPPING: when to SIGKILL the group
-        self.stop_cause: str | None = None  # why we are stopping it
-        self.stop_planned = False  # a recycle (limit) rather than a failure or a request
+        #: The stop the supervisor decided for the current process (None: it asked for none).
+        self.asked: StopOutcome | None = None
+        self.killed_after_grace = False  # SIGKILLed at stop_deadline
         self.restart_after_stop = False
+        self.last_outcome: StopOutcome | None = None
         self.last_exit: dict[str, Any] | None = None
         self.peak_memory_bytes = 0
         self.last_sample: TreeSample | None = None
         self.last_sample_at: float | None = None  # monotonic time of last_sample
-        self.close_watch = False  # sampled at the fast pace (near its memory limit)
+        self.next_sample_at: float | None = None  # when this worker is due for its next sample
         self.hard_killed = False  # SIGKILLed at the hard memory ceiling (once per process)
         self.samples: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=SAMPLE_HISTORY)
         self.sampler: TreeSampler | None = None
-        self.limits: LimitTracker | None = None
+        self.tracker: LimitTracker | None = None
+        #: CPU seconds of the worker's trees, over all its processes (a counter that never goes back).
+        self.cpu_seconds_total = 0.0
+        self._cpu_seen: float | None = None
         self.probe_failures = 0
         self.probe_detail = ""
+        self.probed = False  # at least one probe answered for the current process
         self.output_fd: int | None = None
         self.waiters: list[Callable[[Worker], None]] = []
 
@@ -111,7 +129,7 @@ class Worker:
     @property
     def via_runner(self) -> bool:
         """True when the worker runs under ``procguard run`` (function mode, or a health port to serve)."""
-        return self.config.run is not None or self.config.health_port is not None
+        return self.config.run is not None or self.config.limits.health_port is not None
 
     @property
     def supervised_from_outside(self) -> bool:
@@ -123,16 +141,28 @@ class Worker:
         """Signal the whole group (direct commands) or the runner alone (it stops its own children)."""
         return not self.via_runner
 
-    def argv(self) -> list[str]:
-        if self.via_runner:
-            return worker_argv(self.config, procguard=self.procguard, name=f"{self.project}.{self.name}")
-        assert self.config.command is not None
-        return [*self.config.command, *self.config.args]
+    @property
+    def instance_name(self) -> str:
+        """The worker's instance name (locks, markers, cleanup): ``PROJECT.WORKER``."""
+        return f"{self.project}.{self.name}"
 
-    def environment(self) -> dict[str, str]:
+    def argv(self) -> list[str]:
+        if self.config.run is not None:
+            return [*self.procguard, "run", self.config.run, "--name", self.instance_name]
+        assert self.config.command is not None
+        command = [*self.config.command, *self.config.args]
+        if self.via_runner:
+            return [*self.procguard, "run", "--name", self.instance_name, "--", *command]
+        return command
+
+    def environment(self, link_fd: int) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.config.env)
+        # Every endpoint and file labels the worker's series the same way.
+        env[WORKER_ENV] = self.name
+        env[STACK_ENV] = self.project
+        env[LINK_ENV] = str(link_fd)
         if self.via_runner:
             # The runner (and a function target) must import from the worker's directory.
             paths = [str(self.cwd())]
@@ -164,24 +194,29 @@ class Worker:
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
         read_fd, write_fd = os.pipe()
-        self.marker = new_marker(f"{self.project}.{self.name}")
+        self.marker = new_marker(self.instance_name)
+        link = WorkerLink(self.config.limits)
         try:
             proc = spawn_process(
                 self.argv(),
                 marker=self.marker,
-                env=self.environment(),
+                env=self.environment(link.child_fd),
                 cwd=self.cwd(),
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
+                pass_fds=(link.child_fd,),
             )
         except BaseException:
             os.close(read_fd)
+            link.close()
             raise
         finally:
             os.close(write_fd)
+        link.started()
         os.set_blocking(read_fd, False)
         self.output_fd = read_fd
+        self.link = link
         self.proc = proc
         self.pid = proc.pid
         self.generation += 1
@@ -190,30 +225,42 @@ class Worker:
         self.peak_memory_bytes = 0
         self.last_sample = None
         self.last_sample_at = None
-        self.close_watch = False
+        self.next_sample_at = None
         self.hard_killed = False
+        self.killed_after_grace = False
         self.probe_failures = 0
         self.probe_detail = ""
+        self.probed = False
         self.stop_deadline = None
-        self.stop_cause = None
-        self.stop_planned = False
-        self.sampler = TreeSampler(proc.pid)
-        self.limits = None
-        if self.supervised_from_outside:
-            soft = self.config.memory_limit_bytes
-            self.limits = LimitTracker(
-                Limits(
-                    memory_soft_bytes=soft,
-                    memory_hard_bytes=default_hard_limit(soft),
-                    memory_strikes=2,
-                    cpu_limit_percent=self.config.cpu_limit_percent,
-                    cpu_window_s=60.0,
-                    cpu_grace_s=60.0,
-                ),
-                started_at=now,
-            )
+        self.asked = None
+        self._cpu_seen = None
+        self.sampler = TreeSampler(proc.pid, cpu_window_s=self.config.limits.cpu_window_s)
+        # The supervisor enforces the limits of the commands it runs directly; a
+        # runner enforces its worker's own (the same WorkerLimits, handed over).
+        outside = self.supervised_from_outside
+        self.tracker = LimitTracker(self.config.limits, started_at=now) if outside else None
         self.output.note(f"started pid {proc.pid}: {shlex.join(self.argv())[:300]}")
         return proc.pid
+
+    def read_link(self) -> bool:
+        """Take what the worker reported: its helpers leave its figures, its real pid is sampled.
+
+        False once every copy of the worker's end of the link is closed.
+        """
+        link = self.link
+        if link is None:
+            return False
+        open_ = link.read()
+        sampler = self.sampler
+        if sampler is None:
+            return open_
+        if link.worker_pid is not None and sampler.root_pid != link.worker_pid:
+            # procguard run reports its command: the command's tree is the worker's.
+            window = self.config.limits.cpu_window_s
+            self.sampler = sampler = TreeSampler(link.worker_pid, cpu_window_s=window)
+            self._cpu_seen = None
+        sampler.set_excluded(link.helpers)
+        return open_
 
     def signal(self, signum: int, *, group: bool) -> None:
         """Send ``signum`` to the process (or its group); never to a pid we have reaped."""
@@ -229,29 +276,31 @@ class Worker:
         except PermissionError as error:
             logger.warning("%s: cannot signal pid %s: %s", self.name, self.pid, error)
 
-    def exited(self, wait_status: int, now: float, wall: float) -> Exit:
-        """Account for the reaped process; returns how it ended."""
+    def exited(self, wait_status: int, now: float) -> tuple[int, float]:
+        """Account for the reaped process; returns ``(returncode, runtime seconds)`` (-N: signal N).
+
+        What the worker reported last (its outcome) stays in ``self.link`` until
+        :meth:`forget_process`.
+        """
         code = os.waitstatus_to_exitcode(wait_status)
         if self.proc is not None:
             self.proc.returncode = code  # we reaped it; keep Popen from trying
-        status, signum = (code, None) if code >= 0 else (None, -code)
+        if self.link is not None:
+            self.link.read()  # written just before the exit: in the socket now
         runtime = 0.0 if self.started_at is None else max(0.0, now - self.started_at)
-        exit_ = Exit(
-            status=status, signal=signum, runtime_s=runtime, cause=self.stop_cause, planned=self.stop_planned
-        )
-        self.last_exit = {
-            "status": status,
-            "signal": signum,
-            "reason": exit_.reason,
-            "time": wall,
-            "runtime_seconds": round(runtime, 3),
-        }
+        return code, runtime
+
+    def forget_process(self) -> None:
+        """The process is gone and accounted for: drop what belonged to it."""
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self.proc = None
         self.pid = None
         self.sampler = None
-        self.limits = None
-        self.close_watch = False
-        return exit_
+        self.tracker = None
+        self.next_sample_at = None
+        self._cpu_seen = None
 
     def observe(
         self, sample: TreeSample, now: float, wall: float, *, chart: bool = True
@@ -267,6 +316,9 @@ class Worker:
         self.last_sample = sample
         self.last_sample_at = now
         self.peak_memory_bytes = max(self.peak_memory_bytes, sample.memory_bytes)
+        if self._cpu_seen is not None:
+            self.cpu_seconds_total += max(0.0, sample.cpu_seconds - self._cpu_seen)
+        self._cpu_seen = sample.cpu_seconds
         if chart:
             self.samples.append(
                 (round(wall, 1), round(sample.memory_bytes / _MB, 1), round(sample.cpu_percent, 1))
@@ -289,9 +341,10 @@ class Worker:
             "cpu_percent": None if sample is None else round(sample.cpu_percent, 1),
             "peak_memory_mb": round(self.peak_memory_bytes / _MB, 1) if self.peak_memory_bytes else None,
             "last_exit": self.last_exit,
-            "mode": "run" if self.config.run is not None else "command",
+            "stops": dict(self.stops_total),
+            "mode": self.config.mode,
             "runner": self.via_runner,
-            "health_port": self.config.health_port,
+            "health_port": self.config.limits.health_port,
             "health": self._health_text(),
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
@@ -299,11 +352,26 @@ class Worker:
         }
 
     def _health_text(self) -> str | None:
-        if self.config.health_port is None or not self.state.has_process:
+        if self.config.limits.health_port is None or not self.state.has_process:
             return None
         if self.probe_failures:
             return f"failing ({self.probe_failures}): {self.probe_detail}"
         return self.probe_detail or "unknown"
+
+
+def last_exit_json(outcome: StopOutcome, *, wall: float, runtime_s: float) -> dict[str, Any]:
+    """The ``last_exit`` object of ``status --json`` and the page: one outcome, rendered."""
+    return {
+        "status": outcome.exit_status,
+        "signal": outcome.signal,
+        "reason": outcome.reason.value,
+        "detail": outcome.detail,
+        "by": outcome.by.value,
+        "time": wall,
+        "runtime_seconds": round(runtime_s, 3),
+        "explanation": outcome.explanation(),
+        "status_text": outcome.status_words(),
+    }
 
 
 def default_procguard() -> list[str]:

@@ -1,0 +1,539 @@
+"""Every lifecycle setting of a worker, declared once.
+
+Each field of :class:`WorkerLimits` is one setting. The field gives its name
+with its unit (``grace_s``, ``memory_limit_bytes``) and its default; its
+:class:`Setting` (the field's metadata) gives the procguard.toml key, the
+command-line flag, what a bare number means, what 0 means, which workers it
+applies to and its help. Everything else is derived from these declarations:
+
+- the flags of ``add_lifecycle_arguments`` and ``procguard run``
+  (:mod:`procguard.lifecycle_args`) and their ``--help``;
+- the procguard.toml keys (:mod:`procguard.config`);
+- the settings tables of the docs (:func:`reference_markdown`; a test fails
+  when the docs drift from it);
+- the ``procguard run`` flags the deploy generators write
+  (:meth:`Setting.format`);
+- the frozen :class:`WorkerLimits` value that the in-process
+  :class:`~procguard.manager.ProcessManager`, ``procguard run`` and the
+  supervisor all take, in base units (seconds, bytes, percent), with
+  ``None`` for "no limit". Nothing converts it back to text to pass it on:
+  the supervisor hands it to the worker it starts as this value's JSON.
+
+Bare numbers keep the seed's units (``--interval`` minutes, ``--max-runtime``
+hours, ``--memory-limit`` MB); suffixes work everywhere (``90s``, ``10m``,
+``24h``, ``512MB``, ``2GiB``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import units
+from .errors import UsageError
+
+#: Which workers a setting means something for: "all", or "loop" (workers whose
+#: loop procguard runs or sees: ProcessManager programs and ``run =`` targets).
+AppliesTo = Literal["all", "loop"]
+#: Where a setting has a flag: in every worker CLI (``add_lifecycle_arguments``,
+#: the seed's flags), only in ``procguard run``, or nowhere (library only).
+FlagScope = Literal["worker", "run", "none"]
+Kind = Literal["duration", "size", "percent", "count", "port", "address"]
+
+#: What a bare number means for each kind of value, in words for help and docs.
+_BARE_WORDS = {"s": "seconds", "m": "minutes", "h": "hours", "MB": "MB", "%": "percent"}
+
+#: "The command line's default is the library's" (a ``Setting.cli_default`` not given).
+_SAME: Any = object()
+
+#: Default hard memory ceiling: this factor above the memory limit.
+HARD_LIMIT_FACTOR = 1.25
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one lifecycle setting is written, parsed, shown and documented (declared on its field)."""
+
+    key: str
+    kind: Kind
+    help: str
+    bare: str = ""  # unit of a bare number: "s", "m", "h", "MB", "%"
+    zero: str | None = None  # what 0 means; a zero that means "none" is stored as None
+    zero_is_none: bool = True
+    minimum: float | None = None  # values below are refused (after 0 handling)
+    above_zero: bool = False  # 0 refused (a grace of 0 means nothing)
+    applies: AppliesTo = "all"
+    flag_scope: FlagScope = "worker"
+    toml: bool = True
+    cli_default: Any = _SAME  # the CLI's default where it differs from the library's
+    keyword: str | None = None  # the ProcessManager keyword (its name says the unit); None: not one
+    metavar: str = "VALUE"
+    field: str = ""  # the WorkerLimits field; filled in from the declaration
+
+    # -- derived names -----------------------------------------------------------
+
+    @property
+    def flag(self) -> str:
+        """``--max-runtime`` for ``max_runtime``."""
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def bare_words(self) -> str:
+        """What a bare number means, in words (``"hours"``), or "" when no unit applies."""
+        return _BARE_WORDS[self.bare] if self.kind in ("duration", "size") else ""
+
+    @property
+    def default(self) -> Any:
+        """The library's and procguard.toml's default (base units)."""
+        return _FIELD_DEFAULTS[self.field]
+
+    @property
+    def flag_default(self) -> Any:
+        """The command line's default (base units)."""
+        return self.default if self.cli_default is _SAME else self.cli_default
+
+    # -- parsing and formatting -------------------------------------------------------
+
+    def parse(self, value: object, *, what: str = "") -> Any:
+        """A user's value (a number in the bare unit, or text with a suffix) in base units.
+
+        ``None`` stays None; a 0 that means "none" becomes None. Raises
+        :class:`UsageError` naming ``what`` (a flag, key or keyword), the
+        value and what is accepted.
+        """
+        label = f"{what}: " if what else ""
+        if value is None:
+            if self.zero is not None and self.zero_is_none:
+                return None
+            msg = f"{label}None is not accepted (use {self.accepted()})"
+            raise UsageError(msg)
+        parsed = _PARSERS[self.kind](self, value, what)
+        if self.zero is not None and self.zero_is_none and parsed == 0:
+            return None
+        if self.above_zero and parsed == 0:
+            msg = f"{label}{_shown(value)} must be greater than zero (use {self.accepted()})"
+            raise UsageError(msg)
+        if self.minimum is not None and parsed < self.minimum:
+            msg = f"{label}{_shown(value)} is out of range (use {self.minimum:g} or more)"
+            raise UsageError(msg)
+        return parsed
+
+    def format(self, value: Any) -> str:
+        """Base units back to the exact, shortest text :meth:`parse` reads (for generated files)."""
+        if value is None:
+            return "0"
+        if self.kind == "duration":
+            return format_seconds(float(value))
+        if self.kind == "size":
+            return format_bytes(int(value))
+        if self.kind == "percent":
+            number = float(value)
+            return str(int(number)) if number == int(number) else repr(number)
+        return str(value)
+
+    def accepted(self) -> str:
+        """What is accepted, in words."""
+        if self.kind == "duration":
+            return f"a number of {_BARE_WORDS[self.bare]} or a duration like 90s, 10m, 24h"
+        if self.kind == "size":
+            return "a number of MB or a size like 512MB, 2GiB"
+        if self.kind == "percent":
+            return f"a number from 0 to {cpu_maximum():g}"
+        if self.kind == "port":
+            return "a port from 0 to 65535"
+        if self.kind == "address":
+            return "an IP address such as 127.0.0.1, 0.0.0.0 or ::1"
+        return "a whole number"
+
+    def describe_default(self, value: Any) -> str:
+        """A default for people: in the bare unit where it is whole (``60s``, ``10m``, ``24h``)."""
+        if value is None:
+            return "none"
+        if self.kind == "duration":
+            size = units.DURATION_UNITS[self.bare]
+            if value % size == 0:
+                return f"{value / size:g}{self.bare}"
+        if self.kind == "address":
+            return str(value)
+        return self.format(value)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _parse_duration(s: Setting, value: object, what: str) -> float:
+    return units.parse_duration(value, default_unit=s.bare, what=what)
+
+
+def _parse_size(s: Setting, value: object, what: str) -> int:
+    return units.parse_size(value, default_unit=s.bare, what=what)
+
+
+def _parse_percent(s: Setting, value: object, what: str) -> float:
+    return units.parse_percent(value, maximum=cpu_maximum(), what=what)
+
+
+def _parse_count(s: Setting, value: object, what: str) -> int:
+    return units.parse_count(value, what=what)
+
+
+def _parse_port(s: Setting, value: object, what: str) -> int:
+    return units.parse_port(value, what=what)
+
+
+def _parse_address(s: Setting, value: object, what: str) -> str:
+    import ipaddress  # only where an address is parsed
+
+    text = str(value).strip() if isinstance(value, str) else ""
+    if text == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        label = f"{what}: " if what else ""
+        msg = f"{label}{_shown(value)} is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"
+        raise UsageError(msg) from None
+
+
+_PARSERS: dict[str, Callable[[Setting, object, str], Any]] = {
+    "duration": _parse_duration,
+    "size": _parse_size,
+    "percent": _parse_percent,
+    "count": _parse_count,
+    "port": _parse_port,
+    "address": _parse_address,
+}
+
+
+def cpu_maximum() -> float:
+    """The largest CPU limit accepted: 100 percent per CPU of this machine."""
+    return 100.0 * (os.cpu_count() or 1)
+
+
+def format_seconds(seconds: float) -> str:
+    """Exact, short, parseable: ``86400.0`` -> ``"24h"``, ``0.5`` -> ``"0.5s"``."""
+    if math.isfinite(seconds) and seconds == int(seconds):
+        whole = int(seconds)
+        for unit, size in (("h", 3600), ("m", 60)):
+            if whole >= size and whole % size == 0:
+                return f"{whole // size}{unit}"
+        return f"{whole}s"
+    return f"{seconds!r}s"
+
+
+def format_bytes(size: int) -> str:
+    """``2147483648`` -> ``"2048MB"`` (MB as the seed means it, 2**20); else ``"123B"``."""
+    if size % units.MB == 0:
+        return f"{size // units.MB}MB"
+    return f"{size}B"
+
+
+_SETTING_KEY = "procguard.setting"
+
+
+def _setting(default: Any, **meta: Any) -> Any:
+    return field(default=default, metadata={_SETTING_KEY: Setting(**meta)})
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """The lifecycle settings of one worker, in base units; ``None`` means "no limit".
+
+    Build it from user values with :meth:`from_user` (flags, procguard.toml,
+    ProcessManager keywords: each parsed by its :class:`Setting`), or from
+    base units directly (``WorkerLimits(memory_limit_bytes=512 * 2**20)``).
+    """
+
+    interval_s: float = _setting(
+        600.0,
+        key="interval",
+        kind="duration",
+        bare="m",
+        zero="back to back",
+        zero_is_none=False,
+        applies="loop",
+        metavar="DURATION",
+        help="time between iterations of the work loop",
+    )
+    max_runtime_s: float | None = _setting(
+        24 * 3600.0,
+        key="max_runtime",
+        keyword="max_runtime_hours",
+        kind="duration",
+        bare="h",
+        zero="no limit",
+        metavar="DURATION",
+        help="recycle gracefully after running this long",
+    )
+    max_iterations: int | None = _setting(
+        None,
+        key="max_iterations",
+        keyword="max_iterations",
+        kind="count",
+        zero="no limit",
+        applies="loop",
+        metavar="N",
+        help="recycle gracefully after this many iterations",
+    )
+    memory_limit_bytes: int | None = _setting(
+        2048 * units.MB,
+        key="memory_limit",
+        keyword="memory_limit_mb",
+        kind="size",
+        bare="MB",
+        zero="no limit",
+        metavar="SIZE",
+        help="RSS of the worker and all its descendants; over it for memory_strikes samples in a row, "
+        "the worker is recycled gracefully",
+    )
+    memory_strikes: int = _setting(
+        3,
+        key="memory_strikes",
+        keyword="memory_strikes",
+        kind="count",
+        minimum=1,
+        flag_scope="run",
+        metavar="N",
+        help="consecutive samples over memory_limit before the recycle (one spike is not enough)",
+    )
+    memory_hard_limit_bytes: int | None = _setting(
+        None,
+        key="memory_hard_limit",
+        keyword="memory_hard_limit_mb",
+        kind="size",
+        bare="MB",
+        zero="1.25 x memory_limit",
+        flag_scope="none",
+        toml=False,
+        metavar="SIZE",
+        help="hard ceiling: one sample above it ends the worker at once (default 1.25 x memory_limit)",
+    )
+    cpu_limit_percent: float | None = _setting(
+        80.0,
+        key="cpu_limit",
+        keyword="cpu_limit_percent",
+        kind="percent",
+        bare="%",
+        zero="no limit",
+        metavar="PERCENT",
+        help="CPU of the worker's tree averaged over cpu_window, in percent of one core "
+        "(up to 100 x the CPU count); over it, the worker is recycled gracefully",
+    )
+    cpu_window_s: float = _setting(
+        60.0,
+        key="cpu_window",
+        keyword="cpu_window_s",
+        kind="duration",
+        bare="s",
+        above_zero=True,
+        flag_scope="run",
+        metavar="DURATION",
+        help="the window the CPU limit is averaged over; no CPU verdict before one full window has passed",
+    )
+    grace_s: float = _setting(
+        30.0,
+        key="grace",
+        keyword="grace_s",
+        kind="duration",
+        bare="s",
+        above_zero=True,
+        metavar="DURATION",
+        help="how long a graceful stop may take (after the drain) before it is forced",
+    )
+    drain_delay_s: float = _setting(
+        0.0,
+        key="drain_delay",
+        keyword="drain_delay_s",
+        kind="duration",
+        bare="s",
+        metavar="DURATION",
+        help="after a stop signal, stay not-ready (/ready 503) but working this long before stopping, "
+        "so load balancers stop sending first",
+    )
+    heartbeat_timeout_s: float | None = _setting(
+        60.0,
+        key="heartbeat_timeout",
+        keyword="heartbeat_timeout_s",
+        kind="duration",
+        bare="s",
+        zero="never",
+        applies="loop",
+        flag_scope="run",
+        metavar="DURATION",
+        help="a loop showing no progress for this long is stuck: unhealthy, then stopped "
+        "(systemd's WatchdogSec in generated units)",
+    )
+    max_failures: int | None = _setting(
+        5,
+        key="max_failures",
+        keyword="max_consecutive_failures",
+        kind="count",
+        zero="never",
+        applies="loop",
+        flag_scope="run",
+        metavar="N",
+        help="stop after this many failed iterations in a row",
+    )
+    health_port: int | None = _setting(
+        None,
+        key="health_port",
+        keyword="health_port",
+        kind="port",
+        zero="no server",
+        cli_default=9091,
+        metavar="PORT",
+        help="serve /health, /ready and /metrics on this port",
+    )
+    health_host: str = _setting(
+        "127.0.0.1",
+        key="health_host",
+        keyword="health_host",
+        kind="address",
+        metavar="ADDRESS",
+        help="address the health server binds",
+    )
+
+    def __post_init__(self) -> None:
+        soft, hard = self.memory_limit_bytes, self.memory_hard_limit_bytes
+        if soft and hard and hard < soft:
+            msg = (
+                f"memory_hard_limit: {format_bytes(hard)} is below memory_limit {format_bytes(soft)} "
+                "(use a ceiling at or above the limit)"
+            )
+            raise UsageError(msg)
+
+    # -- derived values --------------------------------------------------------------
+
+    @property
+    def memory_ceiling_bytes(self) -> int | None:
+        """The hard memory ceiling: the one given, else ``HARD_LIMIT_FACTOR`` x the memory limit."""
+        if self.memory_hard_limit_bytes:
+            return self.memory_hard_limit_bytes
+        if not self.memory_limit_bytes:
+            return None
+        return int(self.memory_limit_bytes * HARD_LIMIT_FACTOR)
+
+    @property
+    def stop_budget_s(self) -> float:
+        """The longest a graceful stop takes: the drain, then the grace."""
+        return self.drain_delay_s + self.grace_s
+
+    # -- building -----------------------------------------------------------------------
+
+    @classmethod
+    def from_user(
+        cls,
+        values: Mapping[str, object],
+        *,
+        base: WorkerLimits | None = None,
+        what: Callable[[Setting], str] = lambda s: s.key,
+    ) -> WorkerLimits:
+        """``base`` (default: the defaults) with ``values`` (keyed by setting key) parsed on top.
+
+        ``what(setting)`` names the source of a value in error messages (a
+        flag, a TOML key, a keyword). Unknown keys are a programming error
+        (KeyError): callers check them against :data:`SETTINGS_BY_KEY`.
+        """
+        changes = {}
+        for key, raw in values.items():
+            setting = SETTINGS_BY_KEY[key]
+            changes[setting.field] = setting.parse(raw, what=what(setting))
+        return dataclasses.replace(base or cls(), **changes)
+
+    def with_changes(self, **changes: Any) -> WorkerLimits:
+        """A copy with some fields (base units) replaced."""
+        return dataclasses.replace(self, **changes)
+
+    # -- the codec (supervisor -> the worker it starts) ----------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {s.field: getattr(self, s.field) for s in SETTINGS}
+
+    @classmethod
+    def from_json(cls, data: object) -> WorkerLimits:
+        """The value :meth:`to_json` wrote; UsageError naming the field when it is not one."""
+        if not isinstance(data, dict):
+            msg = f"worker settings: {_shown(data)} is not an object of settings"
+            raise UsageError(msg)
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            setting = SETTINGS_BY_FIELD.get(name)
+            if setting is None:
+                msg = f"worker settings: unknown setting {_shown(name)}"
+                raise UsageError(msg)
+            if value is not None and not _is_base(setting, value):
+                msg = f"worker settings: {name} = {_shown(value)} is not a {setting.kind} in base units"
+                raise UsageError(msg)
+            values[name] = (
+                float(value) if setting.kind in ("duration", "percent") and value is not None else value
+            )
+        return cls(**values)
+
+
+def _is_base(setting: Setting, value: object) -> bool:
+    """True for a value in base units of the right type (what :meth:`WorkerLimits.to_json` writes)."""
+    if setting.kind == "address":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if setting.kind in ("duration", "percent"):
+        return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    return isinstance(value, int) and value >= 0
+
+
+def _declared() -> tuple[Setting, ...]:
+    found = []
+    for f in dataclasses.fields(WorkerLimits):
+        setting = f.metadata[_SETTING_KEY]
+        found.append(dataclasses.replace(setting, field=f.name))
+    return tuple(found)
+
+
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(WorkerLimits)}
+
+#: Every setting, in declaration order.
+SETTINGS: tuple[Setting, ...] = _declared()
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+SETTINGS_BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
+
+
+def flag_help(setting: Setting) -> str:
+    """The ``--help`` line of a setting's flag, with its bare unit, default and zero."""
+    parts = []
+    if setting.bare_words:
+        parts.append(f"bare number = {setting.bare_words}")
+    parts.append(f"default: {setting.describe_default(setting.flag_default)}")
+    if setting.zero is not None:
+        parts.append(f"0: {setting.zero}")
+    return f"{setting.help} ({'; '.join(parts)})"
+
+
+def reference_markdown() -> str:
+    """The settings table of the docs, generated from the declarations above."""
+    lines = [
+        "| procguard.toml key | flag | ProcessManager keyword | bare number | default | 0 means | applies to "
+        "| meaning |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        key = f"`{s.key}`" if s.toml else "-"
+        keyword = f"`{s.keyword}`" if s.keyword else "-"
+        flag = f"`{s.flag}`" if s.flag_scope != "none" else "-"
+        if s.flag_scope == "run":
+            flag += " (`procguard run`)"
+        bare = s.bare_words
+        default = s.describe_default(s.default)
+        if s.cli_default is not _SAME:
+            default += f" (command line: {s.describe_default(s.cli_default)})"
+        applies = "every worker" if s.applies == "all" else "loops procguard sees (`run =`, ProcessManager)"
+        lines.append(
+            f"| {key} | {flag} | {keyword} | {bare or '-'} | {default} | {s.zero or '-'} | {applies} "
+            f"| {s.help} |"
+        )
+    return "\n".join(lines) + "\n"
