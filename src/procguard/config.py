@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, get_args
 
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UsageError, shown
 from .units import MB, parse_count, parse_duration, parse_percent, parse_port, parse_size
 
 if sys.version_info >= (3, 11):
@@ -143,9 +143,9 @@ def _wrap(convert: Callable[[object], Any]) -> Callable[[_Ctx, str, object], Any
 
 def _str(ctx: _Ctx, key: str, value: object) -> str:
     if not isinstance(value, str):
-        raise ctx.error(key, f"{value!r} is not a string (use a quoted string)")
+        raise ctx.error(key, f"{shown(value)} is not a string (use a quoted string)")
     if "\x00" in value:
-        raise ctx.error(key, f"{value!r} contains a NUL character (not accepted)")
+        raise ctx.error(key, f"{shown(value)} contains a NUL character (not accepted)")
     return value
 
 
@@ -159,7 +159,7 @@ def _nonempty_str(ctx: _Ctx, key: str, value: object) -> str:
 def _name(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value)
     if not NAME_RE.match(text):
-        raise ctx.error(key, f"{text!r} is not a valid name (use {NAME_ACCEPTED})")
+        raise ctx.error(key, f"{shown(text)} is not a valid name (use {NAME_ACCEPTED})")
     return text
 
 
@@ -167,7 +167,7 @@ def _str_list(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return _split(ctx, key, value)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ctx.error(key, f'{value!r} is not a list of strings (use ["a", "b"] or a string)')
+        raise ctx.error(key, f'{shown(value)} is not a list of strings (use ["a", "b"] or a string)')
     for item in value:
         _str(ctx, key, item)
     return tuple(value)
@@ -178,7 +178,7 @@ def _split(ctx: _Ctx, key: str, value: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(value))
     except ValueError as error:
-        raise ctx.error(key, f"{value!r} cannot be split like a shell command ({error})") from None
+        raise ctx.error(key, f"{shown(value)} cannot be split like a shell command ({error})") from None
 
 
 def _command(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
@@ -191,19 +191,19 @@ def _command(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
 def _target(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value).strip()
     if not _TARGET_RE.match(text):
-        raise ctx.error(key, f'{text!r} is not a function target (use "package.module:function")')
+        raise ctx.error(key, f'{shown(text)} is not a function target (use "package.module:function")')
     return text
 
 
 def _env(ctx: _Ctx, key: str, value: object) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ctx.error(key, f'{value!r} is not a table (use env = {{ NAME = "value" }})')
+        raise ctx.error(key, f'{shown(value)} is not a table (use env = {{ NAME = "value" }})')
     env: dict[str, str] = {}
     for name, item in value.items():
         if not _ENV_NAME_RE.match(name):
             raise ctx.error(f"{key}.{name}", "is not a valid variable name (use letters, digits and '_')")
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise ctx.error(f"{key}.{name}", f"{item!r} is not a string or number")
+            raise ctx.error(f"{key}.{name}", f"{shown(item)} is not a string or number")
         text = item if isinstance(item, str) else str(item)
         if "\x00" in text:
             raise ctx.error(f"{key}.{name}", "contains a NUL character (not accepted)")
@@ -217,13 +217,15 @@ _HOST_RE = re.compile(r"[A-Za-z0-9._:%-]{1,253}\Z")
 def _host(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value)
     if not _HOST_RE.match(text):
-        raise ctx.error(key, f"{text!r} is not an address (use e.g. 127.0.0.1, 0.0.0.0, ::1 or a host name)")
+        accepted = "use e.g. 127.0.0.1, 0.0.0.0, ::1 or a host name"
+        raise ctx.error(key, f"{shown(text)} is not an address ({accepted})")
     return text
 
 
 def _restart(ctx: _Ctx, key: str, value: object) -> str:
     if value not in RESTART_POLICIES:
-        raise ctx.error(key, f"{value!r} is not a restart policy (use one of: {', '.join(RESTART_POLICIES)})")
+        accepted = ", ".join(RESTART_POLICIES)
+        raise ctx.error(key, f"{shown(value)} is not a restart policy (use one of: {accepted})")
     return str(value)
 
 
@@ -239,7 +241,7 @@ def _positive(convert: Callable[[object], float], accepted: str) -> Callable[[ob
     def converter(value: object) -> float:
         result = convert(value)
         if result <= 0:
-            raise UsageError(f"{value!r} must be greater than zero (use {accepted})")
+            raise UsageError(f"{shown(value)} must be greater than zero (use {accepted})")
         return result
 
     return converter
@@ -369,7 +371,7 @@ def _accepted(keys: Sequence[str]) -> str:
 
 def _table(ctx: _Ctx, key: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ctx.error(key, f"{value!r} is not a table (use [{key}])")
+        raise ctx.error(key, f"{shown(value)} is not a table (use [{shown(key, quote=False)}])")
     return value
 
 
@@ -397,7 +399,7 @@ def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
                 known = [n for n in workers if n != worker.name]
                 raise ctx.error(
                     f"workers.{worker.name}.depends_on",
-                    f"{other!r} is not another worker of this file"
+                    f"{shown(other)} is not another worker of this file"
                     f" (use one of: {_accepted(known) or 'none'})",
                 )
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
@@ -464,7 +466,7 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
     for name, raw in raw_workers.items():
         prefix = f"workers.{name}"
         if not NAME_RE.match(name):
-            raise ctx.error(prefix, f"{name!r} is not a valid worker name (use {NAME_ACCEPTED})")
+            raise ctx.error(prefix, f"{shown(name)} is not a valid worker name (use {NAME_ACCEPTED})")
         own = _convert(ctx, prefix, _table(ctx, prefix, raw), WORKER_KEYS)
         values = {**defaults, **own}
         if "env" in defaults and "env" in own:
@@ -620,7 +622,7 @@ def start_order(config: StackConfig, names: Sequence[str] | None = None) -> list
 
     for name in wanted:
         if name not in config.workers:
-            msg = f"unknown worker {name!r} (use one of: {', '.join(config.workers)})"
+            msg = f"unknown worker {shown(name)} (use one of: {', '.join(config.workers)})"
             raise UsageError(msg)
         visit(name)
     return ordered

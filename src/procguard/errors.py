@@ -1,19 +1,71 @@
-"""The procguard exception tree.
+"""The procguard exception tree, and how a user's value appears in a message.
 
 Every error a user can cause derives from :class:`ProcguardError` and carries
 the fields that explain it; the CLI prints ``str(error)`` as one line and exits
-with ``error.exit_status`` — never a traceback.
+with ``error.exit_status`` — never a traceback. :func:`shown` is the one way a
+value the user typed (a name, a path, a flag's value) is put into a message:
+quoted, escaped and bounded, so that no value can add a line to a message or
+bury it under ten thousand characters.
 """
 
 from __future__ import annotations
 
 from .reasons import ExitStatus
 
+#: The longest part of a user's value a message shows, in characters: enough
+#: to recognise the value, short enough to keep the message on one screen line.
+SHOWN_MAX = 80
+
+#: The same for a file path, which is long more often than a value is.
+PATH_SHOWN_MAX = 400
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def shown(value: object, *, quote: bool = True, limit: int = SHOWN_MAX) -> str:
+    """How a user's value appears in a message: one line, at most ``limit`` characters of it.
+
+    Strings are quoted as Python quotes them (``'12XB'``), so a newline, a
+    tab, a terminal escape or a Unicode line separator appears as its escape
+    (``'a\\nb'``) and cannot start a new line or hide the rest of the message.
+    ``quote=False`` escapes the same characters without the quotes (for a key
+    path such as ``workers.a\\nb``, or a file name). A value longer than
+    ``limit`` characters is cut there and its length is given:
+    ``'aaaa…' (10000 characters)``. Anything else is shown by its ``repr``
+    under the same bound.
+    """
+    if not isinstance(value, str):
+        text = _escaped(repr(value))
+        if len(text) <= limit:
+            return text
+        return f"{text[:limit]}… ({len(text)} characters)"
+    if len(value) <= limit:
+        return repr(value) if quote else _escaped(value)
+    head = value[:limit]
+    if quote:
+        quoted = repr(head)
+        return f"{quoted[:-1]}…{quoted[-1]} ({len(value)} characters)"
+    return f"{_escaped(head)}… ({len(value)} characters)"
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``)."""
+    return _escaped(text)
+
 
 class ProcguardError(Exception):
-    """Base class for every procguard error."""
+    """Base class for every procguard error; ``str()`` is always one line."""
 
     exit_status: int = ExitStatus.ERROR
+
+    def __str__(self) -> str:
+        # The last guard: whatever a message was built from, it prints as one line.
+        return one_line(super().__str__())
 
 
 class UsageError(ProcguardError, ValueError):
@@ -27,12 +79,18 @@ class UsageError(ProcguardError, ValueError):
 
 
 class ConfigError(UsageError):
-    """A mistake in procguard.toml; the message names file and key."""
+    """A mistake in procguard.toml; the message names file and key.
+
+    The file and the key path are shown escaped and bounded (a worker name
+    is part of the key path and may hold anything TOML can quote).
+    """
 
     def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
         self.path = path
         self.key = key
-        where = ": ".join(part for part in (path, key) if part)
+        parts = [shown(path, quote=False, limit=PATH_SHOWN_MAX) if path else None]
+        parts.append(shown(key, quote=False) if key else None)
+        where = ": ".join(part for part in parts if part)
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -45,7 +103,7 @@ class AlreadyRunningError(ProcguardError):
         self.name = name
         self.pid = pid
         who = f"PID {pid}" if pid else "another process"
-        msg = f"instance {name!r} is already running as {who}"
+        msg = f"instance {shown(name)} is already running as {who}"
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
@@ -59,4 +117,4 @@ class StateDirError(ProcguardError):
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"state directory {path}: {problem}")
+        super().__init__(f"state directory {shown(str(path), quote=False, limit=PATH_SHOWN_MAX)}: {problem}")
