@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 import shlex
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -509,19 +510,79 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
     )
 
 
+#: The most a procguard.toml may hold. A real one is a few kilobytes; the
+#: bound keeps a wrong ``-c`` (a log, an image, ``/dev/zero``) from being read
+#: into memory, or forever.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _read_config_bytes(file_path: pathlib.Path, *, hint: str) -> bytes:
+    """The file's bytes: a regular file (symlinks followed) of at most MAX_CONFIG_BYTES.
+
+    Opened without blocking (a named pipe with no writer would otherwise
+    hang the open) and checked with ``fstat`` on the open descriptor, so
+    what is read is what was checked.
+    """
+    where = str(file_path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(file_path, flags)
+    except FileNotFoundError:
+        raise ConfigError(f"no such file{hint}", path=where) from None
+    except OSError as error:
+        raise ConfigError(f"cannot open the file ({error.strerror})", path=where) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            msg = f"is {_file_kind(mode)}, not a regular file (use a procguard.toml file)"
+            raise ConfigError(msg, path=where)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:  # st_size is not trusted: /proc files report 0
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise ConfigError(f"cannot read the file ({error.strerror})", path=where) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        limit = MAX_CONFIG_BYTES // (1 << 20)
+        msg = f"is larger than {limit} MiB, the most a config may be (is it the right file?)"
+        raise ConfigError(msg, path=where)
+    return b"".join(chunks)
+
+
 def load_config(path: str | pathlib.Path | None = None) -> StackConfig:
     """Read and validate ``path`` (default: ``./procguard.toml``).
 
-    A missing or unreadable file is a :class:`ConfigError` naming it.
+    A missing or unreadable file, anything but a regular file (a directory,
+    a device, a pipe) and a file over :data:`MAX_CONFIG_BYTES` are a
+    :class:`ConfigError` naming it; nothing is read past that bound.
     """
     file_path = pathlib.Path(path if path is not None else DEFAULT_FILENAME)
+    hint = " (pass -c FILE or run where procguard.toml is)" if path is None else ""
+    data = _read_config_bytes(file_path, hint=hint)
     try:
-        text = file_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        hint = " (pass -c FILE or run where procguard.toml is)" if path is None else ""
-        raise ConfigError(f"no such file{hint}", path=str(file_path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the file ({error})", path=str(file_path)) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        msg = f"cannot read the file as UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})"
+        raise ConfigError(msg, path=str(file_path)) from None
+    # Universal newlines, as reading the file in text mode did.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     config = parse_config(text, path=file_path)
     logger.debug("loaded %s: %d workers", file_path, len(config.workers))
     return config
