@@ -23,7 +23,7 @@ from ..config import StackConfig, WorkerConfig, worker_argv
 from ..errors import UsageError
 from ..units import MB
 from .settings import engine_limits, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 DEFAULT_HEALTH_PORT = 9091
 DEFAULT_RUN_AS_USER = 10001
@@ -194,6 +194,6 @@ def render_kubernetes(config: StackConfig, settings: Mapping[str, Mapping[str, A
             raise UsageError(msg)
         seen[name] = worker.name
         body = json.dumps(deployment(config, worker, settings), indent=2, ensure_ascii=True)
-        text = f"# {HEADER.format(source=config.path.name)}\n{body}\n"
+        text = f"# {header(config.path.name)}\n{body}\n"
         files.append(RenderedFile(f"{name}.yaml", text))
     return files

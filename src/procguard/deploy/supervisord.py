@@ -17,7 +17,7 @@ from ..config import StackConfig, WorkerConfig, start_order, worker_argv
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from .escape import supervisor_command, supervisor_environment, supervisor_value
 from .settings import engine_limits, search_path, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 #: autorestart per restart policy. "on-failure" restarts "unexpected" exits,
 #: so the recycle statuses are left out of exitcodes for it (see below).
@@ -107,7 +107,7 @@ def render_supervisor(
     """
     order = start_order(config)
     lines = [
-        f"; {HEADER.format(source=config.path.name)}",
+        f"; {header(config.path.name)}",
         f"; Include it from supervisord.conf: [include] files = /path/to/{conf_name(config)}",
         f"[group:{config.project.name}]",
         f"programs={','.join(order)}",

@@ -29,7 +29,7 @@ from .escape import (
     systemd_text,
 )
 from .settings import engine_limits, search_path, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 #: Paths under which ProtectHome=yes would hide the program or its data.
 _HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
@@ -110,7 +110,7 @@ def render_unit(
     deps = [unit_name(config, other) for other in worker.depends_on]
 
     unit = [
-        f"# {HEADER.format(source=config.path.name)}",
+        f"# {header(config.path.name)}",
         "[Unit]",
         f"Description={systemd_text(f'procguard worker {project}/{worker.name}')}",
         f"After={' '.join(['network-online.target', *deps])}",
@@ -216,7 +216,7 @@ def render_target(config: StackConfig) -> RenderedFile:
     text = (
         "\n".join(
             [
-                f"# {HEADER.format(source=config.path.name)}",
+                f"# {header(config.path.name)}",
                 "[Unit]",
                 f"Description={systemd_text(f'procguard stack {config.project.name}')}",
                 f"Wants={units}",
