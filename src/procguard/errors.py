@@ -5,10 +5,16 @@ the fields that explain it; the CLI prints ``str(error)`` as one line and exits
 with ``error.exit_status`` — never a traceback. :func:`shown` is the one way a
 value the user typed (a name, a path, a flag's value) is put into a message:
 quoted, escaped and bounded, so that no value can add a line to a message or
-bury it under ten thousand characters.
+bury it under ten thousand characters. :func:`exit_status_of` gives a
+worker's own ``main()`` the same behaviour as the ``procguard`` command.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TextIO
 
 from .reasons import ExitStatus
 
@@ -118,3 +124,36 @@ class StateDirError(ProcguardError):
         self.path = path
         self.problem = problem
         super().__init__(f"state directory {shown(str(path), quote=False, limit=PATH_SHOWN_MAX)}: {problem}")
+
+
+def report(error: ProcguardError, prog: str, *, stream: TextIO | None = None) -> int:
+    """Print ``error`` as ``PROG: message`` (one line) and return its exit status."""
+    (stream or sys.stderr).write(f"{prog}: {error}\n")
+    return int(error.exit_status)
+
+
+def exit_status_of(main: Callable[[], int | None], *, prog: str | None = None) -> int:
+    """Run a worker's ``main()`` and return its exit status; a :class:`ProcguardError` is one line.
+
+    A worker's own command line should behave like ``procguard run``: a taken
+    health port, an instance that is already running or a bad limit ends the
+    program with one line on stderr and the error's exit status (2 for bad
+    input, 3 for "already running"), never a traceback::
+
+        from procguard import exit_status_of
+
+        if __name__ == "__main__":
+            raise SystemExit(exit_status_of(main, prog="collector"))
+
+    ``prog`` defaults to the program's file name, as argparse names it. Any
+    other exception is the program's own bug and keeps its traceback.
+    """
+    try:
+        status = main()
+    except ProcguardError as error:
+        return report(error, prog or _program_name())
+    return 0 if status is None else int(status)
+
+
+def _program_name() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
