@@ -52,10 +52,11 @@ def render_program(
     """The ``[program:<worker>]`` section, as lines (pure)."""
     own: Mapping[str, Any] = settings.get("supervisor", {})
     limits = engine_limits(worker, settings)
-    what = f"worker {worker.name!r}"
+    what = f"workers.{worker.name}"
     venv = own.get("venv")
     log_dir = own.get("log_dir", f"/var/log/{config.project.name}")
     prefix = f"{log_dir}/{config.project.name}-{worker.name}"
+    log_key = "deploy.supervisor.log_dir"  # the only part of the log file names a user chooses
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
     env["PATH"] = search_path(procguard)
     if venv:
@@ -65,8 +66,8 @@ def render_program(
     lines = [
         "",
         f"[program:{worker.name}]",
-        f"command={supervisor_command(argv, what)}",
-        f"directory={supervisor_value(worker_workdir(worker, workdir), what + ' cwd')}",
+        f"command={supervisor_command(argv, what + '.command')}",
+        f"directory={supervisor_value(worker_workdir(worker, workdir), what + '.cwd')}",
     ]
     if own.get("user"):
         lines.append(f"user={own['user']}")
@@ -83,10 +84,10 @@ def render_program(
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=false",
-        f"stdout_logfile={supervisor_value(prefix + '.out.log', what + ' log file')}",
+        f"stdout_logfile={supervisor_value(prefix + '.out.log', log_key, interpolations=2)}",
         f"stdout_logfile_maxbytes={config.project.log_max_bytes}",
         f"stdout_logfile_backups={config.project.log_backups}",
-        f"stderr_logfile={supervisor_value(prefix + '.err.log', what + ' log file')}",
+        f"stderr_logfile={supervisor_value(prefix + '.err.log', log_key, interpolations=2)}",
         f"stderr_logfile_maxbytes={config.project.log_max_bytes}",
         f"stderr_logfile_backups={config.project.log_backups}",
     ]
