@@ -228,3 +228,46 @@ def test_bad_input_is_one_line_and_exit_2(row: Row, tmp_path: Path, state_dir: P
         assert len(err) < LONG_LINE_MAX, f"{len(err)} characters: {err[:3000]}"
     # nothing was written where a row names an output directory
     assert not (tmp_path / "deploy").exists()
+
+
+# --- the pieces the table relies on ------------------------------------------------
+
+
+def test_shown_escapes_and_bounds_a_value() -> None:
+    from procguard.errors import shown
+
+    assert shown("12XB") == "'12XB'"
+    assert shown("a\nb\x1b[2J\u2028") == "'a\\nb\\x1b[2J\\u2028'"
+    assert shown("a\nb", quote=False) == "a\\nb"
+    assert shown(LONG_NAME) == LONG_SHOWN
+    assert shown(LONG_NAME, quote=False) == "a" * SHOWN_MAX + "… (10000 characters)"
+    assert shown(["x" * 200]).endswith("… (204 characters)")
+    assert shown(70000) == "70000"
+
+
+def test_every_procguard_error_prints_as_one_line() -> None:
+    from procguard.errors import ConfigError, StateDirError, UsageError
+
+    assert str(UsageError("line one\nline two")) == "line one\\nline two"
+    assert str(ConfigError("is bad", path="a\nb.toml", key="workers.x\ny")) == "a\\nb.toml: workers.x\\ny: is bad"
+    assert "\n" not in str(StateDirError("/tmp/a\nb", "is a symbolic link"))
+
+
+def test_exit_status_of_turns_a_procguard_error_into_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from procguard import UsageError, exit_status_of
+    from procguard.errors import AlreadyRunningError
+
+    def taken() -> int:
+        raise UsageError("health port 9 on 127.0.0.1 is already in use\nsecond line")
+
+    def running() -> int:
+        raise AlreadyRunningError("collector", 4242)
+
+    assert exit_status_of(taken, prog="worker") == 2
+    assert capsys.readouterr().err == "worker: health port 9 on 127.0.0.1 is already in use\\nsecond line\n"
+    assert exit_status_of(running, prog="worker") == 3
+    assert capsys.readouterr().err == "worker: instance 'collector' is already running as PID 4242\n"
+    assert exit_status_of(lambda: None) == 0
+    assert exit_status_of(lambda: 85) == 85
+    with pytest.raises(ZeroDivisionError):  # the program's own bug keeps its traceback
+        exit_status_of(lambda: 1 // 0)

@@ -494,3 +494,16 @@ def test_a_value_longer_than_linux_passes_is_refused_by_every_engine(tmp_path: P
     assert f"{key}: 'xxx" in result.stderr and f"cannot be written for {engine}" in result.stderr
     assert "Linux passes at most 131072" in result.stderr
     assert not (tmp_path / "deploy").exists()
+
+
+@pytest.mark.parametrize("target", ["systemd", "supervisor", "kubernetes"])
+def test_a_config_file_name_cannot_add_a_line_to_a_generated_file(tmp_path: Path, target: str) -> None:
+    """The 'generated from FILE' comment holds the user's file name: a newline in it stays escaped."""
+    evil = tmp_path / "x\n[program:evil]\ncommand=false\nExecStartPre=false\nkind: Secret\n.toml"
+    evil.write_text('[project]\nname = "p"\n[workers.w]\ncommand = "/bin/true"\n')
+    result = _deploy(target, evil, tmp_path / "deploy", "--image", "registry.example/p:1")
+    assert result.returncode == 0, result.stderr
+    for path in (tmp_path / "deploy").iterdir():
+        first, rest = path.read_text().split("\n", 1)
+        assert "x\\n[program:evil]\\ncommand=false" in first
+        assert "evil" not in rest and "ExecStartPre" not in rest and "Secret" not in rest
