@@ -49,6 +49,9 @@ HOSTILE_ARGS = [
     "[Service]",
     "--name=evil",
     "%(ENV_HOME)s",
+    "%(here)s",
+    "x%%(here)s",
+    "$(HOME)",
 ]
 HOSTILE_WITH_NEWLINE = "line1\nExecStartPre=/bin/rm -rf /\n[program:evil]\ncommand=/bin/false"
 
@@ -233,13 +236,13 @@ def test_supervisor_command_round_trips_through_supervisord(tmp_path: Path) -> N
     ["line\nbreak", 'both \' and "', '"quoted at the ends"', "ends with '", "x ;comment", "x #comment", "nul\x00"],
 )
 def test_supervisor_refuses_env_values_it_cannot_carry(value: str) -> None:
-    with pytest.raises(UsageError, match="environment variable X"):
-        supervisor_environment({"X": value}, "worker 'w'")
+    with pytest.raises(UsageError, match=r"^workers\.w\.env\.X: .* cannot be written for supervisord"):
+        supervisor_environment({"X": value}, "workers.w")
 
 
 def test_supervisor_refuses_a_newline_in_the_command() -> None:
     with pytest.raises(UsageError, match="newline"):
-        supervisor_command(["/bin/prog", HOSTILE_WITH_NEWLINE], "worker 'w'")
+        supervisor_command(["/bin/prog", HOSTILE_WITH_NEWLINE], "workers.w.command")
 
 
 def test_supervisor_deploy_refuses_instead_of_injecting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,14 +253,15 @@ def test_supervisor_deploy_refuses_instead_of_injecting(tmp_path: Path, capsys: 
     out = tmp_path / "out"
     assert main(["deploy", "supervisor", "-c", str(path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "newline" in err and "worker 'w'" in err
+    assert err.count("\n") == 1 and "newline" in err and "workers.w.command: " in err and "supervisord" in err
     assert not out.exists()
 
 
-# --- Kubernetes: JSON, so the values come back exactly
+# --- Kubernetes: JSON, so no structure; '$' doubled for the kubelet's $(NAME) expansion
 
 
 def test_kubernetes_manifest_carries_hostile_values_exactly(tmp_path: Path) -> None:
+    """The structure is JSON's; the kubelet then turns '$$' into '$' (and would expand '$(NAME)')."""
     env = {f"V{i}": value for i, value in enumerate([*HOSTILE_ARGS, HOSTILE_WITH_NEWLINE])}
     config = parse_config(_hostile_config([*HOSTILE_ARGS, HOSTILE_WITH_NEWLINE], env, tmp_path))
     settings = all_settings(config, {"image": "registry.example/app:1"})
@@ -267,7 +271,8 @@ def test_kubernetes_manifest_carries_hostile_values_exactly(tmp_path: Path) -> N
     assert header.startswith("# ")
     manifest = json.loads(body)
     container = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][-len(HOSTILE_ARGS) - 1 :] == [*HOSTILE_ARGS, HOSTILE_WITH_NEWLINE]
+    escaped = [value.replace("$", "$$") for value in [*HOSTILE_ARGS, HOSTILE_WITH_NEWLINE]]
+    assert container["command"][-len(HOSTILE_ARGS) - 1 :] == escaped
     values = {item["name"]: item["value"] for item in container["env"]}
     for key, value in env.items():
-        assert values[key] == value
+        assert values[key] == value.replace("$", "$$")

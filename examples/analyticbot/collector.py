@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procguard import ProcessManager, add_lifecycle_arguments
+from procguard import ProcessManager, add_lifecycle_arguments, exit_status_of
 
 from . import settings
 
@@ -173,10 +173,11 @@ def collect(manager: ProcessManager) -> None:
         service.close()
 
 
+PROG = "analyticbot-collector"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="analyticbot-collector", description="Collect channel statistics into a SQLite store."
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description="Collect channel statistics into a SQLite store.")
     add_lifecycle_arguments(parser)
     parser.add_argument("--user-id", type=int, default=None,
                         help="user the statistics are collected for (default: $ANALYTICBOT_USER_ID or 1)")
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The seed's command line. Bad input (a taken health port, a second
+    instance) raises a ProcguardError; run it through ``exit_status_of`` to get
+    one line and the error's exit status instead of a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s collector[%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -211,4 +215,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status_of(main, prog=PROG))

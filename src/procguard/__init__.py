@@ -22,6 +22,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "add_lifecycle_arguments",
+    "exit_status_of",
     "serve_health",
 ]
 
@@ -36,10 +37,11 @@ _LAZY = {
     "UsageError": "procguard.errors",
     "ConfigError": "procguard.errors",
     "AlreadyRunningError": "procguard.errors",
+    "exit_status_of": "procguard.errors",
 }
 
 if TYPE_CHECKING:
-    from .errors import AlreadyRunningError, ConfigError, ProcguardError, UsageError
+    from .errors import AlreadyRunningError, ConfigError, ProcguardError, UsageError, exit_status_of
     from .health.server import HealthServer, serve_health
     from .lifecycle_args import add_lifecycle_arguments
     from .manager import ProcessManager

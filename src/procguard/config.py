@@ -24,16 +24,18 @@ Layout::
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import re
 import shlex
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, get_args
 
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UsageError, shown
 from .limits import SETTINGS, Setting, WorkerLimits
 from .units import MB, parse_count, parse_duration, parse_port, parse_size
 
@@ -140,9 +142,9 @@ def _wrap(convert: Callable[[object], Any]) -> Callable[[_Ctx, str, object], Any
 
 def _str(ctx: _Ctx, key: str, value: object) -> str:
     if not isinstance(value, str):
-        raise ctx.error(key, f"{value!r} is not a string (use a quoted string)")
+        raise ctx.error(key, f"{shown(value)} is not a string (use a quoted string)")
     if "\x00" in value:
-        raise ctx.error(key, f"{value!r} contains a NUL character (not accepted)")
+        raise ctx.error(key, f"{shown(value)} contains a NUL character (not accepted)")
     return value
 
 
@@ -156,7 +158,7 @@ def _nonempty_str(ctx: _Ctx, key: str, value: object) -> str:
 def _name(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value)
     if not NAME_RE.match(text):
-        raise ctx.error(key, f"{text!r} is not a valid name (use {NAME_ACCEPTED})")
+        raise ctx.error(key, f"{shown(text)} is not a valid name (use {NAME_ACCEPTED})")
     return text
 
 
@@ -164,7 +166,7 @@ def _str_list(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return _split(ctx, key, value)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ctx.error(key, f'{value!r} is not a list of strings (use ["a", "b"] or a string)')
+        raise ctx.error(key, f'{shown(value)} is not a list of strings (use ["a", "b"] or a string)')
     for item in value:
         _str(ctx, key, item)
     return tuple(value)
@@ -175,7 +177,7 @@ def _split(ctx: _Ctx, key: str, value: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(value))
     except ValueError as error:
-        raise ctx.error(key, f"{value!r} cannot be split like a shell command ({error})") from None
+        raise ctx.error(key, f"{shown(value)} cannot be split like a shell command ({error})") from None
 
 
 def _command(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
@@ -188,19 +190,19 @@ def _command(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
 def _target(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value).strip()
     if not _TARGET_RE.match(text):
-        raise ctx.error(key, f'{text!r} is not a function target (use "package.module:function")')
+        raise ctx.error(key, f'{shown(text)} is not a function target (use "package.module:function")')
     return text
 
 
 def _env(ctx: _Ctx, key: str, value: object) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ctx.error(key, f'{value!r} is not a table (use env = {{ NAME = "value" }})')
+        raise ctx.error(key, f'{shown(value)} is not a table (use env = {{ NAME = "value" }})')
     env: dict[str, str] = {}
     for name, item in value.items():
         if not _ENV_NAME_RE.match(name):
             raise ctx.error(f"{key}.{name}", "is not a valid variable name (use letters, digits and '_')")
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise ctx.error(f"{key}.{name}", f"{item!r} is not a string or number")
+            raise ctx.error(f"{key}.{name}", f"{shown(item)} is not a string or number")
         text = item if isinstance(item, str) else str(item)
         if "\x00" in text:
             raise ctx.error(f"{key}.{name}", "contains a NUL character (not accepted)")
@@ -214,13 +216,15 @@ _HOST_RE = re.compile(r"[A-Za-z0-9._:%-]{1,253}\Z")
 def _host(ctx: _Ctx, key: str, value: object) -> str:
     text = _str(ctx, key, value)
     if not _HOST_RE.match(text):
-        raise ctx.error(key, f"{text!r} is not an address (use e.g. 127.0.0.1, 0.0.0.0, ::1 or a host name)")
+        accepted = "use e.g. 127.0.0.1, 0.0.0.0, ::1 or a host name"
+        raise ctx.error(key, f"{shown(text)} is not an address ({accepted})")
     return text
 
 
 def _restart(ctx: _Ctx, key: str, value: object) -> str:
     if value not in RESTART_POLICIES:
-        raise ctx.error(key, f"{value!r} is not a restart policy (use one of: {', '.join(RESTART_POLICIES)})")
+        accepted = ", ".join(RESTART_POLICIES)
+        raise ctx.error(key, f"{shown(value)} is not a restart policy (use one of: {accepted})")
     return str(value)
 
 
@@ -236,7 +240,7 @@ def _positive(convert: Callable[[object], float], accepted: str) -> Callable[[ob
     def converter(value: object) -> float:
         result = convert(value)
         if result <= 0:
-            raise UsageError(f"{value!r} must be greater than zero (use {accepted})")
+            raise UsageError(f"{shown(value)} must be greater than zero (use {accepted})")
         return result
 
     return converter
@@ -341,7 +345,7 @@ def _accepted(keys: Sequence[str]) -> str:
 
 def _table(ctx: _Ctx, key: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ctx.error(key, f"{value!r} is not a table (use [{key}])")
+        raise ctx.error(key, f"{shown(value)} is not a table (use [{shown(key, quote=False)}])")
     return value
 
 
@@ -369,7 +373,7 @@ def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
                 known = [n for n in workers if n != worker.name]
                 raise ctx.error(
                     f"workers.{worker.name}.depends_on",
-                    f"{other!r} is not another worker of this file"
+                    f"{shown(other)} is not another worker of this file"
                     f" (use one of: {_accepted(known) or 'none'})",
                 )
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
@@ -433,7 +437,7 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
     for name, raw in raw_workers.items():
         prefix = f"workers.{name}"
         if not NAME_RE.match(name):
-            raise ctx.error(prefix, f"{name!r} is not a valid worker name (use {NAME_ACCEPTED})")
+            raise ctx.error(prefix, f"{shown(name)} is not a valid worker name (use {NAME_ACCEPTED})")
         own = _convert(ctx, prefix, _table(ctx, prefix, raw), WORKER_KEYS)
         values = {**defaults, **own}
         if "env" in defaults and "env" in own:
@@ -485,19 +489,79 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
     )
 
 
+#: The most a procguard.toml may hold. A real one is a few kilobytes; the
+#: bound keeps a wrong ``-c`` (a log, an image, ``/dev/zero``) from being read
+#: into memory, or forever.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _read_config_bytes(file_path: pathlib.Path, *, hint: str) -> bytes:
+    """The file's bytes: a regular file (symlinks followed) of at most MAX_CONFIG_BYTES.
+
+    Opened without blocking (a named pipe with no writer would otherwise
+    hang the open) and checked with ``fstat`` on the open descriptor, so
+    what is read is what was checked.
+    """
+    where = str(file_path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(file_path, flags)
+    except FileNotFoundError:
+        raise ConfigError(f"no such file{hint}", path=where) from None
+    except OSError as error:
+        raise ConfigError(f"cannot open the file ({error.strerror})", path=where) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            msg = f"is {_file_kind(mode)}, not a regular file (use a procguard.toml file)"
+            raise ConfigError(msg, path=where)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:  # st_size is not trusted: /proc files report 0
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise ConfigError(f"cannot read the file ({error.strerror})", path=where) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        limit = MAX_CONFIG_BYTES // (1 << 20)
+        msg = f"is larger than {limit} MiB, the most a config may be (is it the right file?)"
+        raise ConfigError(msg, path=where)
+    return b"".join(chunks)
+
+
 def load_config(path: str | pathlib.Path | None = None) -> StackConfig:
     """Read and validate ``path`` (default: ``./procguard.toml``).
 
-    A missing or unreadable file is a :class:`ConfigError` naming it.
+    A missing or unreadable file, anything but a regular file (a directory,
+    a device, a pipe) and a file over :data:`MAX_CONFIG_BYTES` are a
+    :class:`ConfigError` naming it; nothing is read past that bound.
     """
     file_path = pathlib.Path(path if path is not None else DEFAULT_FILENAME)
+    hint = " (pass -c FILE or run where procguard.toml is)" if path is None else ""
+    data = _read_config_bytes(file_path, hint=hint)
     try:
-        text = file_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        hint = " (pass -c FILE or run where procguard.toml is)" if path is None else ""
-        raise ConfigError(f"no such file{hint}", path=str(file_path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the file ({error})", path=str(file_path)) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        msg = f"cannot read the file as UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})"
+        raise ConfigError(msg, path=str(file_path)) from None
+    # Universal newlines, as reading the file in text mode did.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     config = parse_config(text, path=file_path)
     logger.debug("loaded %s: %d workers", file_path, len(config.workers))
     return config
@@ -573,7 +637,7 @@ def start_order(config: StackConfig, names: Sequence[str] | None = None) -> list
 
     for name in wanted:
         if name not in config.workers:
-            msg = f"unknown worker {name!r} (use one of: {', '.join(config.workers)})"
+            msg = f"unknown worker {shown(name)} (use one of: {', '.join(config.workers)})"
             raise UsageError(msg)
         visit(name)
     return ordered

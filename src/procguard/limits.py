@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import units
-from .errors import UsageError
+from .errors import UsageError, shown
 
 #: Which workers a setting means something for: "all", or "loop" (workers whose
 #: loop procguard runs or sees: ProcessManager programs and ``run =`` targets).
@@ -115,10 +115,10 @@ class Setting:
         if self.zero is not None and self.zero_is_none and parsed == 0:
             return None
         if self.above_zero and parsed == 0:
-            msg = f"{label}{_shown(value)} must be greater than zero (use {self.accepted()})"
+            msg = f"{label}{shown(value)} must be greater than zero (use {self.accepted()})"
             raise UsageError(msg)
         if self.minimum is not None and parsed < self.minimum:
-            msg = f"{label}{_shown(value)} is out of range (use {self.minimum:g} or more)"
+            msg = f"{label}{shown(value)} is out of range (use {self.minimum:g} or more)"
             raise UsageError(msg)
         return parsed
 
@@ -162,11 +162,6 @@ class Setting:
         return self.format(value)
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
 def _parse_duration(s: Setting, value: object, what: str) -> float:
     return units.parse_duration(value, default_unit=s.bare, what=what)
 
@@ -197,7 +192,7 @@ def _parse_address(s: Setting, value: object, what: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         label = f"{what}: " if what else ""
-        msg = f"{label}{_shown(value)} is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"
+        msg = f"{label}{shown(value)} is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"
         raise UsageError(msg) from None
 
 
@@ -459,16 +454,16 @@ class WorkerLimits:
     def from_json(cls, data: object) -> WorkerLimits:
         """The value :meth:`to_json` wrote; UsageError naming the field when it is not one."""
         if not isinstance(data, dict):
-            msg = f"worker settings: {_shown(data)} is not an object of settings"
+            msg = f"worker settings: {shown(data)} is not an object of settings"
             raise UsageError(msg)
         values: dict[str, Any] = {}
         for name, value in data.items():
             setting = SETTINGS_BY_FIELD.get(name)
             if setting is None:
-                msg = f"worker settings: unknown setting {_shown(name)}"
+                msg = f"worker settings: unknown setting {shown(name)}"
                 raise UsageError(msg)
             if value is not None and not _is_base(setting, value):
-                msg = f"worker settings: {name} = {_shown(value)} is not a {setting.kind} in base units"
+                msg = f"worker settings: {name} = {shown(value)} is not a {setting.kind} in base units"
                 raise UsageError(msg)
             values[name] = (
                 float(value) if setting.kind in ("duration", "percent") and value is not None else value

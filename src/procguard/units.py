@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import UsageError
+from .errors import UsageError, shown
 
 _NUMBER = r"(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _DURATION_RE = re.compile(_NUMBER + r"\s*(?P<unit>[a-zA-Z]*)\Z")
@@ -50,7 +50,7 @@ def parse_duration(value: object, *, default_unit: str = "s", what: str = "") ->
     """
     accepted = f"a number of {_UNIT_WORDS.get(default_unit, default_unit)} or a duration like 90s, 10m, 24h"
     if isinstance(value, bool):
-        raise UsageError(f"{_label(what)}{value!r} is not a duration (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} is not a duration (use {accepted})")
     if isinstance(value, (int, float)):
         seconds = float(value) * DURATION_UNITS[default_unit]
     else:
@@ -58,10 +58,10 @@ def parse_duration(value: object, *, default_unit: str = "s", what: str = "") ->
         match = _DURATION_RE.match(text)
         unit = match.group("unit").lower() if match else ""
         if not match or (unit and unit not in DURATION_UNITS):
-            raise UsageError(f"{_label(what)}{text!r} is not a duration (use {accepted})")
+            raise UsageError(f"{_label(what)}{shown(text)} is not a duration (use {accepted})")
         seconds = float(match.group("num")) * DURATION_UNITS[unit or default_unit]
     if not math.isfinite(seconds) or seconds < 0:
-        raise UsageError(f"{_label(what)}{value!r} must be zero or positive (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} must be zero or positive (use {accepted})")
     return seconds
 
 
@@ -77,23 +77,23 @@ def parse_size(value: object, *, default_unit: str = "MB", what: str = "") -> in
     """
     accepted = "a number of MB or a size like 512MB, 2GiB"
     if isinstance(value, bool):
-        raise UsageError(f"{_label(what)}{value!r} is not a size (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} is not a size (use {accepted})")
     if isinstance(value, (int, float)):
         number, unit = float(value), default_unit.lower()
     else:
         text = str(value).strip()
         match = _DURATION_RE.match(text)
         if not match:
-            raise UsageError(f"{_label(what)}{text!r} is not a size (use {accepted})")
+            raise UsageError(f"{_label(what)}{shown(text)} is not a size (use {accepted})")
         number, unit = float(match.group("num")), (match.group("unit") or default_unit).lower()
     if unit not in SIZE_UNITS:
-        raise UsageError(f"{_label(what)}{value!r} is not a size (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} is not a size (use {accepted})")
     factor = SIZE_UNITS[unit]
     if unit in ("m", "mb", "g", "gb", "t", "tb"):
         factor = {"m": MB, "mb": MB, "g": 1024**3, "gb": 1024**3, "t": 1024**4, "tb": 1024**4}[unit]
     size = number * factor
     if not math.isfinite(size) or size < 0:
-        raise UsageError(f"{_label(what)}{value!r} must be zero or positive (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} must be zero or positive (use {accepted})")
     return int(size)
 
 
@@ -106,9 +106,9 @@ def parse_percent(value: object, *, maximum: float, what: str = "") -> float:
             raise ValueError
         percent = float(text)
     except ValueError:
-        raise UsageError(f"{_label(what)}{value!r} is not a percentage (use {accepted})") from None
+        raise UsageError(f"{_label(what)}{shown(value)} is not a percentage (use {accepted})") from None
     if not math.isfinite(percent) or not 0 <= percent <= maximum:
-        raise UsageError(f"{_label(what)}{value!r} is out of range (use {accepted})")
+        raise UsageError(f"{_label(what)}{shown(value)} is out of range (use {accepted})")
     return percent
 
 
@@ -119,9 +119,10 @@ def parse_count(value: object, *, what: str = "", minimum: int = 0) -> int:
             raise ValueError
         count = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
-        raise UsageError(f"{_label(what)}{value!r} is not a whole number (use {minimum} or more)") from None
+        msg = f"{_label(what)}{shown(value)} is not a whole number (use {minimum} or more)"
+        raise UsageError(msg) from None
     if count < minimum:
-        raise UsageError(f"{_label(what)}{value!r} is out of range (use {minimum} or more)")
+        raise UsageError(f"{_label(what)}{shown(value)} is out of range (use {minimum} or more)")
     return count
 
 
@@ -132,9 +133,9 @@ def parse_port(value: object, *, what: str = "") -> int:
             raise ValueError
         port = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
-        raise UsageError(f"{_label(what)}{value!r} is not a port (use 0 to 65535)") from None
+        raise UsageError(f"{_label(what)}{shown(value)} is not a port (use 0 to 65535)") from None
     if not 0 <= port <= 65535:
-        raise UsageError(f"{_label(what)}{value!r} is out of range (use 0 to 65535)")
+        raise UsageError(f"{_label(what)}{shown(value)} is out of range (use 0 to 65535)")
     return port
 
 

@@ -57,6 +57,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             sys.stdout.write(f"# ---- {record.filename}\n{record.text}")
         return ExitStatus.OK
     out_dir = args.output or str(config.path.parent / "deploy" / args.target)
-    for path in write_files(files, out_dir):
+    label = "-o" if args.output else "output directory"
+    for path in write_files(files, out_dir, label=label):
         print(path)
     return ExitStatus.OK

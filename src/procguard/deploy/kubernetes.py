@@ -13,7 +13,6 @@ privilege escalation; procguard's state directory and ``/tmp`` are
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -22,8 +21,9 @@ from typing import Any
 from ..config import StackConfig, WorkerConfig, worker_argv
 from ..errors import UsageError
 from ..units import MB
+from .escape import kubernetes_env, kubernetes_word, yaml_json
 from .settings import engine_limits, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 DEFAULT_HEALTH_PORT = 9091
 DEFAULT_RUN_AS_USER = 10001
@@ -35,6 +35,16 @@ def object_name(config: StackConfig, worker: WorkerConfig) -> str:
     raw = f"{config.project.name}-{worker.name}".lower().replace("_", "-")
     name = re.sub(r"-+", "-", raw).strip("-")[:63].rstrip("-")
     return name
+
+
+def label_value(name: str) -> str:
+    """A project or worker name as a label value, which must end with a letter or digit.
+
+    Names already start with one and hold only letters, digits, '-' and
+    '_'; a trailing '-' or '_' is dropped (two workers that differ only
+    there also share their object name, which is refused).
+    """
+    return name.rstrip("-_")
 
 
 def _millicores(percent: float) -> str:
@@ -75,14 +85,16 @@ def deployment(
         # The renderer assigns the pod's health port; replace the disabled one.
         index = argv.index("--health-port")
         argv[index + 1 : index + 2] = [str(port), "--health-host", "0.0.0.0"]
+    what = f"workers.{worker.name}"
+    argv = [kubernetes_word(word, what + ".command") for word in argv]
     labels = {
-        "app.kubernetes.io/name": config.project.name,
-        "app.kubernetes.io/component": worker.name,
+        "app.kubernetes.io/name": label_value(config.project.name),
+        "app.kubernetes.io/component": label_value(worker.name),
         "app.kubernetes.io/managed-by": "procguard",
     }
     env = [{"name": "PROCGUARD_STATE_DIR", "value": STATE_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
     env += [
-        {"name": key, "value": value} for key, value in worker.env.items() if key != "PROCGUARD_STATE_DIR"
+        kubernetes_env(key, value, what) for key, value in worker.env.items() if key != "PROCGUARD_STATE_DIR"
     ]
 
     resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
@@ -193,7 +205,7 @@ def render_kubernetes(config: StackConfig, settings: Mapping[str, Mapping[str, A
             )
             raise UsageError(msg)
         seen[name] = worker.name
-        body = json.dumps(deployment(config, worker, settings), indent=2, ensure_ascii=True)
-        text = f"# {HEADER.format(source=config.path.name)}\n{body}\n"
+        body = yaml_json(deployment(config, worker, settings))
+        text = f"# {header(config.path.name)}\n{body}\n"
         files.append(RenderedFile(f"{name}.yaml", text))
     return files

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import StackConfig, WorkerConfig
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, UsageError, shown
 from ..units import MB, parse_count, parse_duration, parse_percent, parse_size
 
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?\Z")
@@ -55,7 +55,7 @@ def _round_mb(size: int) -> int:
 def _user(value: object) -> str:
     text = str(value)
     if not isinstance(value, str) or not _USER_RE.match(text):
-        msg = f"{value!r} is not a user name (use a POSIX name like 'analyticbot')"
+        msg = f"{shown(value)} is not a user name (use a POSIX name like 'analyticbot')"
         raise UsageError(msg)
     return text
 
@@ -63,26 +63,26 @@ def _user(value: object) -> str:
 def _abs_path(value: object) -> str:
     text = str(value)
     if not isinstance(value, str) or not text.startswith("/"):
-        msg = f"{value!r} is not an absolute path (use a path like /opt/app/venv)"
+        msg = f"{shown(value)} is not an absolute path (use a path like /opt/app/venv)"
         raise UsageError(msg)
     return text.rstrip("/") or "/"
 
 
 def _abs_paths(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
-        msg = f'{value!r} is not a list of absolute paths (use ["/var/lib/app"])'
+        msg = f'{shown(value)} is not a list of absolute paths (use ["/var/lib/app"])'
         raise UsageError(msg)
     paths = tuple(_abs_path(item) for item in value)
     for path in paths:
         if any(c.isspace() or ord(c) < 0x20 for c in path):
-            msg = f"{path!r} contains whitespace or control characters (use a plain path)"
+            msg = f"{shown(path)} contains whitespace or control characters (use a plain path)"
             raise UsageError(msg)
     return paths
 
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        msg = f"{value!r} is not true or false"
+        msg = f"{shown(value)} is not true or false"
         raise UsageError(msg)
     return value
 
@@ -90,7 +90,7 @@ def _bool(value: object) -> bool:
 def _image(value: object) -> str:
     text = str(value)
     if not isinstance(value, str) or not _IMAGE_RE.match(text) or len(text) > 255:
-        msg = f"{value!r} is not a container image reference (use e.g. registry.example.com/app:1.0)"
+        msg = f"{shown(value)} is not a container image reference (use e.g. registry.example.com/app:1.0)"
         raise UsageError(msg)
     return text
 
@@ -98,7 +98,8 @@ def _image(value: object) -> str:
 def _namespace(value: object) -> str:
     text = str(value)
     if not isinstance(value, str) or not _DNS_LABEL_RE.match(text):
-        msg = f"{value!r} is not a Kubernetes namespace (use lowercase letters, digits and '-', at most 63)"
+        accepted = "use lowercase letters, digits and '-', at most 63"
+        msg = f"{shown(value)} is not a Kubernetes namespace ({accepted})"
         raise UsageError(msg)
     return text
 
@@ -111,7 +112,7 @@ def _argv(value: object) -> tuple[str, ...]:
     except ValueError:
         argv = ()
     if not argv:
-        msg = f'{value!r} is not a command (use e.g. "procguard" or ["python", "-m", "procguard"])'
+        msg = f'{shown(value)} is not a command (use e.g. "procguard" or ["python", "-m", "procguard"])'
         raise UsageError(msg)
     return argv
 

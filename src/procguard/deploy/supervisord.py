@@ -17,7 +17,7 @@ from ..config import StackConfig, WorkerConfig, start_order, worker_argv
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from .escape import supervisor_command, supervisor_environment, supervisor_value
 from .settings import engine_limits, search_path, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 #: autorestart per restart policy. "on-failure" restarts "unexpected" exits,
 #: so the recycle statuses are left out of exitcodes for it (see below).
@@ -52,10 +52,11 @@ def render_program(
     """The ``[program:<worker>]`` section, as lines (pure)."""
     own: Mapping[str, Any] = settings.get("supervisor", {})
     limits = engine_limits(worker, settings)
-    what = f"worker {worker.name!r}"
+    what = f"workers.{worker.name}"
     venv = own.get("venv")
     log_dir = own.get("log_dir", f"/var/log/{config.project.name}")
     prefix = f"{log_dir}/{config.project.name}-{worker.name}"
+    log_key = "deploy.supervisor.log_dir"  # the only part of the log file names a user chooses
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
     env["PATH"] = search_path(procguard)
     if venv:
@@ -65,8 +66,8 @@ def render_program(
     lines = [
         "",
         f"[program:{worker.name}]",
-        f"command={supervisor_command(argv, what)}",
-        f"directory={supervisor_value(worker_workdir(worker, workdir), what + ' cwd')}",
+        f"command={supervisor_command(argv, what + '.command')}",
+        f"directory={supervisor_value(worker_workdir(worker, workdir), what + '.cwd')}",
     ]
     if own.get("user"):
         lines.append(f"user={own['user']}")
@@ -83,10 +84,10 @@ def render_program(
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=false",
-        f"stdout_logfile={supervisor_value(prefix + '.out.log', what + ' log file')}",
+        f"stdout_logfile={supervisor_value(prefix + '.out.log', log_key, interpolations=2)}",
         f"stdout_logfile_maxbytes={config.project.log_max_bytes}",
         f"stdout_logfile_backups={config.project.log_backups}",
-        f"stderr_logfile={supervisor_value(prefix + '.err.log', what + ' log file')}",
+        f"stderr_logfile={supervisor_value(prefix + '.err.log', log_key, interpolations=2)}",
         f"stderr_logfile_maxbytes={config.project.log_max_bytes}",
         f"stderr_logfile_backups={config.project.log_backups}",
     ]
@@ -107,7 +108,7 @@ def render_supervisor(
     """
     order = start_order(config)
     lines = [
-        f"; {HEADER.format(source=config.path.name)}",
+        f"; {header(config.path.name)}",
         f"; Include it from supervisord.conf: [include] files = /path/to/{conf_name(config)}",
         f"[group:{config.project.name}]",
         f"programs={','.join(order)}",

@@ -22,14 +22,16 @@ from ..config import StackConfig, WorkerConfig, start_order, worker_argv
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from ..units import MB
 from .escape import (
+    check_systemd_lines,
     systemd_environment,
     systemd_exec_line,
     systemd_path,
+    systemd_path_list,
     systemd_specifiers,
     systemd_text,
 )
 from .settings import engine_limits, search_path, worker_workdir
-from .writer import HEADER, RenderedFile
+from .writer import RenderedFile, header
 
 #: Paths under which ProtectHome=yes would hide the program or its data.
 _HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
@@ -104,13 +106,13 @@ def render_unit(
     own: Mapping[str, Any] = settings.get("systemd", {})
     limits = engine_limits(worker, settings)
     project = config.project.name
-    what = f"worker {worker.name!r}"
+    what = f"workers.{worker.name}"
     venv = own.get("venv")
     with_target = own.get("target", True)
     deps = [unit_name(config, other) for other in worker.depends_on]
 
     unit = [
-        f"# {HEADER.format(source=config.path.name)}",
+        f"# {header(config.path.name)}",
         "[Unit]",
         f"Description={systemd_text(f'procguard worker {project}/{worker.name}')}",
         f"After={' '.join(['network-online.target', *deps])}",
@@ -134,10 +136,10 @@ def render_unit(
         "[Service]",
         "Type=notify",
         "NotifyAccess=main",
-        f"ExecStart={systemd_exec_line(argv)}",
+        f"ExecStart={systemd_exec_line(argv, what + '.command')}",
     ]
     cwd = worker_workdir(worker, workdir)
-    service.append(f"WorkingDirectory={systemd_path(cwd, what + ' cwd')}")
+    service.append(f"WorkingDirectory={systemd_path(cwd, what + '.cwd')}")
     user = own.get("user")
     service.append(f"User={user}" if user else "DynamicUser=yes")
     env: dict[str, str] = {"PYTHONUNBUFFERED": systemd_environment("PYTHONUNBUFFERED", "1")}
@@ -159,7 +161,7 @@ def render_unit(
         state_lines = [f"RuntimeDirectory={runtime}", "RuntimeDirectoryMode=0700"]
         env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%t/{runtime}"'
     for name, value in worker.env.items():
-        env[name] = systemd_environment(name, value)
+        env[name] = systemd_environment(name, value, what + ".env")
     service += [f"Environment={line}" for line in env.values()]
     service += [
         *state_lines,
@@ -203,10 +205,11 @@ def render_unit(
     writable = own.get("read_write_paths", ())
     if writable:
         # Everything else is read-only under ProtectSystem=strict.
-        service.append(f"ReadWritePaths={' '.join(systemd_path(p, 'read_write_paths') for p in writable)}")
+        service.append(f"ReadWritePaths={systemd_path_list(writable, 'deploy.systemd.read_write_paths')}")
 
     install = ["", "[Install]", f"WantedBy={target_name(config) if with_target else 'multi-user.target'}"]
     text = "\n".join([*unit, *service, *install]) + "\n"
+    check_systemd_lines(text, what)
     return RenderedFile(unit_name(config, worker), text)
 
 
@@ -216,7 +219,7 @@ def render_target(config: StackConfig) -> RenderedFile:
     text = (
         "\n".join(
             [
-                f"# {HEADER.format(source=config.path.name)}",
+                f"# {header(config.path.name)}",
                 "[Unit]",
                 f"Description={systemd_text(f'procguard stack {config.project.name}')}",
                 f"Wants={units}",

@@ -43,7 +43,7 @@ import time
 from types import TracebackType
 from typing import Any, Literal
 
-from ..errors import UsageError
+from ..errors import UsageError, shown
 from ..snapshot import SnapshotSource
 from .shared import DEFAULT_SIZE, SnapshotPublisher, encode_snapshot
 
@@ -76,14 +76,21 @@ def _default_mode() -> ServeMode:
 
 
 def bind_listener(host: str, port: int, *, backlog: int = 512) -> socket.socket:
-    """A listening TCP socket on ``host:port``; user mistakes become :class:`UsageError`."""
+    """A listening TCP socket on ``host:port``; user mistakes become :class:`UsageError`.
+
+    The messages hold for every caller: what port ``0`` means differs
+    (``serve_health`` picks a free port, ``--health-port 0`` and
+    ``ProcessManager(health_port=0)`` serve nothing), so no hint here
+    suggests it.
+    """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        msg = f"health port {port!r} is not a port number (use 1-65535, or 0 for any free port)"
+        msg = f"health port {shown(port)} is not a port number (use 1 to 65535)"
         raise UsageError(msg)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        msg = f"health host {host!r} is not an address of this machine ({exc.strerror})"
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        msg = f"health host {shown(host)} is not an address of this machine ({reason})"
         raise UsageError(msg) from None
     family, socktype, proto, _canon, address = infos[0]
     sock = socket.socket(family, socktype, proto)
@@ -93,14 +100,15 @@ def bind_listener(host: str, port: int, *, backlog: int = 512) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
+        on = shown(host, quote=False)
         if exc.errno == errno.EADDRINUSE:
-            msg = f"health port {port} on {host} is already in use (choose another port, or 0 for any)"
+            msg = f"health port {port} on {on} is already in use by another process (choose a free port)"
         elif exc.errno == errno.EACCES:
-            msg = f"health port {port} on {host}: permission denied (ports below 1024 need privileges)"
+            msg = f"health port {port} on {on}: permission denied (ports below 1024 need privileges)"
         elif exc.errno == errno.EADDRNOTAVAIL:
-            msg = f"health host {host!r} is not an address of this machine"
+            msg = f"health host {shown(host)} is not an address of this machine"
         else:
-            msg = f"cannot listen on {host}:{port}: {exc.strerror}"
+            msg = f"cannot listen on {on}:{port}: {exc.strerror}"
         raise UsageError(msg) from None
     return sock
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..config import StackConfig, start_order
-from ..errors import UsageError
+from ..errors import PATH_SHOWN_MAX, UsageError, shown
 from ..instances.spawn import become_child_subreaper
 from .commands import ControlCommands
 from .control import ControlServer, socket_path
@@ -101,6 +101,10 @@ class Supervisor:
         self.state_dir = state_dir
         self.settings = settings or Settings()
         self.status_port = config.project.status_port if status_port is None else status_port
+        # Where the port came from, for the one line that says it is taken.
+        self._status_port_origin = (
+            f"{config.path}: project.status_port" if status_port is None else "--status-port"
+        )
         self.status_server: StatusServer | None = None
         self._clock = clock
         self._wall = wall_clock
@@ -220,7 +224,8 @@ class Supervisor:
             self.status_server = StatusServer(self.view, host=host, port=self.status_port)
         except OSError as error:
             port = self.status_port
-            msg = f"--status-port: cannot listen on {host}:{port} ({error.strerror}); use a free port"
+            origin = shown(self._status_port_origin, quote=False, limit=PATH_SHOWN_MAX)
+            msg = f"{origin}: cannot listen on {host}:{port} ({error.strerror}); use a free port"
             raise UsageError(msg) from None
         logger.info("status page on %s", self.status_server.url)
 
