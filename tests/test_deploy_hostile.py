@@ -384,8 +384,10 @@ def test_systemd_reads_exactly_the_configured_command_environment_and_directory(
     block = _unit_block(dump, "evil-stack-w.service")
     for key, value in env.items():
         assert f"\n\t\tEnvironment: {key}={value}\n" in block, key
-    # PYTHONUNBUFFERED, PATH, PROCGUARD_STATE_DIR and the worker's own: nothing split or added
-    assert block.count("\n\t\tEnvironment: ") == 3 + len(env)
+    # PYTHONUNBUFFERED, PATH, PROCGUARD_STATE_DIR, the two labels and the worker's own: nothing split or added
+    assert "\n\t\tEnvironment: PROCGUARD_WORKER=w\n" in block
+    assert "\n\t\tEnvironment: PROCGUARD_STACK=evil-stack\n" in block
+    assert block.count("\n\t\tEnvironment: ") == 5 + len(env)
     assert "\n\t\tWorkingDirectory: /srv/app dir/work %dir\n" in block
 
 

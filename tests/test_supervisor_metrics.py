@@ -7,6 +7,7 @@ what the supervisor does not know is absent, never a placeholder 0.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,33 @@ def test_openmetrics_of_the_supervisor_parses_and_ends_with_eof(tmp_path: Path, 
     assert families["procguard_worker_stops"].type == "counter"
     assert families["procguard_worker_restarts"].type == "counter"
     assert families["procguard_worker_up"].type == "gauge"
+
+
+def test_the_worker_label_is_the_same_on_every_endpoint_and_in_every_generated_file(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    """The name in procguard.toml labels a worker's series on its own endpoint, on the supervisor's,
+    and in the environment every production file gives it, so dev and production series join."""
+    from procguard.config import load_config
+    from procguard.deploy import all_settings, render
+
+    port, health = free_port(), free_port()
+    config = write_config(tmp_path, {
+        "collector": {"run": "outcome_worker:step", "interval": "1s", "health_port": health,
+                      "cwd": str(WORKER.parent),
+                      "env": {"OUTCOME_EVENT": "idle", "OUTCOME_RECORD": str(tmp_path / "c.record")}},
+    }, project="metered", status_port=port)
+    stack = Stack(config, state_dir, spawn, project="metered", tuning="start_period_s=0.2")
+    stack.up()
+    stack.wait_state("collector", "running")
+    own = wait_for(lambda: samples(scrape(health)), message="the worker's own /metrics")
+    labels = {dict(key[1]).get("worker") for key in own} | {dict(key[1]).get("stack") for key in own}
+    assert labels == {"collector", "metered"}, labels
+    supervisor = samples(scrape(port))
+    assert ("procguard_worker_up", (("stack", "metered"), ("worker", "collector"))) in supervisor
+    loaded = load_config(config)
+    for target in ("systemd", "supervisor", "kubernetes"):
+        files = render(target, loaded, all_settings(loaded, {"image": "example/app:1"}))
+        text = "\n".join(f.text for f in files)
+        assert re.search(r'PROCGUARD_WORKER\W+(value\W+)?collector\b', text), target
+        assert re.search(r'PROCGUARD_STACK\W+(value\W+)?metered\b', text), target

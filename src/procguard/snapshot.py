@@ -23,6 +23,11 @@ WORKER_ENV = "PROCGUARD_WORKER"
 STACK_ENV = "PROCGUARD_STACK"
 
 
+def label_environment(stack: str, worker: str) -> dict[str, str]:
+    """The environment that labels a worker's series; ``procguard up`` and every generated file set it."""
+    return {WORKER_ENV: worker, STACK_ENV: stack}
+
+
 def metric_labels(name: str) -> tuple[str, str | None]:
     """``(worker, stack)`` labels for a worker whose own name is ``name``.
 

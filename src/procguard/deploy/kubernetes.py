@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import StackConfig, WorkerConfig, worker_argv
 from ..errors import UsageError
+from ..snapshot import label_environment
 from ..units import MB
 from .escape import kubernetes_env, kubernetes_word, yaml_json
 from .settings import engine_limits, worker_workdir
@@ -93,6 +94,8 @@ def deployment(
         "app.kubernetes.io/managed-by": "procguard",
     }
     env = [{"name": "PROCGUARD_STATE_DIR", "value": STATE_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    label_env = label_environment(config.project.name, worker.name)
+    env += [{"name": key, "value": value} for key, value in label_env.items()]
     env += [
         kubernetes_env(key, value, what) for key, value in worker.env.items() if key != "PROCGUARD_STATE_DIR"
     ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import StackConfig, WorkerConfig, start_order, worker_argv
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
+from ..snapshot import label_environment
 from .escape import supervisor_command, supervisor_environment, supervisor_value
 from .settings import engine_limits, search_path, worker_workdir
 from .writer import RenderedFile, header
@@ -61,6 +62,7 @@ def render_program(
     env["PATH"] = search_path(procguard)
     if venv:
         env["VIRTUAL_ENV"] = venv
+    env.update(label_environment(config.project.name, worker.name))
     env.update(worker.env)
     argv = worker_argv(worker, procguard=procguard, name=worker.name)
     lines = [

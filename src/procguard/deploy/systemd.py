@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import StackConfig, WorkerConfig, start_order, worker_argv
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
+from ..snapshot import label_environment
 from ..units import MB
 from .escape import (
     check_systemd_lines,
@@ -160,6 +161,8 @@ def render_unit(
         runtime = f"procguard-{project}-{worker.name}"
         state_lines = [f"RuntimeDirectory={runtime}", "RuntimeDirectoryMode=0700"]
         env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%t/{runtime}"'
+    for name, value in label_environment(project, worker.name).items():
+        env[name] = systemd_environment(name, value)
     for name, value in worker.env.items():
         env[name] = systemd_environment(name, value, what + ".env")
     service += [f"Environment={line}" for line in env.values()]

@@ -52,7 +52,7 @@ from ..instances.identity import new_marker
 from ..instances.spawn import spawn_process
 from ..outcome import StopOutcome
 from ..policy import LimitTracker
-from ..snapshot import STACK_ENV, WORKER_ENV
+from ..snapshot import label_environment
 from .backoff import Policy, Record
 from .logs import WorkerOutput
 from .procscan import TreeSample, TreeSampler
@@ -159,9 +159,7 @@ class Worker:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.config.env)
-        # Every endpoint and file labels the worker's series the same way.
-        env[WORKER_ENV] = self.name
-        env[STACK_ENV] = self.project
+        env.update(label_environment(self.project, self.name))  # labels its series like everywhere else
         env[LINK_ENV] = str(link_fd)
         if self.via_runner:
             # The runner (and a function target) must import from the worker's directory.
