@@ -62,7 +62,9 @@ def test_api_workers_and_metrics(running: tuple[Stack, int]) -> None:
     assert [w["name"] for w in data] == ["api", "collector", "bot"]
     api = data[0]
     assert api["memory_mb"] > 5 and len(api["samples"][0]) == 3
-    assert data[2]["last_exit"]["reason"] == "exit 1"
+    bot_exit = data[2]["last_exit"]
+    assert bot_exit["reason"] == "crashed" and bot_exit["detail"] == "exited with status 1"
+    assert bot_exit["explanation"] and bot_exit["status_text"].startswith("1: ")
 
     code, kind, body = get(base + "/metrics")
     assert code == 200 and kind.startswith("text/plain")
@@ -103,7 +105,10 @@ def test_status_page_in_headless_chromium(running: tuple[Stack, int]) -> None:
             cells = api.locator("td").all_inner_texts()
             assert cells[2] == str(stack.worker("api")["pid"])  # type: ignore[index]
             assert cells[5].endswith("MB")
-            assert "exit 1" in page.locator("tr[data-worker='bot'] td").nth(7).inner_text()
+            last_exit = page.locator("tr[data-worker='bot'] td").nth(7).inner_text()
+            # the reason token, its plain words, the figures and what the status number means
+            assert "crashed" in last_exit and "exited with a failure status" in last_exit, last_exit
+            assert "exited with status 1" in last_exit and "exit 1: failed" in last_exit, last_exit
             assert page.locator("#summary").inner_text() == "2 of 3 workers running"
             # the chart has been drawn: some pixels in the memory colour
             drawn = page.evaluate("""() => {
