@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from procguard.errors import AlreadyRunningError
-from procguard.instances.identity import boot_id, start_ticks
+from procguard.instances.identity import boot_id
 from procguard.instances.lock import InstanceLock, lock_path, read_instance
+from procguard.procstat import start_ticks
 
 from .helpers import PROCGUARD, PYTHON, python_env, wait_for_file
 from .test_lock import assert_untouched, start_canary

@@ -189,6 +189,41 @@ def test_tree_sampler_counts_children(tmp_path: Path, spawn: Any) -> None:
     assert TreeSampler(2**22 + 12345).sample() is None
 
 
+# A root (5 MB) with two subtrees: a helper (hog.py, 1 MB) whose own child holds
+# 40 MB, and a plain 30 MB child. Prints "ready HELPER" when all have allocated.
+TREE = """
+import os, subprocess, sys, time
+helper = subprocess.Popen([sys.executable, sys.argv[1], "1", "--children", "1", "--child-mb", "40"],
+                          stdout=subprocess.PIPE)
+assert helper.stdout.readline() == b"ready\\n"
+other = subprocess.Popen([sys.executable, sys.argv[1], "30"], stdout=subprocess.PIPE)
+assert other.stdout.readline() == b"ready\\n"
+block = b"x" * (5 * 1024 * 1024)
+print("ready", helper.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_tree_sampler_leaves_excluded_subtrees_out(spawn: Any) -> None:
+    hog = Path(__file__).parent / "manager_workers" / "hog.py"
+    proc = spawn([PYTHON, "-c", TREE, str(hog)])
+    assert proc.stdout is not None
+    word, helper = proc.stdout.readline().split()
+    assert word == b"ready"
+    sampler = TreeSampler(proc.pid)
+    whole = sampler.sample()
+    sampler.set_excluded({int(helper), proc.pid})  # the root itself is always counted
+    without = sampler.sample()
+    sampler.set_excluded(set())
+    again = sampler.sample()
+    assert whole is not None and without is not None and again is not None
+    assert (whole.num_processes, without.num_processes, again.num_processes) == (4, 2, 4)
+    mb = 1024 * 1024
+    assert whole.memory_bytes - without.memory_bytes >= 40 * mb  # the helper's child's 40 MB went too
+    assert without.memory_bytes >= 35 * mb  # the root's 5 MB and the other child's 30 MB stay
+    assert abs(again.memory_bytes - whole.memory_bytes) < 8 * mb
+
+
 # -- watchdog ------------------------------------------------------------------------
 
 

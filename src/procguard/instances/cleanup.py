@@ -33,8 +33,9 @@ from typing import Any
 
 import psutil
 
+from ..procstat import start_ticks
 from ..proctree import StopResult, protected_pids, stop_processes
-from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity, parse_marker, read_marker, start_ticks
+from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity, parse_marker, read_marker
 from .lock import InstanceRecord, list_instances
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ outlive it -- every peer measured in FIELD.md leaves 4 of 4 behind. So the
 runner starts a guardian next to the worker:
 
 - it runs in its own session (a terminal's Ctrl-C does not reach it) with
-  SIGINT/SIGHUP ignored, and imports nothing but the standard library, so
-  it starts in milliseconds and holds a few MB;
+  SIGINT/SIGHUP ignored, and imports nothing but the standard library (and
+  :mod:`procguard.procstat`, itself standard library only), so it starts in
+  milliseconds and holds a few MB;
 - it opens a pidfd on the runner (verified by start time, so a recycled PID
   is never watched) and sleeps in ``poll()`` -- no timer, no CPU;
 - when the runner exits, however it exits, it sends SIGTERM to every
@@ -31,6 +32,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..procstat import read_stat, start_ticks
 
 MARKER_ENV = "PROCGUARD_INSTANCE"  # same as identity.MARKER_ENV; no import, to start fast
 SWEEPS = 3
@@ -57,7 +60,7 @@ def start_guardian(
         msg = "start_guardian needs a marker or instance names"
         raise ValueError(msg)
     pid = os.getpid() if watch_pid is None else watch_pid
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
     package_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
@@ -76,15 +79,6 @@ def start_guardian(
     )
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _wait_for_exit(pid: int, ticks: int | None) -> None:
     """Return once ``pid`` (with start time ``ticks``) has exited."""
     pidfd_open = getattr(os, "pidfd_open", None)
@@ -97,7 +91,7 @@ def _wait_for_exit(pid: int, ticks: int | None) -> None:
             fd = None
         if fd is not None:
             try:
-                if ticks is not None and _start_ticks(pid) != ticks:
+                if ticks is not None and start_ticks(pid) != ticks:
                     return  # already gone, and the PID was recycled
                 poller = select.poll()
                 poller.register(fd, select.POLLIN)
@@ -107,7 +101,7 @@ def _wait_for_exit(pid: int, ticks: int | None) -> None:
             finally:
                 os.close(fd)
     # No pidfds: we are the watched process's child, so watch our parent.
-    while os.getppid() == pid and (ticks is None or _start_ticks(pid) == ticks):
+    while os.getppid() == pid and (ticks is None or start_ticks(pid) == ticks):
         time.sleep(0.2)
 
 
@@ -133,7 +127,7 @@ def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tup
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
-            ticks = _start_ticks(pid)
+            ticks = start_ticks(pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if not _selected(f.read(), marker, names):
                     continue
@@ -146,7 +140,7 @@ def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tup
                 fd = pidfd_open(pid)
             except OSError:
                 continue  # exited meanwhile
-        if _start_ticks(pid) != ticks:  # recycled between the check and the open
+        if start_ticks(pid) != ticks:  # recycled between the check and the open
             if fd is not None:
                 os.close(fd)
             continue
@@ -169,12 +163,8 @@ def _exited(pid: int, fd: int | None) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")
-    except (OSError, ValueError):
-        return True
+    stat = read_stat(pid)
+    return stat is None or stat.exited
 
 
 def sweep(marker: str | None, grace_s: float, names: Sequence[str] = ()) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..procstat import CLOCK_TICKS, start_ticks
 
 if TYPE_CHECKING:
     import psutil
@@ -75,20 +76,6 @@ def boot_id() -> str | None:
         return None
 
 
-def start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        fields = data[data.rindex(b")") + 2 :].split()
-        return int(fields[19])
-    except (ValueError, IndexError):
-        return None
-
-
 def create_time(pid: int) -> float | None:
     """Start time of ``pid`` in seconds since the epoch, the way psutil computes it on Linux.
 
@@ -104,7 +91,7 @@ def create_time(pid: int) -> float | None:
         with open("/proc/stat", "rb") as f:
             for line in f:
                 if line.startswith(b"btime"):
-                    return float(ticks) / os.sysconf("SC_CLK_TCK") + float(line.split()[1])
+                    return float(ticks) / CLOCK_TICKS + float(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None

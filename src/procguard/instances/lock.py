@@ -38,7 +38,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRunningError, StateDirError
-from .identity import ProcessIdentity, boot_id, create_time, start_ticks, validate_name
+from ..procstat import start_ticks
+from .identity import ProcessIdentity, boot_id, create_time, validate_name
 from .statedir import open_state_file, resolve_state_dir, state_subdir
 
 if TYPE_CHECKING:

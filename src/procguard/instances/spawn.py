@@ -31,6 +31,7 @@ import subprocess
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import IO, Any
 
+from ..procstat import read_stat
 from .identity import MARKER_ENV
 
 log = logging.getLogger(__name__)
@@ -212,14 +213,8 @@ def direct_children(pid: int) -> list[int]:
 
 def _is_zombie(pid: int) -> bool:
     """True when ``pid`` has exited and waits to be reaped (or is already gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True  # already gone: waitpid says whether it was ours
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z"
+    stat = read_stat(pid)
+    return stat is None or stat.exited
 
 
 class ChildHandle:
