@@ -20,6 +20,7 @@ import pytest
 from procguard.errors import AlreadyRunningError
 from procguard.instances.identity import boot_id
 from procguard.instances.lock import InstanceLock, lock_path, read_instance
+from procguard.instances.replace import acquire_instance
 from procguard.procstat import start_ticks
 
 from .helpers import PROCGUARD, PYTHON, python_env, wait_for_file
@@ -84,7 +85,7 @@ def test_poisoned_record_is_never_acted_on(state_dir: Path, canary, kind: str) -
     report = json.loads(result.stdout)
     assert report["processes"] == []
     # (Never a real 'cleanup all' here: it would stop other test suites' marked processes.)
-    with InstanceLock.acquire("poisoned", replace=True, replace_grace_s=1) as lock:
+    with acquire_instance("poisoned", replace=True, grace_s=1) as lock:
         assert lock.held
         assert read_instance("poisoned").pid == os.getpid()
     assert_untouched(proc, log)
@@ -148,8 +149,8 @@ def test_forced_pid_reuse_impostor_is_untouched(state_dir: Path, spawn, tmp_path
         InstanceLock.acquire("poisoned")
     assert excinfo.value.pid == holder.pid
     # --replace cannot confirm whom to stop, so it stops nobody and gives up.
-    with pytest.raises(AlreadyRunningError):
-        InstanceLock.acquire("poisoned", replace=True, replace_grace_s=0.2)
+    with pytest.raises(AlreadyRunningError, match="--replace could not stop it"):
+        acquire_instance("poisoned", replace=True, grace_s=0.2)
     assert holder.poll() is None
     assert_untouched(impostor, log)
 

@@ -141,7 +141,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
     from ..instances.identity import MARKER_ENV, new_marker
-    from ..instances.lock import InstanceLock
+    from ..instances.replace import acquire_instance
     from ..runner.options import options_from_args
 
     cpu_window_given = args.cpu_window_s is not None
@@ -156,13 +156,13 @@ def run_run(args: argparse.Namespace) -> int:
 
         check_command(options.command)
     marker = new_marker(options.name)
-    lock = InstanceLock.acquire(
+    lock = acquire_instance(
         options.name,
         state_dir=options.state_dir,
         info={"mode": options.mode, "target": options.target or list(options.command)},
         marker=marker,
         replace=options.replace,
-        replace_grace_s=options.grace_s,
+        grace_s=options.grace_s,
     )
     try:
         from ..instances.guardian import start_guardian

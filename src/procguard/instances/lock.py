@@ -104,16 +104,13 @@ class InstanceLock:
         info: Mapping[str, Any] | None = None,
         health_port: int | None = None,
         marker: str | None = None,
-        replace: bool = False,
-        replace_grace_s: float = 30.0,
     ) -> InstanceLock:
-        """Take the lock of ``name`` or raise AlreadyRunningError.
+        """Take the lock of ``name`` or raise AlreadyRunningError naming the holder.
 
         ``info`` is stored in the record (JSON-serialisable values); the
         runner/supervisor put ``restarts``, the worker's pid, etc. there.
-        With ``replace=True`` a running instance is stopped first (SIGTERM to
-        its tree and marked processes, SIGKILL after ``replace_grace_s``) and
-        the lock taken over; AlreadyRunningError if it cannot be stopped.
+        Stopping a running holder first (``--replace``) is a policy one level
+        up: :func:`procguard.instances.replace.acquire_instance`.
         """
         path = lock_path(name, state_dir)
         fd = _open_lock_file(path)
@@ -122,54 +119,15 @@ class InstanceLock:
         except BlockingIOError:
             holder = _describe_holder(fd, path)
             os.close(fd)
-            if not replace:
-                raise AlreadyRunningError(
-                    name,
-                    holder,
-                    f"stop it with 'procguard cleanup {name}' or start with --replace",
-                ) from None
-            return cls._replace(name, path, state_dir, info, health_port, marker, replace_grace_s)
+            raise AlreadyRunningError(
+                name,
+                holder,
+                f"stop it with 'procguard cleanup {name}' or start with --replace",
+            ) from None
         except BaseException:
             os.close(fd)
             raise
         return cls._adopt(name, path, fd, info, health_port, marker)
-
-    @classmethod
-    def _replace(  # noqa: PLR0917 - private; mirrors acquire's keywords
-        cls,
-        name: str,
-        path: Path,
-        state_dir: str | os.PathLike[str] | None,
-        info: Mapping[str, Any] | None,
-        health_port: int | None,
-        marker: str | None,
-        grace_s: float,
-    ) -> InstanceLock:
-        from .cleanup import cleanup_instances  # cleanup builds on this module
-
-        log.info("replacing the running instance %r", name)
-        report = cleanup_instances(name, grace_s=grace_s, state_dir=state_dir)
-        # Cleanup returns once its targets have exited, and the kernel frees
-        # the lock as the holder exits; allow a moment for a holder that is
-        # still closing its files. A holder cleanup could not confirm stays.
-        deadline = time.monotonic() + 1.0
-        while True:
-            fd = _open_lock_file(path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(fd, path)
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise AlreadyRunningError(
-                        name, holder, f"--replace could not stop it ({report.summary()})"
-                    ) from None
-                time.sleep(0.02)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            return cls._adopt(name, path, fd, info, health_port, marker)
 
     @classmethod
     def _adopt(  # noqa: PLR0917 - private
