@@ -191,11 +191,13 @@ time.sleep(600)
 
 
 def test_respawning_target_is_reported_and_exit_status_is_4(state_dir: Path, spawn, tmp_path: Path) -> None:
-    from procguard.instances.identity import MARKER_ENV, find_marked, new_marker
+    from procguard.instances.identity import find_marked
+    from procguard.instances.marker import MARKER_ENV, new_marker
+    from procguard.instances.statedir import namespace_of
 
     name = unique("phoenix")
     ready = tmp_path / "phoenix.ready"
-    first = spawn([PYTHON, "-c", PHOENIX, PHOENIX, str(ready)], env=python_env(**{MARKER_ENV: new_marker(name)}))
+    first = spawn([PYTHON, "-c", PHOENIX, PHOENIX, str(ready)], env=python_env(**{MARKER_ENV: new_marker(name, namespace_of())}))
     wait_for_file(ready, proc=first)
     try:
         result = cli("cleanup", name, "--grace", "5", "--json")

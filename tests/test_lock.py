@@ -31,12 +31,13 @@ from .helpers import PYTHON, python_env, wait_for, wait_for_file
 HOLDER = r"""
 import http.server, json, os, sys, threading, time
 from procguard.instances.lock import InstanceLock
-from procguard.instances.identity import new_marker
+from procguard.instances.marker import new_marker
+from procguard.instances.statedir import namespace_of
 from procguard.instances.spawn import spawn_process
 
 cfg = json.loads(sys.argv[1])
 ready = cfg["ready"]
-marker = new_marker(cfg["name"])
+marker = new_marker(cfg["name"], namespace_of())
 lock = InstanceLock.acquire(cfg["name"], marker=marker, info=cfg.get("info"))
 out = {"holder": os.getpid(), "marker": marker, "children": [], "escapee": None}
 if "health" in cfg:

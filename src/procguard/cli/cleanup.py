@@ -1,7 +1,8 @@
 """``procguard cleanup NAME|all`` and ``procguard cleanup --match PATTERN``.
 
 The safe replacement for ``pkill -9 -f NAME``: it stops what procguard
-started under NAME (lock holder, marked processes, their descendants) or,
+started under NAME in this state directory (lock holder, marked processes,
+their descendants) or,
 with ``--match``, our own user's legacy processes whose command line matches,
 with their descendants; graceful first (SIGTERM, wait ``--grace``), forced
 after. It lists what it found before signalling and reports every process's
@@ -34,14 +35,17 @@ EPILOG = f"""\
 who is stopped:
   NAME     the holder of NAME's instance lock (when its recorded pid + start time
            still match), every process carrying NAME's PROCGUARD_INSTANCE marker
-           (orphaned, double-forked grandchildren too), and their descendants.
-           A process whose command line merely contains NAME is not touched.
-  all      every instance in the state directory and every procguard-marked
-           process of your user.
+           of this state directory (orphaned, double-forked grandchildren too),
+           and their descendants. A process whose command line merely contains
+           NAME is not touched.
+  all      every instance in the state directory and every process carrying
+           one of its markers.
   --match  your processes whose full command line matches PATTERN, plus their
            descendants; procguard-managed processes are left to 'cleanup NAME'.
 never stopped: pid 1, procguard itself and its ancestors (your shell), other
-users' processes, and processes whose identity cannot be confirmed.
+users' processes, processes whose identity cannot be confirmed, and processes
+carrying the marker of another state directory (the state directory is a
+namespace: two stacks of the same names in two of them never touch each other).
 
 exit statuses:
   {ExitStatus.OK:<4} nothing is left running (or --dry-run)

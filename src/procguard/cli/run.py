@@ -140,8 +140,9 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
-    from ..instances.identity import MARKER_ENV, new_marker
+    from ..instances.marker import MARKER_ENV, new_marker
     from ..instances.replace import acquire_instance
+    from ..instances.statedir import namespace_of
     from ..runner.options import options_from_args
 
     cpu_window_given = args.cpu_window_s is not None
@@ -155,7 +156,7 @@ def run_run(args: argparse.Namespace) -> int:
         from ..runner.command import check_command
 
         check_command(options.command)
-    marker = new_marker(options.name)
+    marker = new_marker(options.name, namespace_of(options.state_dir))
     lock = acquire_instance(
         options.name,
         state_dir=options.state_dir,

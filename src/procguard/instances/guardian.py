@@ -19,7 +19,8 @@ runner starts a guardian next to the worker:
   and exits. After a clean shutdown there is nothing left to find.
 
 Run as ``python -m procguard.instances.guardian --pid PID --ticks T
---marker NAME:ID --grace S``; start it with :func:`start_guardian`.
+--marker NAME:ID --grace S`` (or ``--name NAME... --namespace NS``); start it
+with :func:`start_guardian`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..procstat import read_stat, start_ticks
+from .marker import MARKER_ENV, marker_in_environ, parse_marker
 
-MARKER_ENV = "PROCGUARD_INSTANCE"  # same as identity.MARKER_ENV; no import, to start fast
 SWEEPS = 3
 
 
@@ -43,6 +44,7 @@ def start_guardian(
     marker: str | None = None,
     *,
     names: Sequence[str] = (),
+    namespace: str | None = None,
     grace_s: float = 5.0,
     watch_pid: int | None = None,
     python: str | None = None,
@@ -50,14 +52,19 @@ def start_guardian(
     """Start a guardian watching ``watch_pid`` (default: this process).
 
     It sweeps processes carrying exactly ``marker`` (one start of one
-    instance, what ``procguard run`` uses) and/or any marker whose instance
-    name is in ``names`` (whatever id: what a supervisor restarting its
-    workers under fresh markers needs). Returns the guardian's ``Popen``; it
+    instance, what ``procguard run`` uses) and/or any marker of the state
+    directory ``namespace`` whose instance name is in ``names`` (whatever
+    random part: what a supervisor restarting its workers under fresh markers
+    needs; the namespace keeps it off another state directory's instances of
+    the same names). Returns the guardian's ``Popen``; it
     exits by itself after the watched process is gone and the sweep is done.
     Terminate it to stand it down; a guardian stopped by SIGTERM does nothing.
     """
     if marker is None and not names:
         msg = "start_guardian needs a marker or instance names"
+        raise ValueError(msg)
+    if names and namespace is None:
+        msg = "start_guardian: instance names need the namespace of their state directory"
         raise ValueError(msg)
     pid = os.getpid() if watch_pid is None else watch_pid
     ticks = start_ticks(pid)
@@ -73,6 +80,8 @@ def start_guardian(
         argv += ["--marker", marker]
     for name in names:
         argv += ["--name", name]
+    if names and namespace is not None:
+        argv += ["--namespace", namespace]
     return subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
@@ -105,17 +114,21 @@ def _wait_for_exit(pid: int, ticks: int | None) -> None:
         time.sleep(0.2)
 
 
-def _selected(environ: bytes, marker: str | None, names: frozenset[str]) -> bool:
-    prefix = f"{MARKER_ENV}=".encode()
-    for entry in environ.split(b"\0"):
-        if entry.startswith(prefix):
-            value = entry[len(prefix) :].decode("utf-8", "replace")
-            return value == marker or value.rpartition(":")[0] in names
-    return False
+def _selected(environ: bytes, marker: str | None, names: frozenset[str], namespace: str | None) -> bool:
+    value = marker_in_environ(environ)
+    if value is None:
+        return False
+    if value == marker:
+        return True
+    parsed = parse_marker(value)
+    return parsed is not None and parsed.name in names and parsed.namespace == namespace
 
 
-def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tuple[int, int | None]]:
-    """(pid, pidfd) of our user's processes carrying ``marker`` or a marker of ``names`` (not us)."""
+def _marked(
+    marker: str | None, names: frozenset[str] = frozenset(), namespace: str | None = None
+) -> list[tuple[int, int | None]]:
+    """(pid, pidfd) of our user's processes (not us) carrying ``marker`` or a marker of ``names``
+    in ``namespace``."""
     me, uid = os.getpid(), os.getuid()
     found: list[tuple[int, int | None]] = []
     for entry in os.listdir("/proc"):
@@ -129,7 +142,7 @@ def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tup
                 continue
             ticks = start_ticks(pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if not _selected(f.read(), marker, names):
+                if not _selected(f.read(), marker, names, namespace):
                     continue
         except OSError:
             continue
@@ -167,13 +180,13 @@ def _exited(pid: int, fd: int | None) -> bool:
     return stat is None or stat.exited
 
 
-def sweep(marker: str | None, grace_s: float, names: Sequence[str] = ()) -> int:
-    """SIGTERM every process with ``marker`` (or a marker of ``names``), SIGKILL what is
-    left after ``grace_s``; return how many were signalled."""
+def sweep(marker: str | None, grace_s: float, names: Sequence[str] = (), namespace: str | None = None) -> int:
+    """SIGTERM every process with ``marker`` (or a ``namespace`` marker of ``names``), SIGKILL
+    what is left after ``grace_s``; return how many were signalled."""
     stopped = 0
     selected = frozenset(names)
     for _ in range(SWEEPS):
-        victims = _marked(marker, selected)
+        victims = _marked(marker, selected, namespace)
         if not victims:
             break
         try:
@@ -202,14 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=-1)
     parser.add_argument("--marker", default=None)
     parser.add_argument("--name", action="append", default=[])
+    parser.add_argument("--namespace", default=None)
     parser.add_argument("--grace", type=float, default=5.0)
     args = parser.parse_args(argv)
+    if args.marker is None and not args.name:
+        parser.error("give --marker or --name")
+    if args.name and args.namespace is None:
+        parser.error("--name needs --namespace")
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _wait_for_exit(args.pid, None if args.ticks < 0 else args.ticks)
-    if args.marker is None and not args.name:
-        parser.error("give --marker or --name")
-    count = sweep(args.marker, max(0.0, args.grace), args.name)
+    count = sweep(args.marker, max(0.0, args.grace), args.name, args.namespace)
     if count:
         what = args.marker or ", ".join(args.name)
         sys.stderr.write(

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRunningError, StateDirError
 from ..procstat import start_ticks
-from .identity import ProcessIdentity, boot_id, create_time, validate_name
+from .identity import ProcessIdentity, boot_id, create_time
+from .marker import validate_name
 from .statedir import open_state_file, resolve_state_dir, state_subdir
 
 if TYPE_CHECKING:

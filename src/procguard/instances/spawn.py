@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import IO, Any
 
 from ..procstat import read_stat
-from .identity import MARKER_ENV
+from .marker import MARKER_ENV
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ def clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
     from ..proctree import StopResult
 
     table = snapshot_processes()
-    view = Viewpoint.current()
+    view = Viewpoint.current(state_dir)  # only this state directory's processes are stale
     instances = list_instances(state_dir)
     targets: dict[int, Any] = {}
     for worker in config.workers.values():

@@ -24,7 +24,8 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   worker: for the 50-worker goal, 50 times the supervisor's own budget.
 
 Either way the process leads its own session (``setsid``), carries the
-marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:ID``, and gets SIGTERM if the
+marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:NAMESPACE-ID`` (the namespace of
+the stack's state directory), and gets SIGTERM if the
 supervisor dies (parent-death signal); the watchdog kills its whole group.
 """
 
@@ -42,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WorkerConfig, worker_argv
-from ..instances.identity import new_marker
+from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
+from ..instances.statedir import namespace_of
 from ..policy import Limits, LimitTracker, default_hard_limit
 from .backoff import Exit, Policy, Record
 from .logs import WorkerOutput
@@ -69,10 +71,13 @@ class Worker:
         base_dir: Path,
         procguard: list[str],
         output: WorkerOutput,
+        state_dir: Path,
     ) -> None:
         self.config = config
         self.name = config.name
         self.project = project
+        self.state_dir = state_dir
+        self.namespace = namespace_of(state_dir)  # in every marker: the stack's processes are told apart
         self.base_dir = base_dir
         self.procguard = procguard
         self.output = output
@@ -164,7 +169,7 @@ class Worker:
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
         read_fd, write_fd = os.pipe()
-        self.marker = new_marker(f"{self.project}.{self.name}")
+        self.marker = new_marker(f"{self.project}.{self.name}", self.namespace)
         try:
             proc = spawn_process(
                 self.argv(),
