@@ -20,8 +20,8 @@ from procguard.instances.marker import MARKER_ENV, parse_marker, read_marker
 from procguard.instances.statedir import namespace_of
 from procguard.supervisor.control import NotRunningError, request, socket_path
 
-from .helpers import PROCGUARD, PYTHON, python_env, wait_for
-from .supervisor_workers.stackkit import alive
+from .helpers import PROCGUARD, PYTHON, free_port, python_env, wait_for
+from .supervisor_workers.stackkit import alive, worker_cmd, write_config
 
 SLEEP = [PYTHON, "-c", "import time; time.sleep(600)"]
 
@@ -143,3 +143,58 @@ def test_cleanup_replace_and_ps_stay_in_their_state_directory(tmp_path: Path, sp
     assert runner_b.wait(timeout=30) in (0, 143)
     assert alive(runner_a2.pid) and alive(child_a2) and old.poll() is None
     assert [r["name"] for r in json.loads(cli("ps", "--json", "--state-dir", str(b)).stdout)] == []
+
+
+def _twin_stack(directory: Path) -> Path:
+    """Project "twin": a function worker, a command with a health port, a library worker, a plain command."""
+    directory.mkdir()
+    return write_config(directory, {
+        "fn": {"run": "tests.supervisor_workers.targets:idle", "interval": "1h"},
+        "web": {"command": SLEEP, "health_port": free_port()},
+        "lib": {"command": worker_cmd("libworker.py", "twin-lib")},
+        "plain": {"command": SLEEP},
+    }, project="twin", defaults={"grace": "5s"})
+
+
+def test_up_state_dir_reaches_every_process_it_starts(tmp_path: Path, spawn) -> None:
+    """Only --state-dir names the stacks' directories: runners and in-process managers must follow it."""
+    env = python_env(PROCGUARD_LOG_LEVEL="INFO")
+    env.pop("PROCGUARD_STATE_DIR", None)
+    sides = []
+    for side in ("one", "two"):
+        config, state_dir = _twin_stack(tmp_path / side), tmp_path / side / "state"
+        out = (tmp_path / f"{side}.out").open("wb")
+        spawn([*PROCGUARD, "up", "-c", str(config), "--state-dir", str(state_dir), "--status-port", "0"],
+              env=env, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        sides.append((state_dir, tmp_path / f"{side}.out"))
+
+    def settled(state_dir: Path) -> dict[str, dict[str, Any]] | None:
+        """Every worker running, and every lock the stack's processes take held in state_dir by them."""
+        workers = status(state_dir, "twin")
+        if len(workers) != 4 or any(w["state"] != "running" for w in workers.values()):
+            return None
+        held = {r.name: r.pid for r in list_instances(state_dir) if r.held}
+        wanted = {"twin.fn": workers["fn"]["pid"], "twin.web": workers["web"]["pid"],
+                  "twin-lib": workers["lib"]["pid"]}
+        return workers if all(held.get(name) == pid for name, pid in wanted.items()) else None
+
+    for state_dir, out in sides:
+        workers = wait_for(lambda state_dir=state_dir: settled(state_dir), timeout=60,
+                           message=lambda state_dir=state_dir, out=out: (
+                               f"stack in {state_dir} settled: {status(state_dir, 'twin')}, "
+                               f"locks {[(r.name, r.held, r.pid) for r in list_instances(state_dir)]}\n"
+                               f"{out.read_text(errors='replace')[-3000:]}"))
+        assert all(w["restarts"] == 0 for w in workers.values()), workers
+        namespace = namespace_of(state_dir)
+        for name, worker in workers.items():
+            marker = parse_marker(read_marker(worker["pid"]) or "")
+            assert marker is not None and marker.namespace == namespace, (name, marker)
+            env_of = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+            assert f"PROCGUARD_STATE_DIR={state_dir}".encode() in env_of
+    # Nothing was left in the default state directory by either stack.
+    assert not [r.name for r in list_instances(None) if r.held and r.name.startswith("twin")]
+    for state_dir, _out in sides:
+        assert stop_rows(state_dir, "twin") == []
+        done = cli("down", "--project", "twin", "--state-dir", str(state_dir))
+        assert done.returncode == 0, done.stderr

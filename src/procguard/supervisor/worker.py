@@ -45,7 +45,7 @@ from typing import Any
 from ..config import WorkerConfig, worker_argv
 from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
-from ..instances.statedir import namespace_of
+from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..policy import Limits, LimitTracker, default_hard_limit
 from .backoff import Exit, Policy, Record
 from .logs import WorkerOutput
@@ -138,6 +138,10 @@ class Worker:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.config.env)
+        # The stack's state directory reaches every process it starts, so a runner,
+        # a ProcessManager in the worker and any nested procguard lock and mark in
+        # the stack's namespace, never in some default directory (whatever env says).
+        env[STATE_DIR_ENV] = str(self.state_dir)
         if self.via_runner:
             # The runner (and a function target) must import from the worker's directory.
             paths = [str(self.cwd())]
