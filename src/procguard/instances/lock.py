@@ -18,6 +18,13 @@ create_time), boot id, command line, health port, marker and free-form
 ``cleanup``; the lock alone decides who runs. Poisoned records (pid 0, -1,
 1, text, huge, another user's pid) are never trusted: a PID is only acted
 on when the lock is held *and* the recorded identity still matches.
+
+A lock file with more than one hard link is another file too (someone's
+``ln``): writing the record would overwrite that file. The lock is still
+taken (single-instance must hold, and a start is never refused for what is
+in the state directory), but no record is written, truncated or read
+through it; one warning names the file, and ``procguard ps`` shows the
+instance without its details.
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class InstanceLock:
         self._record = record
         self._owner_pid = os.getpid()
         self._write_guard = threading.Lock()  # update() may come from any thread
+        self._warned_links = False
 
     # -- acquiring -------------------------------------------------------
     @classmethod
@@ -210,11 +218,26 @@ class InstanceLock:
 
     def _write(self) -> None:
         fd = self._fd
-        if fd is None:
+        if fd is None or not self._writable(fd):
             return
         data = json.dumps(self._record, sort_keys=True, default=str).encode()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
+
+    def _writable(self, fd: int) -> bool:
+        """False (and one warning) while the lock file has more than one hard link."""
+        links = os.fstat(fd).st_nlink
+        if links <= 1:
+            return True
+        if not self._warned_links:
+            self._warned_links = True
+            log.warning(
+                "lock file %s has %d hard links (it is another file too): the lock is held, "
+                "but no record is written to it",
+                self.path,
+                links,
+            )
+        return False
 
     # -- releasing -------------------------------------------------------
     def release(self) -> None:
@@ -229,7 +252,8 @@ class InstanceLock:
             os.close(fd)
             return
         try:
-            os.ftruncate(fd, 0)  # an empty record says "nobody" to readers
+            if self._writable(fd):
+                os.ftruncate(fd, 0)  # an empty record says "nobody" to readers
         except OSError:
             pass
         os.close(fd)  # closing our only reference frees the flock
@@ -421,6 +445,10 @@ def _read_record(
     name: str, path: Path, fd: int, locks: dict[tuple[int, int, int], int] | None
 ) -> InstanceRecord:
     held, holder = _lock_state(fd, locks)
+    links = os.fstat(fd).st_nlink
+    if links > 1:  # another file's content, not a record: never read as one
+        linked = f"lock file has {links} hard links; no record is kept in it"
+        return InstanceRecord(name=name, path=path, held=held, holder_pid=holder, error=linked)
     data, error = _read_data(fd)
     # A holder rewrites its record with pwrite+ftruncate; a reader racing it
     # may see a torn record. Re-read a couple of times before calling it bad.
