@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from procguard.errors import UsageError
 from procguard.instances.cleanup import (
     CleanupReport,
+    NameChoice,
     ProcInfo,
     ReportEntry,
     Viewpoint,
+    choose_name,
+    namespace_names,
     pkill_match_set,
     plan_cleanup,
 )
@@ -202,3 +206,27 @@ def test_match_spares_processes_of_every_procguard_and_says_whose() -> None:
     assert "another state directory" in why[1201]
     assert "older procguard" in why[1300]
     assert not {601, 1201, 1300} & pids(plan)
+
+
+def test_a_stack_worker_name_is_chosen_only_when_unambiguous() -> None:
+    known = {"analyticbot.collector", "analyticbot.api", "shop.api", "supervisor.analyticbot", "collector2"}
+    assert choose_name("analyticbot.api", known) == NameChoice("analyticbot.api")
+    assert choose_name("all", known) == NameChoice("all")
+    chosen = choose_name("collector", known)
+    assert chosen.name == "analyticbot.collector" and "stack analyticbot" in chosen.note
+    # A stopped worker of a running stack has no marker now: the stack's config still names it.
+    assert choose_name("bot", known, ["analyticbot.bot"]).name == "analyticbot.bot"
+    with pytest.raises(UsageError, match=r"2 stacks .*: analyticbot\.api, shop\.api"):
+        choose_name("api", known)
+    # A supervisor's lock is not a worker: 'analyticbot' is nobody's worker name.
+    assert choose_name("analyticbot", known).name == "analyticbot"
+    nothing = choose_name("colector", known)
+    assert nothing.name == "colector"
+    assert "did you mean analyticbot.collector or collector2?" in nothing.note
+    assert choose_name("zzz", known).note.endswith("in this state directory")
+
+
+def test_namespace_names_are_records_and_markers_of_this_state_directory() -> None:
+    table = [*TABLE, *ELSEWHERE]
+    names = namespace_names(table, INSTANCES, VIEW)
+    assert names == {"collector", "collector-tests"}  # not inner.api (another state directory)

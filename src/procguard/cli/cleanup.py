@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -38,6 +39,8 @@ who is stopped:
            of this state directory (orphaned, double-forked grandchildren too),
            and their descendants. A process whose command line merely contains
            NAME is not touched.
+           NAME may also be a stack's worker name: 'cleanup collector' means
+           analyticbot.collector when only stack analyticbot has that worker.
   all      every instance in the state directory and every process carrying
            one of its markers.
   --match  your processes whose full command line matches PATTERN, plus their
@@ -90,7 +93,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def run_cleanup(args: argparse.Namespace) -> int:
-    from ..instances.cleanup import CleanupPlan, cleanup_instances, cleanup_matching
+    from ..instances.cleanup import CleanupPlan, cleanup_instances, cleanup_matching, resolve_name
     from ..instances.statedir import resolve_state_dir
 
     if (args.name is None) == (args.match is None):
@@ -116,7 +119,10 @@ def run_cleanup(args: argparse.Namespace) -> int:
             pattern, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run, before_execute=announce
         )
     else:
-        report = cleanup_instances(args.name, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run)
+        choice = resolve_name(args.name, state_dir=state_dir, stack_workers=_stack_workers(state_dir))
+        report = cleanup_instances(choice.name, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run)
+        if choice.note:
+            report.notes.insert(0, choice.note)
 
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -131,6 +137,25 @@ def run_cleanup(args: argparse.Namespace) -> int:
         + "\n"
     )
     return ExitStatus.CLEANUP_INCOMPLETE
+
+
+def _stack_workers(state_dir: Path) -> list[str]:
+    """``PROJECT.WORKER`` of every stack whose supervisor runs on ``state_dir``."""
+    from ..config import load_config
+    from ..errors import ProcguardError
+    from ..supervisor.control import running_supervisors
+
+    names: list[str] = []
+    for supervisor in running_supervisors(state_dir):
+        if supervisor.config is None:
+            continue
+        try:
+            config = load_config(supervisor.config)
+        except ProcguardError:
+            continue  # its file changed or went away; its markers still name its workers
+        if config.project.name == supervisor.project:
+            names += [f"{supervisor.project}.{worker}" for worker in config.workers]
+    return names
 
 
 def _short(text: str, width: int = 80) -> str:

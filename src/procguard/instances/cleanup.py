@@ -24,16 +24,18 @@ processes managed by procguard (use ``cleanup NAME`` for those).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
+from ..errors import UsageError
 from ..procstat import start_ticks
 from ..proctree import StopResult, protected_pids, stop_processes
 from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity
@@ -504,6 +506,93 @@ def _merge(report: CleanupReport, entry: ReportEntry) -> None:
             report.entries[i] = entry
             return
     report.entries.append(entry)
+
+
+# -- which name (cleanup NAME given a stack's worker name) --------------------------
+#: Instance-lock names of stack supervisors (``supervisor.PROJECT``): never a worker.
+_SUPERVISOR_PREFIX = "supervisor."
+
+
+@dataclass(frozen=True)
+class NameChoice:
+    """The instance ``cleanup NAME`` acts on, and what to tell the user about the choice."""
+
+    name: str
+    note: str = ""
+
+
+def namespace_names(
+    table: Iterable[ProcInfo], instances: Iterable[InstanceRecord], view: Viewpoint
+) -> set[str]:
+    """Instance names known in ``view``'s state directory: lock records and markers of its namespace."""
+    names = {record.name for record in instances}
+    for row in table:
+        parsed = parse_marker(row.marker) if row.marker else None
+        if parsed is not None and parsed.namespace == view.namespace and row.uid == view.uid:
+            names.add(parsed.name)
+    return names
+
+
+def _stack_worker(name: str) -> str | None:
+    """The worker part of ``PROJECT.WORKER`` (worker and project names hold no dot), else None."""
+    project, dot, worker = name.partition(".")
+    if not dot or not project or not worker or "." in worker or name.startswith(_SUPERVISOR_PREFIX):
+        return None
+    return worker
+
+
+def choose_name(name: str, known: Collection[str], stack_workers: Collection[str] = ()) -> NameChoice:
+    """What ``cleanup NAME`` means (pure).
+
+    ``known``: the instance names of the state directory (lock records and
+    markers of its namespace); ``stack_workers``: ``PROJECT.WORKER`` of the
+    stacks running there. NAME itself when it is known (or ``all``);
+    otherwise the one ``PROJECT.NAME`` it is the worker name of, said in the
+    note; several such stacks are a UsageError listing the full names; none
+    gives a note with similar names.
+    """
+    if name == ALL or name in known:
+        return NameChoice(name)
+    candidates = set(known) | set(stack_workers)
+    full = sorted(c for c in candidates if _stack_worker(c) == name)
+    if len(full) == 1:
+        project = full[0].partition(".")[0]
+        return NameChoice(full[0], f"{name!r} is worker {name} of stack {project}: using instance {full[0]}")
+    if full:
+        msg = (
+            f"{name!r} is a worker of {len(full)} stacks in this state directory: {', '.join(full)} "
+            "(give the full name)"
+        )
+        raise UsageError(msg)
+    # Close to a full name, or to the worker part of one ('colector' -> analyticbot.collector).
+    spellings: dict[str, set[str]] = {}
+    for candidate in candidates:
+        for spelling in (candidate, _stack_worker(candidate)):
+            if spelling:
+                spellings.setdefault(spelling, set()).add(candidate)
+    close = difflib.get_close_matches(name, sorted(spellings), n=3, cutoff=0.6)
+    similar = sorted({full for spelling in close for full in spellings[spelling]})
+    hint = f"; did you mean {' or '.join(similar)}?" if similar else ""
+    return NameChoice(name, f"no instance or marked process named {name!r} in this state directory{hint}")
+
+
+def resolve_name(
+    name: str,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    stack_workers: Collection[str] = (),
+) -> NameChoice:
+    """:func:`choose_name` with the state directory's lock records and the process table's markers."""
+    if name == ALL:
+        return NameChoice(name)
+    from .marker import validate_name
+
+    validate_name(name)
+    instances = list_instances(state_dir)
+    if any(record.name == name for record in instances):
+        return NameChoice(name)  # no need to read every process's environment
+    known = namespace_names(snapshot_processes(), instances, Viewpoint.current(state_dir))
+    return choose_name(name, known, stack_workers)
 
 
 def cleanup_instances(
