@@ -7,6 +7,7 @@ directory, with the same project, worker and instance names on both sides.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,24 @@ def test_up_state_dir_reaches_every_process_it_starts(tmp_path: Path, spawn) -> 
         assert stop_rows(state_dir, "twin") == []
         done = cli("down", "--project", "twin", "--state-dir", str(state_dir))
         assert done.returncode == 0, done.stderr
+
+
+def test_a_managers_claim_trusts_only_a_parent_of_its_own_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ProcessManager under a procguard parent skips its lock only when the parent locked here."""
+    from procguard.instances.claim import InstanceClaim
+    from procguard.instances.marker import new_marker
+
+    state_dir = tmp_path / "state"
+    monkeypatch.setenv(MARKER_ENV, new_marker("worker", namespace_of(state_dir)))
+    assert InstanceClaim.take("worker", pid=os.getpid(), state_dir=state_dir) is None
+    monkeypatch.setenv(MARKER_ENV, new_marker("worker", namespace_of(tmp_path / "elsewhere")))
+    claim = InstanceClaim.take("worker", pid=os.getpid(), state_dir=state_dir)
+    try:
+        assert claim is not None and claim.lock.held
+        assert parse_marker(os.environ[MARKER_ENV]).namespace == namespace_of(state_dir)  # type: ignore[union-attr]
+    finally:
+        if claim is not None:
+            claim.withdraw_marker()
+            claim.lock.release()

@@ -383,3 +383,17 @@ def test_supervisors_starting_together_share_one_history_file(tmp_path: Path, sp
         _out, err = proc.communicate()
         assert proc.returncode == 0, err.decode()
     assert sorted(e.project for e in read_events(db, limit=0)) == [f"p{i}" for i in range(8)]
+
+
+# -- the ready pipe of up --detach ------------------------------------------------------
+
+
+def test_the_daemons_answer_is_read_word_by_word() -> None:
+    from procguard.supervisor.startup import DaemonAnswer, parse_answer
+
+    assert parse_answer("ready 4242") == DaemonAnswer("ready", supervisor_pid="4242")
+    assert parse_answer("already 17") == DaemonAnswer("already", supervisor_pid="17")
+    assert parse_answer("error 2 bad config: x") == DaemonAnswer("error", exit_status=2, detail="bad config: x")
+    assert parse_answer("error x y").exit_status == 1
+    died = parse_answer("")
+    assert (died.word, died.exit_status) == ("", 1) and "exited before starting" in died.detail
