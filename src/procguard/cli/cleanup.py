@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -25,6 +24,8 @@ from ..reasons import ExitStatus
 from ..units import parse_duration
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..instances.cleanup import CleanupReport
 
 log = logging.getLogger(__name__)
