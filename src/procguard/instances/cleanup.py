@@ -24,7 +24,6 @@ processes managed by procguard (use ``cleanup NAME`` for those).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -564,6 +563,8 @@ def choose_name(name: str, known: Collection[str], stack_workers: Collection[str
             "(give the full name)"
         )
         raise UsageError(msg)
+    import difflib  # only for this hint
+
     # Close to a full name, or to the worker part of one ('colector' -> analyticbot.collector).
     spellings: dict[str, set[str]] = {}
     for candidate in candidates:
