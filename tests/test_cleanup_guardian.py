@@ -1,6 +1,6 @@
 """No orphans when the runner itself is SIGKILLed: the guardian sweeps the marker.
 
-FIELD.md measured every peer leaving the worker's 4 multiprocessing children
+supervisord, circus and PM2 were measured leaving the worker's 4 multiprocessing children
 alive after the manager is SIGKILLed. Here the same scenario must leave 0.
 """
 

@@ -3,7 +3,7 @@
 The parent-death signal reaches only a *direct* child, and the subreaper
 only helps while it is alive. When ``procguard run`` itself is SIGKILLed
 (OOM killer, ``kill -9``), a worker's ``multiprocessing`` children would
-outlive it -- every peer measured in FIELD.md leaves 4 of 4 behind. So the
+outlive it -- supervisord, circus and PM2, measured, leave 4 of 4 behind. So the
 runner starts a guardian next to the worker:
 
 - it runs in its own session (a terminal's Ctrl-C does not reach it) with

@@ -1,6 +1,6 @@
 """Starting children so that none can become an orphan.
 
-Three kernel mechanisms, used together (DESIGN.md section 5):
+Three kernel mechanisms, used together, so that no child outlives procguard:
 
 - **Parent-death signal** (``PR_SET_PDEATHSIG``): set in the child between
   fork and exec, so the child gets SIGTERM the moment its parent dies, even

@@ -1,6 +1,6 @@
 """The state directory: where instance locks, records and history live.
 
-Lookup order (DESIGN.md section 5): an explicit ``--state-dir``, then
+Lookup order: an explicit ``--state-dir``, then
 ``$PROCGUARD_STATE_DIR``, then ``$XDG_RUNTIME_DIR/procguard``, then a
 per-user directory under the temp dir (``procguard-<uid>``).
 
