@@ -39,7 +39,7 @@ from ..procstat import start_ticks
 from ..proctree import StopResult, protected_pids, stop_processes
 from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity
 from .lock import InstanceRecord, list_instances
-from .marker import parse_marker, read_marker
+from .marker import parse_marker, read_marker, validate_name
 from .statedir import namespace_of
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ def choose_name(name: str, known: Collection[str], stack_workers: Collection[str
             if spelling:
                 spellings.setdefault(spelling, set()).add(candidate)
     close = difflib.get_close_matches(name, sorted(spellings), n=3, cutoff=0.6)
-    similar = sorted({full for spelling in close for full in spellings[spelling]})
+    similar = sorted({match for spelling in close for match in spellings[spelling]})
     hint = f"; did you mean {' or '.join(similar)}?" if similar else ""
     return NameChoice(name, f"no instance or marked process named {name!r} in this state directory{hint}")
 
@@ -586,8 +586,6 @@ def resolve_name(
     """:func:`choose_name` with the state directory's lock records and the process table's markers."""
     if name == ALL:
         return NameChoice(name)
-    from .marker import validate_name
-
     validate_name(name)
     instances = list_instances(state_dir)
     if any(record.name == name for record in instances):
@@ -607,8 +605,6 @@ def cleanup_instances(
     directory and every process carrying its marker there. See :func:`plan_cleanup`
     for who is spared."""
     if name != ALL:
-        from .marker import validate_name
-
         validate_name(name)
 
     def make_plan() -> CleanupPlan:

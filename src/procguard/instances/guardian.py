@@ -7,9 +7,9 @@ outlive it -- supervisord, circus and PM2, measured, leave 4 of 4 behind. So the
 runner starts a guardian next to the worker:
 
 - it runs in its own session (a terminal's Ctrl-C does not reach it) with
-  SIGINT/SIGHUP ignored, and imports nothing but the standard library (and
-  :mod:`procguard.procstat`, itself standard library only), so it starts in
-  milliseconds and holds a few MB;
+  SIGINT/SIGHUP ignored, and imports nothing but the standard library and
+  procguard's small standard-library-only modules (:mod:`procguard.procstat`,
+  :mod:`.marker`), so it starts in milliseconds and holds a few MB;
 - it opens a pidfd on the runner (verified by start time, so a recycled PID
   is never watched) and sleeps in ``poll()`` -- no timer, no CPU;
 - when the runner exits, however it exits, it sends SIGTERM to every
