@@ -48,8 +48,9 @@ from pathlib import Path
 import psutil
 
 from procguard.instances.cleanup import pkill_match_set, snapshot_processes
-from procguard.instances.identity import new_marker
+from procguard.instances.marker import new_marker
 from procguard.instances.spawn import spawn_process
+from procguard.instances.statedir import namespace_of
 
 from ._report import machine, write_section
 
@@ -115,7 +116,7 @@ def build_scene(workers: int, tmp: Path, *, with_decoys: bool) -> Scene:
         scene.popens.append(proc)
         readies.append(ready)
     if with_decoys:
-        marker = new_marker(f"stack{token}")
+        marker = new_marker(f"stack{token}", namespace_of())
         for _ in range(5):  # the new stack's workers, managed by procguard
             proc = spawn_process([PYTHON, "-c", "import time; time.sleep(3600)", *scene.words()],
                                  marker=marker, parent_death_signal=None)

@@ -125,5 +125,9 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: A namespace id for markers of processes a test starts by hand, outside any
+#: state directory's cleanups (a real directory hashes to it once in 2**32).
+TEST_NAMESPACE = "7e57ab1e"
+
 PYTHON = sys.executable
 PROCGUARD = [PYTHON, "-m", "procguard"]

@@ -191,11 +191,13 @@ time.sleep(600)
 
 
 def test_respawning_target_is_reported_and_exit_status_is_4(state_dir: Path, spawn, tmp_path: Path) -> None:
-    from procguard.instances.identity import MARKER_ENV, find_marked, new_marker
+    from procguard.instances.identity import find_marked
+    from procguard.instances.marker import MARKER_ENV, new_marker
+    from procguard.instances.statedir import namespace_of
 
     name = unique("phoenix")
     ready = tmp_path / "phoenix.ready"
-    first = spawn([PYTHON, "-c", PHOENIX, PHOENIX, str(ready)], env=python_env(**{MARKER_ENV: new_marker(name)}))
+    first = spawn([PYTHON, "-c", PHOENIX, PHOENIX, str(ready)], env=python_env(**{MARKER_ENV: new_marker(name, namespace_of())}))
     wait_for_file(ready, proc=first)
     try:
         result = cli("cleanup", name, "--grace", "5", "--json")
@@ -213,3 +215,43 @@ def test_respawning_target_is_reported_and_exit_status_is_4(state_dir: Path, spa
             for p in left:
                 p.kill()
             psutil.wait_procs(left, timeout=5)
+
+
+def test_a_stack_worker_name_means_that_stack_s_instance(state_dir: Path, tmp_path: Path) -> None:
+    """The README's 'procguard cleanup collector --dry-run' beside a running analyticbot stack."""
+    from .supervisor_workers.stackkit import write_config
+
+    sleeper = [PYTHON, "-c", "import time; time.sleep(600)"]
+    configs = []
+    for project, workers in (("analyticbot", ("collector", "api")), ("shop", ("api",))):
+        (tmp_path / project).mkdir()
+        configs.append(write_config(tmp_path / project, {w: {"command": sleeper} for w in workers},
+                                    project=project, defaults={"grace": "5s"}))
+    try:
+        for config in configs:
+            started = cli("up", "-d", "-c", str(config))
+            assert started.returncode == 0, started.stderr
+        status = json.loads(cli("status", "--json", "-c", str(configs[0])).stdout)
+        collector = next(w["pid"] for w in status if w["name"] == "collector")
+
+        dry = cli("cleanup", "collector", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert str(collector) in dry.stdout and "would stop" in dry.stdout
+        assert "'collector' is worker collector of stack analyticbot: using instance analyticbot.collector" \
+            in dry.stdout
+        report = json.loads(cli("cleanup", "collector", "--dry-run", "--json").stdout)
+        assert report["selector"] == "instance analyticbot.collector"
+        assert [p["pid"] for p in report["processes"]] == [collector]
+
+        both = cli("cleanup", "api", "--dry-run")
+        assert both.returncode == 2
+        assert both.stderr.strip().endswith(
+            "'api' is a worker of 2 stacks in this state directory: analyticbot.api, shop.api (give the full name)")
+        assert len(both.stderr.strip().splitlines()) == 1
+
+        typo = cli("cleanup", "colector", "--dry-run")
+        assert typo.returncode == 0, typo.stderr
+        assert "did you mean analyticbot.collector?" in typo.stdout and "would stop" not in typo.stdout
+    finally:
+        for config in configs:
+            cli("down", "-c", str(config))

@@ -1,6 +1,6 @@
 """No orphans when the runner itself is SIGKILLed: the guardian sweeps the marker.
 
-FIELD.md measured every peer leaving the worker's 4 multiprocessing children
+supervisord, circus and PM2 were measured leaving the worker's 4 multiprocessing children
 alive after the manager is SIGKILLed. Here the same scenario must leave 0.
 """
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import psutil
 
-from procguard.instances.identity import MARKER_ENV, new_marker
+from procguard.instances.marker import MARKER_ENV, new_marker
 
 from .helpers import PROCGUARD, PYTHON, python_env, wait_for, wait_for_file
+from .helpers import TEST_NAMESPACE as NS
 from .test_lock import assert_untouched, start_canary
 
 #: A plain Python worker (knows nothing of procguard) with 4 daemon multiprocessing children.
@@ -64,7 +65,7 @@ def _survivors(pids: list[int]) -> list[int]:
 
 
 def test_sigkilled_runner_leaves_no_multiprocessing_children(spawn, tmp_path: Path) -> None:
-    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}")
+    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}", NS)
     pids_file, ready = tmp_path / "pids.json", tmp_path / "ready"
     runner = spawn([PYTHON, "-c", RUNNER_LIKE, marker, MP_WORKER, str(pids_file), str(ready)])
     guardian = psutil.Process(int(wait_for_file(ready, proc=runner)))
@@ -87,7 +88,7 @@ def test_sigkilled_runner_leaves_no_multiprocessing_children(spawn, tmp_path: Pa
 
 
 def test_guardian_sweeps_after_a_normal_exit_too(spawn, tmp_path: Path) -> None:
-    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}")
+    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}", NS)
     pids_file, ready = tmp_path / "pids.json", tmp_path / "ready"
     runner = spawn([PYTHON, "-c", RUNNER_LIKE, marker, MP_WORKER, str(pids_file), str(ready), "exit"])
     assert runner.wait(timeout=30) == 0
@@ -101,7 +102,7 @@ def test_guardian_sweeps_after_a_normal_exit_too(spawn, tmp_path: Path) -> None:
 def test_guardian_stands_down_on_sigterm(spawn, tmp_path: Path) -> None:
     from procguard.instances.guardian import start_guardian
 
-    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}")
+    marker = new_marker(f"guard{uuid.uuid4().hex[:6]}", NS)
     canary, log = start_canary(spawn, tmp_path, "marked", env=python_env(**{MARKER_ENV: marker}))
     guardian = start_guardian(marker, grace_s=1.0)
     try:
@@ -146,15 +147,15 @@ def _kill_all(pids: list[int]) -> None:
 SUPERVISOR_LIKE = r"""
 import json, os, sys, time
 from procguard.instances.guardian import start_guardian
-from procguard.instances.identity import new_marker
+from procguard.instances.marker import new_marker
 from procguard.instances.spawn import spawn_process
-names, worker_code, out, ready = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-guardian = start_guardian(names=names, grace_s=1.0)
+names, worker_code, out, ready, ns = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+guardian = start_guardian(names=names, namespace=ns, grace_s=1.0)
 files = []
 for i, name in enumerate(names):
     for restart in range(2):   # the first generation exits, the second runs
         path = f"{out}-{i}-{restart}"
-        p = spawn_process([sys.executable, "-c", worker_code, path], marker=new_marker(name))
+        p = spawn_process([sys.executable, "-c", worker_code, path], marker=new_marker(name, ns))
         files.append(path)
         if restart == 0:
             while not os.path.exists(path):
@@ -169,16 +170,20 @@ def test_guardian_by_names_covers_every_generation(spawn, tmp_path: Path) -> Non
     stack = f"stack{uuid.uuid4().hex[:6]}"
     names = [f"{stack}.a", f"{stack}.b"]
     out, ready = tmp_path / "pids", tmp_path / "ready"
-    parent = spawn([PYTHON, "-c", SUPERVISOR_LIKE, json.dumps(names), MP_WORKER, str(out), str(ready)])
+    parent = spawn([PYTHON, "-c", SUPERVISOR_LIKE, json.dumps(names), MP_WORKER, str(out), str(ready), NS])
     files = json.loads(wait_for_file(ready, proc=parent))
     pids = [pid for f in files for pid in json.loads(wait_for_file(Path(f)))]
     # The killed first generation left its multiprocessing children behind already.
     assert len(_survivors(pids)) == 2 * 4 + 2 * 5
     other, log = start_canary(spawn, tmp_path, "otherstack",
-                              env=python_env(**{MARKER_ENV: new_marker(f"{stack}.c")}))
+                              env=python_env(**{MARKER_ENV: new_marker(f"{stack}.c", NS)}))
+    # The same stack and worker names in another state directory: not this guardian's.
+    twin, twin_log = start_canary(spawn, tmp_path, "otherdir",
+                                  env=python_env(**{MARKER_ENV: new_marker(names[0], "0badcafe")}))
     parent.send_signal(signal.SIGKILL)
     try:
         wait_for(lambda: not _survivors(pids), message=lambda: f"survivors {_survivors(pids)}")
     finally:
         _kill_all(pids)
     assert_untouched(other, log)
+    assert_untouched(twin, twin_log)

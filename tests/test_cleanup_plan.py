@@ -11,18 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from procguard.errors import UsageError
 from procguard.instances.cleanup import (
     CleanupReport,
+    NameChoice,
     ProcInfo,
     ReportEntry,
     Viewpoint,
+    choose_name,
+    namespace_names,
     pkill_match_set,
     plan_cleanup,
 )
 from procguard.instances.lock import InstanceRecord
 
 ME = 1000
-VIEW = Viewpoint(uid=ME, protected=frozenset({0, 1, 500, 400, 300}))  # 500 = cleanup, 400 = shell, 300 = sshd
+NS = "0badcafe"  # the namespace of the state directory asking
+OTHER = "5ca1ab1e"  # another state directory's
+VIEW = Viewpoint(uid=ME, protected=frozenset({0, 1, 500, 400, 300}), namespace=NS)  # 500 = cleanup, 400 = shell
 
 
 def row(pid: int, ppid: int, cmd: str, *, uid: int = ME, marker: str | None = None, created: float | None = None,
@@ -44,24 +50,24 @@ TABLE = [
     row(500, 400, "python -m procguard cleanup collector"),    # cleanup itself
     # instance "collector": runner 600 holds the lock, worker 601, mp children 602/603
     row(600, 1, "python -m procguard run collector:collect --name collector"),
-    row(601, 600, "python worker.py", marker="collector:aaa"),
-    row(602, 601, "python -c from multiprocessing.spawn import spawn_main", marker="collector:aaa"),
-    row(603, 601, "python -c from multiprocessing.spawn import spawn_main", marker="collector:aaa"),
+    row(601, 600, "python worker.py", marker=f"collector:{NS}-aaa"),
+    row(602, 601, "python -c from multiprocessing.spawn import spawn_main", marker=f"collector:{NS}-aaa"),
+    row(603, 601, "python -c from multiprocessing.spawn import spawn_main", marker=f"collector:{NS}-aaa"),
     # a double-forked escapee from an earlier run: re-parented to init, still marked
-    row(700, 1, "python daemon.py", marker="collector:old"),
+    row(700, 1, "python daemon.py", marker=f"collector:{NS}-old"),
     # decoys whose command lines contain the name
     row(800, 1, "vim collector.py"),
     row(801, 1, "tail -f /var/log/collector.log"),
-    row(802, 1, "python collector_tests.py", marker="collector-tests:bbb"),
+    row(802, 1, "python collector_tests.py", marker=f"collector-tests:{NS}-bbb"),
     # another user's process carrying our marker and name
-    row(900, 1, "python collector.py", uid=1001, marker="collector:aaa"),
+    row(900, 1, "python collector.py", uid=1001, marker=f"collector:{NS}-aaa"),
     # legacy workers (not started by procguard) with unmarked children
     row(1000, 1, "python legacy_worker.py --queue jobs"),
     row(1001, 1000, "python -c from multiprocessing.spawn import spawn_main"),
     row(1002, 1000, "python -c from multiprocessing.spawn import spawn_main"),
     row(1100, 1, "python legacy_worker.py --queue jobs", uid=1001),
 ]
-INSTANCES = [record("collector", 600, 1600.0, marker="collector:aaa")]
+INSTANCES = [record("collector", 600, 1600.0, marker=f"collector:{NS}-aaa")]
 
 
 def pids(plan) -> set[int]:
@@ -77,7 +83,7 @@ def test_cleanup_name_takes_holder_tree_and_marked_processes_only() -> None:
     assert pids(plan) == {600, 601, 602, 603, 700}
     reasons = {t.process.pid: t.reason for t in plan.targets}
     assert "holds the lock of instance collector" in reasons[600]
-    assert "marker collector:old" in reasons[700]
+    assert f"marker collector:{NS}-old" in reasons[700]
     # Decoys whose command line contains the name are not even candidates.
     assert not {800, 801, 802} & (pids(plan) | set(spared(plan)))
     assert "another user" in spared(plan)[900]
@@ -153,3 +159,74 @@ def test_report_is_incomplete_on_eperm_and_says_so() -> None:
     assert "1 denied" in report.summary()
     data = report.to_json()
     assert data["complete"] is False and data["processes"][1]["detail"] == "EPERM"
+
+
+# Another stack with the same instance name in another state directory, and a
+# process of an older procguard whose marker names no state directory.
+ELSEWHERE = [
+    row(1200, 1, "python -m procguard run collector:collect --name collector"),
+    row(1201, 1200, "python worker.py", marker=f"collector:{OTHER}-ccc"),
+    row(1202, 1201, "python -c from multiprocessing.spawn import spawn_main", marker=f"collector:{OTHER}-ccc"),
+    row(1300, 1, "python old_worker.py", marker="collector:0123456789ab"),
+    # a child of our own worker that runs a stack of its own state directory
+    row(604, 601, "procguard up --state-dir /elsewhere", marker=f"inner.api:{OTHER}-ddd"),
+    row(605, 604, "sleep 100", marker=f"inner.api:{OTHER}-ddd"),
+]
+
+
+def test_cleanup_name_never_touches_markers_of_other_state_directories() -> None:
+    plan = plan_cleanup([*TABLE, *ELSEWHERE], view=VIEW, instances=INSTANCES, name="collector")
+    assert pids(plan) == {600, 601, 602, 603, 700}
+    why = spared(plan)
+    assert why[1201] == f"marker of another state directory (collector:{OTHER}-ccc)"
+    assert "another state directory" in why[1202]
+    assert "names no state directory" in why[1300]
+    # A descendant of our worker carrying another state directory's marker is spared with its subtree.
+    assert "another state directory" in why[604] and 605 not in pids(plan)
+    assert 1200 not in pids(plan) | set(why)  # unmarked, holds no lock of ours: not even a candidate
+
+
+def test_cleanup_all_stays_in_its_state_directory() -> None:
+    plan = plan_cleanup([*TABLE, *ELSEWHERE], view=VIEW, instances=INSTANCES, name="all")
+    assert pids(plan) == {600, 601, 602, 603, 700, 802}
+    assert any("other state directories" in note for note in plan.notes)
+
+
+def test_the_same_table_seen_from_the_other_state_directory() -> None:
+    other_view = Viewpoint(uid=ME, protected=VIEW.protected, namespace=OTHER)
+    plan = plan_cleanup([*TABLE, *ELSEWHERE], view=other_view, name="collector")
+    assert pids(plan) == {1201, 1202}
+    assert "another state directory" in spared(plan)[601]
+
+
+def test_match_spares_processes_of_every_procguard_and_says_whose() -> None:
+    plan = plan_cleanup([*TABLE, *ELSEWHERE], view=VIEW, instances=INSTANCES, pattern=re.compile("worker"))
+    why = spared(plan)
+    assert "use 'procguard cleanup NAME'" in why[601]
+    assert "another state directory" in why[1201]
+    assert "older procguard" in why[1300]
+    assert not {601, 1201, 1300} & pids(plan)
+
+
+def test_a_stack_worker_name_is_chosen_only_when_unambiguous() -> None:
+    known = {"analyticbot.collector", "analyticbot.api", "shop.api", "supervisor.analyticbot", "collector2"}
+    assert choose_name("analyticbot.api", known) == NameChoice("analyticbot.api")
+    assert choose_name("all", known) == NameChoice("all")
+    chosen = choose_name("collector", known)
+    assert chosen.name == "analyticbot.collector" and "stack analyticbot" in chosen.note
+    # A stopped worker of a running stack has no marker now: the stack's config still names it.
+    assert choose_name("bot", known, ["analyticbot.bot"]).name == "analyticbot.bot"
+    with pytest.raises(UsageError, match=r"2 stacks .*: analyticbot\.api, shop\.api"):
+        choose_name("api", known)
+    # A supervisor's lock is not a worker: 'analyticbot' is nobody's worker name.
+    assert choose_name("analyticbot", known).name == "analyticbot"
+    nothing = choose_name("colector", known)
+    assert nothing.name == "colector"
+    assert "did you mean analyticbot.collector or collector2?" in nothing.note
+    assert choose_name("zzz", known).note.endswith("in this state directory")
+
+
+def test_namespace_names_are_records_and_markers_of_this_state_directory() -> None:
+    table = [*TABLE, *ELSEWHERE]
+    names = namespace_names(table, INSTANCES, VIEW)
+    assert names == {"collector", "collector-tests"}  # not inner.api (another state directory)

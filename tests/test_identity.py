@@ -10,18 +10,12 @@ import psutil
 import pytest
 
 from procguard.errors import UsageError
-from procguard.instances.identity import (
-    MARKER_ENV,
-    ProcessIdentity,
-    find_marked,
-    new_marker,
-    parse_marker,
-    read_marker,
-    validate_name,
-)
+from procguard.instances.identity import ProcessIdentity, find_marked
+from procguard.instances.marker import MARKER_ENV, new_marker, parse_marker, read_marker, validate_name
 from procguard.instances.spawn import spawn_process
+from procguard.instances.statedir import namespace_of
 
-from .helpers import PYTHON, python_env, wait_for, wait_for_file
+from .helpers import PYTHON, TEST_NAMESPACE, python_env, wait_for, wait_for_file
 
 SLEEPER = [PYTHON, "-c", "import time; time.sleep(600)"]
 
@@ -40,16 +34,41 @@ time.sleep(600)
 
 
 def test_marker_format_and_parsing() -> None:
-    marker = new_marker("collector")
+    marker = new_marker("collector", "0badcafe")
     name, ident = parse_marker(marker)
-    assert name == "collector" and len(ident) == 12 and marker == f"collector:{ident}"
-    assert new_marker("collector") != marker
+    assert name == "collector" and marker == f"collector:{ident}"
+    namespace, dash, random_part = ident.partition("-")
+    assert (namespace, dash, len(random_part)) == ("0badcafe", "-", 12)
+    assert parse_marker(marker).namespace == "0badcafe"
+    assert new_marker("collector", "0badcafe") != marker
     # Names may contain colons (derived from module:function); the id is after the last one.
-    assert parse_marker(new_marker("pkg.mod:func"))[0] == "pkg.mod:func"
+    assert parse_marker(new_marker("pkg.mod:func", "0badcafe")).name == "pkg.mod:func"
     assert parse_marker("nonsense") is None
     assert parse_marker("../x:abc") is None
+    # An older procguard's marker (no namespace) parses, and names no state directory.
+    assert parse_marker("collector:0123456789ab") == ("collector", "0123456789ab")
+    for no_namespace in ("collector:0123456789ab", "c:0BADCAFE-1234", "c:0badcaf-1234", "c:0badcafe-"):
+        assert parse_marker(no_namespace).namespace is None
     with pytest.raises(UsageError):
-        new_marker("a/b")
+        new_marker("a/b", "0badcafe")
+    with pytest.raises(ValueError, match="namespace"):
+        new_marker("collector", "../x")
+
+
+def test_namespace_is_the_state_directory_real_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "state"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    ns = namespace_of(real)
+    assert len(ns) == 8 and int(ns, 16) >= 0
+    assert namespace_of(tmp_path / "link" / "state") == ns  # two spellings, one directory
+    assert namespace_of(str(real) + "/../state") == ns
+    assert namespace_of(tmp_path / "other") != ns
+    monkeypatch.setenv("PROCGUARD_STATE_DIR", str(real))
+    assert namespace_of() == ns  # None: the state directory the environment asks for
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROCGUARD_STATE_DIR", "state")
+    assert namespace_of() == ns
 
 
 @pytest.mark.parametrize("name", ["collector", "analyticbot.collector", "w-1", "x_y", "mod:func", "a@b+c"])
@@ -85,7 +104,7 @@ def test_implausible_identities_are_rejected(data: object) -> None:
 
 def test_find_marked_sees_marked_tree_and_escapee_not_decoys(spawn, tmp_path: Path) -> None:
     name = f"idtest{uuid.uuid4().hex[:8]}"  # unique: other suites may run at the same time
-    marker = new_marker(name)
+    marker = new_marker(name, TEST_NAMESPACE)
     marked = spawn_process(SLEEPER, marker=marker, env=python_env())
     escapee_file = tmp_path / "escapee.pid"
     launcher = spawn_process([PYTHON, "-c", ESCAPEE, str(escapee_file)], marker=marker, env=python_env(),
@@ -93,14 +112,16 @@ def test_find_marked_sees_marked_tree_and_escapee_not_decoys(spawn, tmp_path: Pa
     launcher.wait(timeout=30)
     escapee = psutil.Process(int(wait_for_file(escapee_file)))
     decoy = spawn([PYTHON, "-c", "import time; time.sleep(600)", name, marker])  # name in argv, no marker
-    other = spawn(SLEEPER, env=python_env(**{MARKER_ENV: new_marker(name + "-other")}))
+    other = spawn(SLEEPER, env=python_env(**{MARKER_ENV: new_marker(name + "-other", TEST_NAMESPACE)}))
+    twin = spawn(SLEEPER, env=python_env(**{MARKER_ENV: new_marker(name, "0badcafe")}))  # another state dir
     try:
         assert escapee.ppid() != launcher.pid
         assert os.getsid(escapee.pid) != os.getsid(0)  # left our session
         assert read_marker(marked.pid) == marker
         assert read_marker(decoy.pid) is None
-        found = {p.pid for p in find_marked(name)}
+        found = {p.pid for p in find_marked(name, namespace=TEST_NAMESPACE)}
         assert found == {marked.pid, escapee.pid}
+        assert {p.pid for p in find_marked(name)} == found | {twin.pid}
         assert {p.pid for p in find_marked(None, marker=marker)} == found
         everything = {p.pid for p in find_marked(None)}
         assert found | {other.pid} <= everything

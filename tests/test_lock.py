@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from procguard.errors import AlreadyRunningError, UsageError
 from procguard.instances.identity import boot_id
 from procguard.instances.lock import InstanceLock, list_instances, lock_path, read_instance
 
-from .helpers import PYTHON, wait_for, wait_for_file
+from .helpers import PYTHON, python_env, wait_for, wait_for_file
 
 #: A process that takes the lock of NAME (with a marker), optionally serves
 #: /health, starts marked children and a setsid double-forked escapee, then
@@ -30,12 +31,13 @@ from .helpers import PYTHON, wait_for, wait_for_file
 HOLDER = r"""
 import http.server, json, os, sys, threading, time
 from procguard.instances.lock import InstanceLock
-from procguard.instances.identity import new_marker
+from procguard.instances.marker import new_marker
+from procguard.instances.statedir import namespace_of
 from procguard.instances.spawn import spawn_process
 
 cfg = json.loads(sys.argv[1])
 ready = cfg["ready"]
-marker = new_marker(cfg["name"])
+marker = new_marker(cfg["name"], namespace_of())
 lock = InstanceLock.acquire(cfg["name"], marker=marker, info=cfg.get("info"))
 out = {"holder": os.getpid(), "marker": marker, "children": [], "escapee": None}
 if "health" in cfg:
@@ -336,3 +338,18 @@ def test_lock_is_released_by_context_manager_even_on_error(state_dir: Path) -> N
     with pytest.raises(RuntimeError), InstanceLock.acquire("boom"):
         raise RuntimeError("worker failed")
     assert not read_instance("boom").held
+
+
+def test_the_lock_primitive_runs_no_cleanup_policy(state_dir: Path) -> None:
+    """Taking and releasing a lock loads neither cleanup nor psutil; --replace lives one level up."""
+    code = (
+        "import inspect, sys\n"
+        "from procguard.instances.lock import InstanceLock\n"
+        "InstanceLock.acquire('primitive').release()\n"
+        "assert 'replace' not in inspect.signature(InstanceLock.acquire).parameters\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('procguard.instances.cleanup', 'psutil'))))\n"
+    )
+    result = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -18,10 +18,12 @@ import psutil
 import pytest
 
 from procguard.errors import AlreadyRunningError
-from procguard.instances.identity import boot_id, start_ticks
+from procguard.instances.identity import boot_id
 from procguard.instances.lock import InstanceLock, lock_path, read_instance
+from procguard.instances.replace import acquire_instance
+from procguard.procstat import start_ticks
 
-from .helpers import PROCGUARD, PYTHON, python_env, wait_for_file
+from .helpers import PROCGUARD, PYTHON, python_env, wait_for, wait_for_file
 from .test_lock import assert_untouched, start_canary
 
 
@@ -83,7 +85,7 @@ def test_poisoned_record_is_never_acted_on(state_dir: Path, canary, kind: str) -
     report = json.loads(result.stdout)
     assert report["processes"] == []
     # (Never a real 'cleanup all' here: it would stop other test suites' marked processes.)
-    with InstanceLock.acquire("poisoned", replace=True, replace_grace_s=1) as lock:
+    with acquire_instance("poisoned", replace=True, grace_s=1) as lock:
         assert lock.held
         assert read_instance("poisoned").pid == os.getpid()
     assert_untouched(proc, log)
@@ -147,8 +149,8 @@ def test_forced_pid_reuse_impostor_is_untouched(state_dir: Path, spawn, tmp_path
         InstanceLock.acquire("poisoned")
     assert excinfo.value.pid == holder.pid
     # --replace cannot confirm whom to stop, so it stops nobody and gives up.
-    with pytest.raises(AlreadyRunningError):
-        InstanceLock.acquire("poisoned", replace=True, replace_grace_s=0.2)
+    with pytest.raises(AlreadyRunningError, match="--replace could not stop it"):
+        acquire_instance("poisoned", replace=True, grace_s=0.2)
     assert holder.poll() is None
     assert_untouched(impostor, log)
 
@@ -177,3 +179,46 @@ def test_lock_file_owned_by_someone_else_is_refused(state_dir: Path) -> None:
 
     with pytest.raises(StateDirError, match="owned by uid 65534"):
         InstanceLock.acquire("poisoned")
+
+
+def _hard_linked_lock(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    victim = tmp_path / "precious.json"
+    victim.write_text('{"keep": "me"}')
+    path = lock_path(name)
+    os.link(victim, path)
+    return path, victim
+
+
+def test_hard_linked_lock_file_is_locked_but_never_written(state_dir: Path, tmp_path: Path, caplog) -> None:
+    path, victim = _hard_linked_lock(tmp_path, "linked")
+    with caplog.at_level("WARNING", logger="procguard.instances.lock"), InstanceLock.acquire("linked") as lock:
+        assert lock.held
+        with pytest.raises(AlreadyRunningError):  # single instance still holds
+            InstanceLock.acquire("linked")
+        lock.update({"restarts": 1}, health_port=1234)
+        assert victim.read_text() == '{"keep": "me"}'
+        record = read_instance("linked")
+        assert record.held and record.data == {} and "2 hard links" in (record.error or "")
+    assert victim.read_text() == '{"keep": "me"}'  # release does not truncate it either
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "hard links" in warnings[0]
+
+
+def test_a_run_starts_on_a_hard_linked_lock_file_and_ps_shows_it(state_dir: Path, tmp_path: Path, spawn) -> None:
+    _path, victim = _hard_linked_lock(tmp_path, "linked")
+    runner = spawn([*PROCGUARD, "run", "--name", "linked", "--health-port", "0", "--", "sleep", "60"])
+
+    def listed() -> dict | None:
+        if runner.poll() is not None:
+            raise AssertionError(f"the start was refused: {runner.returncode} {runner.stderr.read().decode()}")
+        rows = json.loads(run_cli("ps", "--json").stdout)
+        return rows[0] if rows and rows[0]["pid"] == runner.pid else None
+
+    row = wait_for(listed, message="ps to list the linked instance")
+    assert (row["name"], row["state"], row["command"]) == ("linked", "unconfirmed", "")
+    assert "hard links" in row["error"]
+    second = run_cli("run", "--name", "linked", "--health-port", "0", "--", "sleep", "60")
+    assert second.returncode == 3 and f"PID {runner.pid}" in second.stderr
+    runner.terminate()
+    assert runner.wait(timeout=30) == 143
+    assert victim.read_text() == '{"keep": "me"}'

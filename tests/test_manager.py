@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
+from procguard.instances.marker import new_marker
+from procguard.instances.statedir import namespace_of
 from procguard.reasons import ExitStatus
 
 from .helpers import PYTHON, wait_for
@@ -346,7 +348,8 @@ def test_instance_lock_skipped_under_a_procguard_parent(
 ) -> None:
     first, out1 = run_worker(kwargs={"name": "dup2", "state_dir": str(state_dir)}, sleep_s=0.1)
     wait_event(out1, "started", first)
-    monkeypatch.setenv("PROCGUARD_INSTANCE", "dup2:abc123")  # the runner holds the lock for us
+    # The runner holds the lock for us: its marker names this instance and this state directory.
+    monkeypatch.setenv("PROCGUARD_INSTANCE", new_marker("dup2", namespace_of(state_dir)))
     second, _out2 = run_worker(kwargs={"name": "dup2", "state_dir": str(state_dir), "max_iterations": 1})
     assert finish(second)[0] == ExitStatus.MAX_ITERATIONS
     first.send_signal(signal.SIGTERM)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import psutil
 
-from procguard.instances.identity import MARKER_ENV, new_marker
+from procguard.instances.marker import MARKER_ENV, new_marker
 from procguard.instances.spawn import (
     ChildHandle,
     parent_death_signal_preexec,
     spawn_process,
 )
 
-from .helpers import PYTHON, python_env, wait_for, wait_for_file
+from .helpers import PYTHON, TEST_NAMESPACE, python_env, wait_for, wait_for_file
 
 INTROSPECT = r"""
 import ctypes, json, os, sys
@@ -34,7 +34,7 @@ print(json.dumps({"marker": os.environ.get("PROCGUARD_INSTANCE"),
 
 
 def test_child_gets_marker_session_and_parent_death_signal() -> None:
-    marker = new_marker("spawntest")
+    marker = new_marker("spawntest", TEST_NAMESPACE)
     stray_r, stray_w = os.pipe()
     os.set_inheritable(stray_w, True)  # would leak without close_fds
     try:
@@ -53,7 +53,7 @@ def test_child_gets_marker_session_and_parent_death_signal() -> None:
 
 
 def test_options_can_turn_session_and_pdeathsig_off() -> None:
-    proc = spawn_process([PYTHON, "-c", INTROSPECT], marker=new_marker("spawntest"), env=python_env(),
+    proc = spawn_process([PYTHON, "-c", INTROSPECT], marker=new_marker("spawntest", TEST_NAMESPACE), env=python_env(),
                          stdout=subprocess.PIPE, new_session=False, parent_death_signal=None)
     out, _ = proc.communicate(timeout=30)
     info = json.loads(out)
@@ -147,7 +147,7 @@ def test_subreaper_adopts_and_reaps_escapees_but_leaves_popen_children(spawn, tm
 
 
 def test_child_handle_signals_through_pidfd_and_never_after_exit() -> None:
-    proc = spawn_process([PYTHON, "-c", "import time; time.sleep(600)"], marker=new_marker("spawntest"),
+    proc = spawn_process([PYTHON, "-c", "import time; time.sleep(600)"], marker=new_marker("spawntest", TEST_NAMESPACE),
                          env=python_env())
     with ChildHandle(proc) as handle:
         try:
@@ -171,7 +171,7 @@ def test_child_handle_group_signal_reaches_grandchildren(tmp_path: Path) -> None
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
             f"open({str(ready)!r}, 'w').write(str(p.pid))\n"
             "time.sleep(600)\n")
-    proc = spawn_process([PYTHON, "-c", code], marker=new_marker("spawntest"), env=python_env())
+    proc = spawn_process([PYTHON, "-c", code], marker=new_marker("spawntest", TEST_NAMESPACE), env=python_env())
     with ChildHandle(proc) as handle:
         grandchild = psutil.Process(int(wait_for_file(ready, proc=proc)))
         try:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from procguard.instances.identity import find_marked
+from procguard.instances.statedir import namespace_of
 from procguard.supervisor.history import db_path, read_events
 
 from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for, wait_for_file
@@ -236,7 +237,7 @@ def test_up_detach_five_times_gives_one_supervisor_and_no_duplicates(
                    if _cmdline_has(p, "--ready-fd", str(stack.config))]
     assert len(supervisors) == 1
     for name in ("a", "b"):
-        marked = [p for p in find_marked(f"teststack.{name}") if alive(p.pid)]
+        marked = [p for p in find_marked(f"teststack.{name}", namespace=namespace_of(state_dir)) if alive(p.pid)]
         assert [p.pid for p in marked] == [stack.worker(name)["pid"]]  # type: ignore[index]
     down = stack.cli("down")
     assert down.returncode == 0
@@ -314,7 +315,7 @@ def test_a_second_foreground_up_is_refused(tmp_path: Path, state_dir: Path, spaw
                             text=True, timeout=60, check=False)
     assert result.returncode == 3
     assert f"PID {proc.pid}" in result.stderr
-    assert len([p for p in find_marked("teststack.t") if alive(p.pid)]) == 1
+    assert len([p for p in find_marked("teststack.t", namespace=namespace_of(state_dir)) if alive(p.pid)]) == 1
 
 
 @pytest.mark.slow

@@ -42,7 +42,8 @@ def workers(tmp_path: Path) -> dict[str, Worker]:
     for name, worker_config in config.workers.items():
         output = WorkerOutput(name, RotatingFile(tmp_path / f"{name}.log", max_bytes=0, backups=0),
                               terminal=None, width=3)
-        built[name] = Worker(worker_config, project="p", base_dir=tmp_path, procguard=["procguard"], output=output)
+        built[name] = Worker(worker_config, project="p", base_dir=tmp_path, procguard=["procguard"], output=output,
+                             state_dir=tmp_path / "state")
     return built
 
 

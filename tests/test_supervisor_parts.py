@@ -189,6 +189,41 @@ def test_tree_sampler_counts_children(tmp_path: Path, spawn: Any) -> None:
     assert TreeSampler(2**22 + 12345).sample() is None
 
 
+# A root (5 MB) with two subtrees: a helper (hog.py, 1 MB) whose own child holds
+# 40 MB, and a plain 30 MB child. Prints "ready HELPER" when all have allocated.
+TREE = """
+import os, subprocess, sys, time
+helper = subprocess.Popen([sys.executable, sys.argv[1], "1", "--children", "1", "--child-mb", "40"],
+                          stdout=subprocess.PIPE)
+assert helper.stdout.readline() == b"ready\\n"
+other = subprocess.Popen([sys.executable, sys.argv[1], "30"], stdout=subprocess.PIPE)
+assert other.stdout.readline() == b"ready\\n"
+block = b"x" * (5 * 1024 * 1024)
+print("ready", helper.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_tree_sampler_leaves_excluded_subtrees_out(spawn: Any) -> None:
+    hog = Path(__file__).parent / "manager_workers" / "hog.py"
+    proc = spawn([PYTHON, "-c", TREE, str(hog)])
+    assert proc.stdout is not None
+    word, helper = proc.stdout.readline().split()
+    assert word == b"ready"
+    sampler = TreeSampler(proc.pid)
+    whole = sampler.sample()
+    sampler.set_excluded({int(helper), proc.pid})  # the root itself is always counted
+    without = sampler.sample()
+    sampler.set_excluded(set())
+    again = sampler.sample()
+    assert whole is not None and without is not None and again is not None
+    assert (whole.num_processes, without.num_processes, again.num_processes) == (4, 2, 4)
+    mb = 1024 * 1024
+    assert whole.memory_bytes - without.memory_bytes >= 40 * mb  # the helper's child's 40 MB went too
+    assert without.memory_bytes >= 35 * mb  # the root's 5 MB and the other child's 30 MB stay
+    assert abs(again.memory_bytes - whole.memory_bytes) < 8 * mb
+
+
 # -- watchdog ------------------------------------------------------------------------
 
 
@@ -348,3 +383,17 @@ def test_supervisors_starting_together_share_one_history_file(tmp_path: Path, sp
         _out, err = proc.communicate()
         assert proc.returncode == 0, err.decode()
     assert sorted(e.project for e in read_events(db, limit=0)) == [f"p{i}" for i in range(8)]
+
+
+# -- the ready pipe of up --detach ------------------------------------------------------
+
+
+def test_the_daemons_answer_is_read_word_by_word() -> None:
+    from procguard.supervisor.startup import DaemonAnswer, parse_answer
+
+    assert parse_answer("ready 4242") == DaemonAnswer("ready", supervisor_pid="4242")
+    assert parse_answer("already 17") == DaemonAnswer("already", supervisor_pid="17")
+    assert parse_answer("error 2 bad config: x") == DaemonAnswer("error", exit_status=2, detail="bad config: x")
+    assert parse_answer("error x y").exit_status == 1
+    died = parse_answer("")
+    assert (died.word, died.exit_status) == ("", 1) and "exited before starting" in died.detail

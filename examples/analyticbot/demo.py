@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from procguard.instances.identity import new_marker
+from procguard.instances.marker import new_marker
 from procguard.instances.spawn import spawn_process
+from procguard.instances.statedir import namespace_of
 
 from . import settings
 
@@ -195,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    marker = new_marker("analyticbot-demo")
+    marker = new_marker("analyticbot-demo", namespace_of())  # what plain cleanup commands see
     failed: str | None = None
     try:
         for service in services:

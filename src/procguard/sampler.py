@@ -28,6 +28,8 @@ from typing import Literal
 
 import psutil
 
+from .procstat import PROC_ROOT, read_stat
+
 log = logging.getLogger(__name__)
 
 #: Default length of the CPU averaging window, seconds.
@@ -37,8 +39,7 @@ DEFAULT_CPU_WINDOW_S = 60.0
 #: for the next scan (listing /proc is the most expensive step of a sample).
 DEFAULT_SCAN_INTERVAL_S = 1.0
 
-_PROC = "/proc"
-_LINUX = sys.platform.startswith("linux") and os.path.isdir(_PROC)
+_LINUX = sys.platform.startswith("linux") and os.path.isdir(PROC_ROOT)
 
 
 @dataclass(frozen=True)
@@ -62,40 +63,6 @@ class ResourceSample:
     uss_bytes: int | None = None
     #: pids of the descendants counted in this sample.
     children: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class _ProcStat:
-    ppid: int
-    cpu_s: float
-    rss_bytes: int
-    num_threads: int
-    start_ticks: int
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _read_stat(pid: int) -> _ProcStat | None:
-    """Parse ``/proc/<pid>/stat`` (None if the process is gone)."""
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself contain spaces or ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return _ProcStat(
-            ppid=int(fields[1]),
-            cpu_s=(int(fields[11]) + int(fields[12])) / _CLK_TCK,
-            num_threads=int(fields[17]),
-            start_ticks=int(fields[19]),
-            rss_bytes=int(fields[21]) * _PAGE,
-        )
-    except (IndexError, ValueError):
-        return None
 
 
 class ResourceSampler:
@@ -134,7 +101,7 @@ class ResourceSampler:
         self._proc = psutil.Process(self.pid)  # raises NoSuchProcess for a bad pid
         self._root_start: int | None = None
         if self._linux:
-            st = _read_stat(self.pid)
+            st = read_stat(self.pid)
             if st is None:
                 raise psutil.NoSuchProcess(self.pid)
             self._root_start = st.start_ticks
@@ -156,7 +123,7 @@ class ResourceSampler:
             return self._descendants
         self._next_scan = now + self.scan_interval_s
         try:
-            names = os.listdir(_PROC)
+            names = os.listdir(PROC_ROOT)
         except OSError:
             return ()
         pids = frozenset(int(n) for n in names if n.isdigit())
@@ -167,7 +134,7 @@ class ResourceSampler:
         for gone in self._pid_set - pids:
             parents.pop(gone, None)
         for pid in pids - self._pid_set:
-            st = _read_stat(pid)
+            st = read_stat(pid)
             if st is not None:
                 parents[pid] = (st.ppid, st.start_ticks)
         self._pid_set = pids
@@ -217,12 +184,12 @@ class ResourceSampler:
         rows: list[tuple[int, float, int, int]] = []
         kids = self.descendants() if self.include_children else ()
         if self._linux:
-            root = _read_stat(self.pid)
+            root = read_stat(self.pid)
             if root is None or root.start_ticks != self._root_start:
                 raise psutil.NoSuchProcess(self.pid)
-            rows.append((self.pid, root.cpu_s, root.rss_bytes, root.num_threads))
+            rows.append((self.pid, root.cpu_seconds, root.rss_bytes, root.num_threads))
             for pid in kids:
-                st = _read_stat(pid)
+                st = read_stat(pid)
                 if st is None:
                     continue
                 known = self._parents.get(pid)
@@ -231,7 +198,7 @@ class ResourceSampler:
                     self._parents.pop(pid, None)
                     self._pid_set = self._pid_set - {pid}
                     continue
-                rows.append((pid, st.cpu_s, st.rss_bytes, st.num_threads))
+                rows.append((pid, st.cpu_seconds, st.rss_bytes, st.num_threads))
             return rows, kids
         procs = [self._proc]
         for pid in kids:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from procguard.procstat import read_stat
 from procguard.supervisor.control import NotRunningError, request, socket_path
 
 from ..helpers import PROCGUARD, python_env, read_output, wait_for
@@ -130,12 +131,8 @@ def lines(path: Path) -> list[str]:
 
 def alive(pid: int) -> bool:
     """True if ``pid`` is a live (non-zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] not in (b"Z", b"X")
+    stat = read_stat(pid)
+    return stat is not None and not stat.exited
 
 
 __all__ = ["Stack", "alive", "lines", "read_output", "worker_cmd", "write_config"]

@@ -1,7 +1,8 @@
 """``procguard cleanup NAME|all`` and ``procguard cleanup --match PATTERN``.
 
 The safe replacement for ``pkill -9 -f NAME``: it stops what procguard
-started under NAME (lock holder, marked processes, their descendants) or,
+started under NAME in this state directory (lock holder, marked processes,
+their descendants) or,
 with ``--match``, our own user's legacy processes whose command line matches,
 with their descendants; graceful first (SIGTERM, wait ``--grace``), forced
 after. It lists what it found before signalling and reports every process's
@@ -23,6 +24,8 @@ from ..reasons import ExitStatus
 from ..units import parse_duration
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..instances.cleanup import CleanupReport
 
 log = logging.getLogger(__name__)
@@ -34,14 +37,19 @@ EPILOG = f"""\
 who is stopped:
   NAME     the holder of NAME's instance lock (when its recorded pid + start time
            still match), every process carrying NAME's PROCGUARD_INSTANCE marker
-           (orphaned, double-forked grandchildren too), and their descendants.
-           A process whose command line merely contains NAME is not touched.
-  all      every instance in the state directory and every procguard-marked
-           process of your user.
+           of this state directory (orphaned, double-forked grandchildren too),
+           and their descendants. A process whose command line merely contains
+           NAME is not touched.
+           NAME may also be a stack's worker name: 'cleanup collector' means
+           analyticbot.collector when only stack analyticbot has that worker.
+  all      every instance in the state directory and every process carrying
+           one of its markers.
   --match  your processes whose full command line matches PATTERN, plus their
            descendants; procguard-managed processes are left to 'cleanup NAME'.
 never stopped: pid 1, procguard itself and its ancestors (your shell), other
-users' processes, and processes whose identity cannot be confirmed.
+users' processes, processes whose identity cannot be confirmed, and processes
+carrying the marker of another state directory (the state directory is a
+namespace: two stacks of the same names in two of them never touch each other).
 
 exit statuses:
   {ExitStatus.OK:<4} nothing is left running (or --dry-run)
@@ -86,7 +94,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def run_cleanup(args: argparse.Namespace) -> int:
-    from ..instances.cleanup import CleanupPlan, cleanup_instances, cleanup_matching
+    from ..instances.cleanup import CleanupPlan, cleanup_instances, cleanup_matching, resolve_name
     from ..instances.statedir import resolve_state_dir
 
     if (args.name is None) == (args.match is None):
@@ -112,7 +120,10 @@ def run_cleanup(args: argparse.Namespace) -> int:
             pattern, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run, before_execute=announce
         )
     else:
-        report = cleanup_instances(args.name, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run)
+        choice = resolve_name(args.name, state_dir=state_dir, stack_workers=_stack_workers(state_dir))
+        report = cleanup_instances(choice.name, grace_s=grace, state_dir=state_dir, dry_run=args.dry_run)
+        if choice.note:
+            report.notes.insert(0, choice.note)
 
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -127,6 +138,25 @@ def run_cleanup(args: argparse.Namespace) -> int:
         + "\n"
     )
     return ExitStatus.CLEANUP_INCOMPLETE
+
+
+def _stack_workers(state_dir: Path) -> list[str]:
+    """``PROJECT.WORKER`` of every stack whose supervisor runs on ``state_dir``."""
+    from ..config import load_config
+    from ..errors import ProcguardError
+    from ..supervisor.control import running_supervisors
+
+    names: list[str] = []
+    for supervisor in running_supervisors(state_dir):
+        if supervisor.config is None:
+            continue
+        try:
+            config = load_config(supervisor.config)
+        except ProcguardError:
+            continue  # its file changed or went away; its markers still name its workers
+        if config.project.name == supervisor.project:
+            names += [f"{supervisor.project}.{worker}" for worker in config.workers]
+    return names
 
 
 def _short(text: str, width: int = 80) -> str:

@@ -67,7 +67,8 @@ def describe(record: InstanceRecord) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": record.name,
         "state": state,
-        "pid": proc.pid if proc is not None else record.pid,
+        # Without a record (or with one it cannot confirm) the kernel still names the holder.
+        "pid": proc.pid if proc is not None else (record.pid or record.holder_pid),
         "uptime_seconds": None,
         "memory_mb": None,
         "health": None,

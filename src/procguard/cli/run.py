@@ -103,8 +103,9 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
-    from ..instances.identity import MARKER_ENV, new_marker
-    from ..instances.lock import InstanceLock
+    from ..instances.marker import MARKER_ENV, new_marker
+    from ..instances.replace import acquire_instance
+    from ..instances.statedir import namespace_of
     from ..limits import WorkerLimits
     from ..parent_link import claim
     from ..runner.options import options_from_args
@@ -121,14 +122,14 @@ def run_run(args: argparse.Namespace) -> int:
         from ..runner.command import check_command
 
         check_command(options.command)
-    marker = new_marker(options.name)
-    lock = InstanceLock.acquire(
+    marker = new_marker(options.name, namespace_of(options.state_dir))
+    lock = acquire_instance(
         options.name,
         state_dir=options.state_dir,
         info={"mode": options.mode, "target": options.target or list(options.command)},
         marker=marker,
         replace=options.replace,
-        replace_grace_s=options.limits.grace_s,
+        grace_s=options.limits.grace_s,
     )
     try:
         helpers: set[int] = set()

@@ -35,15 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import AlreadyRunningError, ProcguardError, UsageError
+from ..errors import ProcguardError, UsageError
 from ..reasons import ExitStatus
 from ..units import format_duration, parse_count, parse_port
 
@@ -51,9 +49,6 @@ if TYPE_CHECKING:
     from ..config import StackConfig
 
 logger = logging.getLogger(__name__)
-
-#: How long ``up --detach`` waits for the daemon to report that the workers started.
-DETACH_TIMEOUT_S = 120.0
 
 
 # -- shared flags and helpers --------------------------------------------------
@@ -276,220 +271,36 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from ..supervisor.startup import serve
+
     config, state_dir = _load(args)
     _check_names(config, args.names)
     status_port = None if args.status_port is None else parse_port(args.status_port, what="--status-port")
     if args.detach:
         return _detach(args, config, state_dir, status_port)
-    ready_fd: int | None = args.ready_fd
-    try:
-        return _serve(config, state_dir, args.names, status_port, ready_fd)
-    except AlreadyRunningError as error:
-        if ready_fd is not None:
-            _tell(ready_fd, f"already {error.pid or 0}")
-            return ExitStatus.OK
-        raise StackRunningError(config.project.name, error.pid) from None
-    except ProcguardError as error:
-        if ready_fd is not None:
-            _tell(ready_fd, f"error {error.exit_status} {error}")
-        raise
-
-
-class StackRunningError(ProcguardError):
-    """``up`` in the foreground while the stack's supervisor runs. Exit status 3."""
-
-    exit_status = ExitStatus.ALREADY_RUNNING
-
-    def __init__(self, project: str, pid: int | None) -> None:
-        self.project = project
-        self.pid = pid
-        super().__init__(
-            f"stack {project!r} is already supervised by PID {pid or '?'} "
-            "(see 'procguard status'; stop it with 'procguard down')"
-        )
-
-
-def _rotate_own_log(config: StackConfig, state_dir: Path) -> None:
-    """The detached supervisor (started with ``--ready-fd``): rotate supervisor.log like the worker logs."""
-    from ..supervisor.logs import log_own_output_to, supervisor_log_path
-
-    log_own_output_to(
-        supervisor_log_path(state_dir, config.project.name),
-        max_bytes=config.project.log_max_bytes,
-        backups=config.project.log_backups,
-    )
-
-
-def _tell(fd: int, message: str) -> None:
-    try:
-        os.write(fd, message.encode() + b"\n")
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _serve(
-    config: StackConfig, state_dir: Path, names: list[str], status_port: int | None, ready_fd: int | None
-) -> int:
-    from ..instances.forked import call_in_fork
-    from ..instances.lock import InstanceLock
-    from ..supervisor.settings import Settings
-    from ..supervisor.supervisor import Supervisor
-
-    lock = InstanceLock.acquire(
-        f"supervisor.{config.project.name}",
-        state_dir=state_dir,
-        info={"config": str(config.path), "project": config.project.name},
-    )
-    try:
-        if ready_fd is not None:  # detached: supervisor.log is ours now (we hold the stack's lock)
-            _rotate_own_log(config, state_dir)
-        survivors = set(call_in_fork(lambda: sorted(_clean_stale(config, state_dir))))  # psutil stays out
-        _close_unfinished_runs(config, state_dir, survivors)
-        terminal = None if ready_fd is not None else sys.stdout.buffer
-        supervisor = Supervisor(
-            config,
-            state_dir=state_dir,
-            terminal=terminal,
-            status_port=status_port,
-            settings=Settings.from_env(),
-        )
-
-        def ready() -> None:
-            if ready_fd is not None:
-                _tell(ready_fd, f"ready {os.getpid()}")
-
-        try:
-            return supervisor.run(names or None, on_ready=ready)
-        finally:
-            lock.release()
-            supervisor.release_waiters()  # 'procguard down' returns now: the stack can be started again
-    finally:
-        if lock.held:
-            lock.release()
-
-
-def _clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
-    """Stop leftovers of an earlier supervisor of this stack (we hold its lock, so all are stale).
-
-    Returns the pids that were still running and have been stopped now.
-    """
-    from ..instances.cleanup import CleanupPlan, Viewpoint, execute_plan, plan_cleanup, snapshot_processes
-    from ..instances.lock import list_instances
-    from ..proctree import StopResult
-
-    table = snapshot_processes()
-    view = Viewpoint.current()
-    instances = list_instances(state_dir)
-    targets: dict[int, Any] = {}
-    for worker in config.workers.values():
-        plan = plan_cleanup(
-            table, view=view, instances=instances, name=f"{config.project.name}.{worker.name}"
-        )
-        for target in plan.targets:
-            targets.setdefault(target.process.pid, target)
-    if not targets:
-        return set()
-    grace = max(w.limits.grace_s for w in config.workers.values())
-    logger.warning("stopping %d stale process(es) of stack %s first", len(targets), config.project.name)
-    survivors: set[int] = set()
-    for entry in execute_plan(CleanupPlan(f"stack {config.project.name}", tuple(targets.values())), grace):
-        logger.info("stale pid %s (%s): %s", entry.pid, entry.name, entry.result)
-        if entry.result in (StopResult.TERMINATED, StopResult.KILLED):
-            survivors.add(entry.pid)
-    return survivors
-
-
-def _close_unfinished_runs(config: StackConfig, state_dir: Path, survivors: set[int]) -> None:
-    """History: a ``supervisor_died`` stop for each worker run an earlier supervisor left open."""
-    from ..supervisor.history import close_unfinished_runs, db_path
-
-    project = config.project.name
-    stops = close_unfinished_runs(db_path(state_dir), project, now=time.time(), survivors=survivors)
-    if stops:
-        logger.warning(
-            "history: %d run(s) of stack %s ended with a supervisor that died: %s",
-            len(stops),
-            project,
-            ", ".join(f"{stop.worker} (pid {stop.pid})" for stop in stops),
-        )
+    return serve(config, state_dir, args.names, status_port, args.ready_fd)
 
 
 def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, status_port: int | None) -> int:
     from ..supervisor.logs import log_dir, supervisor_log_path
+    from ..supervisor.startup import ALREADY, READY, start_daemon
 
     project = config.project.name
     pid = _supervisor_pid(config, state_dir)
     if pid is not None:
         print(f"stack {project!r} is already running (supervisor PID {pid}); nothing started")
         return ExitStatus.OK
-    logs = log_dir(state_dir, project, create=True)
-    log_file = supervisor_log_path(state_dir, project)
-    read_fd, write_fd = os.pipe()
-    argv = [
-        sys.executable,
-        "-m",
-        "procguard",
-        "up",
-        *args.names,
-        "-c",
-        str(config.path),
-        "--state-dir",
-        str(state_dir),
-        "--ready-fd",
-        str(write_fd),
-    ]
-    if status_port is not None:
-        argv += ["--status-port", str(status_port)]
-    with open(log_file, "ab") as log:
-        os.chmod(log_file, 0o600)
-        subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            pass_fds=(write_fd,),
-            close_fds=True,
-            cwd="/",
-        )
-    os.close(write_fd)
-    answer = _read_answer(read_fd, DETACH_TIMEOUT_S)
-    word, _, rest = answer.partition(" ")
-    if word == "ready":
-        print(f"stack {project!r} started (supervisor PID {rest}); logs in {logs}")
+    answer = start_daemon(config, state_dir, args.names, status_port)
+    supervisor = answer.supervisor_pid
+    if answer.word == READY:
+        logs = log_dir(state_dir, project)
+        print(f"stack {project!r} started (supervisor PID {supervisor}); logs in {logs}")
         return ExitStatus.OK
-    if word == "already":
-        print(f"stack {project!r} is already running (supervisor PID {rest}); nothing started")
+    if answer.word == ALREADY:
+        print(f"stack {project!r} is already running (supervisor PID {supervisor}); nothing started")
         return ExitStatus.OK
-    status, detail = int(ExitStatus.ERROR), "the supervisor exited before starting the workers"
-    if word == "error":
-        code, _, detail = rest.partition(" ")
-        status = int(code) if code.isdigit() else int(ExitStatus.ERROR)
-    sys.stderr.write(f"procguard up: {detail} (see {log_file})\n")
-    return status
-
-
-def _read_answer(fd: int, timeout: float) -> str:
-    import select
-
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    return data.decode(errors="replace").strip()
+    sys.stderr.write(f"procguard up: {answer.detail} (see {supervisor_log_path(state_dir, project)})\n")
+    return answer.exit_status
 
 
 # -- down -------------------------------------------------------------------------

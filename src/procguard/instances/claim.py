@@ -4,9 +4,11 @@
 :meth:`~procguard.manager.ProcessManager.shutdown` gives it back. Two cases:
 
 - Started by procguard (``procguard run``), the parent already holds the
-  lock and exported ``PROCGUARD_INSTANCE=<name>:<id>``: the worker *is* that
-  instance, and taking the lock again would refuse its own start. Nothing
-  is claimed.
+  lock and exported ``PROCGUARD_INSTANCE=<name>:<id>`` with the namespace of
+  the same state directory: the worker *is* that instance, and taking the
+  lock again would refuse its own start. Nothing is claimed. (A marker of
+  the same name from another state directory is another instance: the
+  worker claims its name in its own state directory.)
 - Started on its own, the worker takes the :class:`~.lock.InstanceLock`
   (refusing a second instance) and exports a fresh marker, so that every
   child started from then on carries it and ``procguard cleanup`` can find
@@ -18,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .identity import MARKER_ENV, new_marker
 from .lock import InstanceLock
+from .marker import MARKER_ENV, new_marker, parse_marker
+from .statedir import namespace_of
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,12 @@ class InstanceClaim:
         Raises :class:`~procguard.errors.AlreadyRunningError` when another
         instance of ``name`` runs (nothing is exported then).
         """
-        marker = os.environ.get(MARKER_ENV, "")
-        if marker.startswith(f"{name}:"):
-            log.debug("%s (pid %d): instance lock held by the procguard parent (%s)", name, pid, marker)
+        namespace = namespace_of(state_dir)
+        inherited = parse_marker(os.environ.get(MARKER_ENV, ""))
+        if inherited is not None and inherited.name == name and inherited.namespace == namespace:
+            log.debug("%s (pid %d): instance lock held by the procguard parent (%s)", name, pid, inherited)
             return None
-        marker = new_marker(name)
+        marker = new_marker(name, namespace)
         info = {"pid": pid, "source": "ProcessManager"}
         lock = InstanceLock.acquire(
             name, state_dir=state_dir, info=info, health_port=health_port, marker=marker

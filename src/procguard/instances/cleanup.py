@@ -9,16 +9,17 @@ to all, wait up to grace, SIGKILL the rest).
 
 Who is a target of ``cleanup NAME``: the holder of NAME's instance lock
 when the recorded (pid, start time) still matches, every process carrying
-NAME's ``PROCGUARD_INSTANCE`` marker (orphaned, double-forked grandchildren
-included), and the descendants of those. A process whose command line merely
-*contains* NAME is not a target. ``--match PATTERN`` selects by command line,
-for processes procguard did not start, and adds their descendants (which
-``pkill -f`` would orphan).
+NAME's ``PROCGUARD_INSTANCE`` marker of this state directory (orphaned,
+double-forked grandchildren included), and the descendants of those. A
+process whose command line merely *contains* NAME is not a target.
+``--match PATTERN`` selects by command line, for processes procguard did not
+start, and adds their descendants (which ``pkill -f`` would orphan).
 
 Never a target, whatever matched: pid <= 1, procguard itself, its ancestors
 (the calling shell), another user's process, a process whose identity cannot
-be confirmed, and -- for ``--match`` -- processes managed by procguard
-(use ``cleanup NAME`` for those).
+be confirmed, a process carrying the marker of another state directory (or
+an older procguard's marker, which names none), and -- for ``--match`` --
+processes managed by procguard (use ``cleanup NAME`` for those).
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
+from ..errors import UsageError
+from ..procstat import start_ticks
 from ..proctree import StopResult, protected_pids, stop_processes
-from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity, parse_marker, read_marker, start_ticks
+from .identity import CREATE_TIME_TOLERANCE_S, ProcessIdentity
 from .lock import InstanceRecord, list_instances
+from .marker import parse_marker, read_marker, validate_name
+from .statedir import namespace_of
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +74,17 @@ class ProcInfo:
 
 @dataclass(frozen=True)
 class Viewpoint:
-    """Who is asking: the PIDs never to touch and the user whose processes we may stop."""
+    """Who is asking: the PIDs never to touch, the user whose processes we may stop,
+    and the namespace (state directory) whose marked processes we may stop."""
 
     uid: int
     protected: frozenset[int]
+    namespace: str
 
     @classmethod
-    def current(cls) -> Viewpoint:
-        return cls(uid=os.getuid(), protected=protected_pids())
+    def current(cls, state_dir: str | os.PathLike[str] | None = None) -> Viewpoint:
+        """Our uid and ancestors, and the namespace of ``state_dir`` (None: the environment's)."""
+        return cls(uid=os.getuid(), protected=protected_pids(), namespace=namespace_of(state_dir))
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,16 @@ def _spare_reason(row: ProcInfo, view: Viewpoint) -> str | None:
     return None
 
 
+def _foreign_marker(row: ProcInfo, view: Viewpoint) -> str | None:
+    """Why ``row``'s marker puts it outside the asking state directory; None if ours or unmarked."""
+    parsed = parse_marker(row.marker) if row.marker else None
+    if parsed is None or parsed.namespace == view.namespace:
+        return None
+    if parsed.namespace is None:
+        return f"marker {row.marker} names no state directory (an older procguard started it)"
+    return f"marker of another state directory ({row.marker})"
+
+
 class _Collector:
     """Accumulates targets and spared processes, each PID once, in discovery order."""
 
@@ -177,19 +195,26 @@ class _Collector:
         if row.pid not in self.targets and row.pid not in self.spared:
             self.spared[row.pid] = Spared(row.pid, row.name, row.command, reason)
 
-    def add(self, row: ProcInfo, reason: str) -> bool:
+    def add(self, row: ProcInfo, reason: str, *, check_marker: bool = True) -> bool:
+        """Target ``row`` unless it must be spared (its marker is checked unless told not to)."""
         if row.pid in self.targets or row.pid in self.spared:
             return False
         why_not = _spare_reason(row, self.view)
+        if why_not is None and check_marker:
+            why_not = _foreign_marker(row, self.view)
         if why_not is not None:
             self.spare(row, why_not)
             return False
         self.targets[row.pid] = Target(row, reason)
         return True
 
-    def add_tree(self, row: ProcInfo, reason: str) -> None:
-        """``row`` and its descendants; a spared process's subtree is not entered."""
-        if not self.add(row, reason):
+    def add_tree(self, row: ProcInfo, reason: str, *, check_marker: bool = True) -> None:
+        """``row`` and its descendants; a spared process's subtree is not entered.
+
+        A descendant carrying another state directory's marker is spared with
+        its subtree: it belongs to another stack, whoever its parent is.
+        """
+        if not self.add(row, reason, check_marker=check_marker):
             return
         stack = [row]
         while stack:
@@ -210,8 +235,11 @@ def plan_cleanup(
     """Decide what ``cleanup NAME`` (``name``; ``"all"`` for every instance) or
     ``cleanup --match`` (``pattern``) would stop. No I/O, no signals.
 
-    ``instances`` are the lock records (only those held, with an identity
-    that matches a row of ``table``, make their holder a target).
+    ``instances`` are the lock records of ``view``'s state directory (only
+    those held, with an identity that matches a row of ``table``, make their
+    holder a target). Marked processes count only with a marker of
+    ``view.namespace``: those of another state directory, or an older
+    procguard's marker that names none, are never targets.
     """
     if (name is None) == (pattern is None):
         msg = "give exactly one of name or pattern"
@@ -219,16 +247,29 @@ def plan_cleanup(
     by_pid = {row.pid: row for row in table}
     collector = _Collector(view, _children_map(table))
     notes: list[str] = []
-    managed = _managed_pids(table, instances, by_pid)
+    managed = _managed_pids(table, instances, by_pid, view)
 
     if name is not None:
         wanted = [r for r in instances if name in (ALL, r.name)]
         for record in wanted:
             _plan_holder(record, by_pid, collector, notes)
+        foreign = 0
         for row in table:
             parsed = parse_marker(row.marker) if row.marker else None
-            if parsed and (name == ALL or parsed[0] == name):
+            if parsed is None or name not in (ALL, parsed.name):
+                continue
+            why_not = _foreign_marker(row, view)
+            if why_not is None:
                 collector.add_tree(row, f"carries marker {row.marker}")
+            elif name == ALL:
+                foreign += 1
+            else:
+                collector.spare(row, why_not)
+        if foreign:
+            notes.append(
+                f"{foreign} marked process(es) of other state directories (or of an older procguard) "
+                "left alone"
+            )
         selector = "all instances" if name == ALL else f"instance {name}"
     else:
         assert pattern is not None
@@ -236,8 +277,7 @@ def plan_cleanup(
             if not row.cmdline or not pattern.search(" ".join(row.cmdline)):
                 continue
             if _spare_reason(row, view) is None and row.pid in managed:
-                why = f"managed by procguard ({managed[row.pid]}): use 'procguard cleanup NAME'"
-                collector.spare(row, why)
+                collector.spare(row, managed[row.pid])
                 continue
             collector.add_tree(row, f"command line matches {pattern.pattern!r}")
         selector = f"processes matching {pattern.pattern!r}"
@@ -272,21 +312,38 @@ def _plan_holder(
         why = f"pid {ident.pid} was recycled (start time differs from instance {record.name}'s record)"
         collector.spare(row, why)
         return
-    collector.add_tree(row, f"holds the lock of instance {record.name}")
+    # The lock file is in our state directory: its holder is ours, whatever
+    # marker it inherited from the process that started it.
+    collector.add_tree(row, f"holds the lock of instance {record.name}", check_marker=False)
 
 
 def _managed_pids(
-    table: Sequence[ProcInfo], instances: Sequence[InstanceRecord], by_pid: Mapping[int, ProcInfo]
+    table: Sequence[ProcInfo],
+    instances: Sequence[InstanceRecord],
+    by_pid: Mapping[int, ProcInfo],
+    view: Viewpoint,
 ) -> dict[int, str]:
+    """pid -> why ``--match`` leaves it alone: procguard manages it (here, or elsewhere)."""
     managed: dict[int, str] = {}
     for row in table:
-        if row.marker and parse_marker(row.marker):
-            managed[row.pid] = f"marker {row.marker}"
+        parsed = parse_marker(row.marker) if row.marker else None
+        if parsed is None:
+            continue
+        if parsed.namespace == view.namespace:
+            managed[row.pid] = f"managed by procguard (marker {row.marker}): use 'procguard cleanup NAME'"
+        elif parsed.namespace is None:
+            managed[row.pid] = f"managed by an older procguard (marker {row.marker}, no state directory)"
+        else:
+            managed[row.pid] = (
+                f"managed by procguard from another state directory (marker {row.marker}): "
+                "use 'procguard cleanup NAME --state-dir' with that directory"
+            )
     for record in instances:
         ident = record.identity if record.held else None
         holder = by_pid.get(ident.pid) if ident else None
         if holder is not None and ident is not None and _same_process(holder, ident):
-            managed[holder.pid] = f"instance {record.name}"
+            why = f"managed by procguard (instance {record.name}): use 'procguard cleanup NAME'"
+            managed[holder.pid] = why
     return managed
 
 
@@ -450,6 +507,93 @@ def _merge(report: CleanupReport, entry: ReportEntry) -> None:
     report.entries.append(entry)
 
 
+# -- which name (cleanup NAME given a stack's worker name) --------------------------
+#: Instance-lock names of stack supervisors (``supervisor.PROJECT``): never a worker.
+_SUPERVISOR_PREFIX = "supervisor."
+
+
+@dataclass(frozen=True)
+class NameChoice:
+    """The instance ``cleanup NAME`` acts on, and what to tell the user about the choice."""
+
+    name: str
+    note: str = ""
+
+
+def namespace_names(
+    table: Iterable[ProcInfo], instances: Iterable[InstanceRecord], view: Viewpoint
+) -> set[str]:
+    """Instance names known in ``view``'s state directory: lock records and markers of its namespace."""
+    names = {record.name for record in instances}
+    for row in table:
+        parsed = parse_marker(row.marker) if row.marker else None
+        if parsed is not None and parsed.namespace == view.namespace and row.uid == view.uid:
+            names.add(parsed.name)
+    return names
+
+
+def _stack_worker(name: str) -> str | None:
+    """The worker part of ``PROJECT.WORKER`` (worker and project names hold no dot), else None."""
+    project, dot, worker = name.partition(".")
+    if not dot or not project or not worker or "." in worker or name.startswith(_SUPERVISOR_PREFIX):
+        return None
+    return worker
+
+
+def choose_name(name: str, known: Collection[str], stack_workers: Collection[str] = ()) -> NameChoice:
+    """What ``cleanup NAME`` means (pure).
+
+    ``known``: the instance names of the state directory (lock records and
+    markers of its namespace); ``stack_workers``: ``PROJECT.WORKER`` of the
+    stacks running there. NAME itself when it is known (or ``all``);
+    otherwise the one ``PROJECT.NAME`` it is the worker name of, said in the
+    note; several such stacks are a UsageError listing the full names; none
+    gives a note with similar names.
+    """
+    if name == ALL or name in known:
+        return NameChoice(name)
+    candidates = set(known) | set(stack_workers)
+    full = sorted(c for c in candidates if _stack_worker(c) == name)
+    if len(full) == 1:
+        project = full[0].partition(".")[0]
+        return NameChoice(full[0], f"{name!r} is worker {name} of stack {project}: using instance {full[0]}")
+    if full:
+        msg = (
+            f"{name!r} is a worker of {len(full)} stacks in this state directory: {', '.join(full)} "
+            "(give the full name)"
+        )
+        raise UsageError(msg)
+    import difflib  # only for this hint
+
+    # Close to a full name, or to the worker part of one ('colector' -> analyticbot.collector).
+    spellings: dict[str, set[str]] = {}
+    for candidate in candidates:
+        for spelling in (candidate, _stack_worker(candidate)):
+            if spelling:
+                spellings.setdefault(spelling, set()).add(candidate)
+    close = difflib.get_close_matches(name, sorted(spellings), n=3, cutoff=0.6)
+    similar = sorted({match for spelling in close for match in spellings[spelling]})
+    hint = f"; did you mean {' or '.join(similar)}?" if similar else ""
+    return NameChoice(name, f"no instance or marked process named {name!r} in this state directory{hint}")
+
+
+def resolve_name(
+    name: str,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    stack_workers: Collection[str] = (),
+) -> NameChoice:
+    """:func:`choose_name` with the state directory's lock records and the process table's markers."""
+    if name == ALL:
+        return NameChoice(name)
+    validate_name(name)
+    instances = list_instances(state_dir)
+    if any(record.name == name for record in instances):
+        return NameChoice(name)  # no need to read every process's environment
+    known = namespace_names(snapshot_processes(), instances, Viewpoint.current(state_dir))
+    return choose_name(name, known, stack_workers)
+
+
 def cleanup_instances(
     name: str,
     *,
@@ -457,15 +601,14 @@ def cleanup_instances(
     state_dir: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
 ) -> CleanupReport:
-    """Stop every live instance of ``name`` (``"all"``: every instance) and every
-    process carrying its marker. See :func:`plan_cleanup` for who is spared."""
+    """Stop every live instance of ``name`` (``"all"``: every instance) of the state
+    directory and every process carrying its marker there. See :func:`plan_cleanup`
+    for who is spared."""
     if name != ALL:
-        from .identity import validate_name
-
         validate_name(name)
 
     def make_plan() -> CleanupPlan:
-        view = Viewpoint.current()
+        view = Viewpoint.current(state_dir)
         instances = list_instances(state_dir)
         return plan_cleanup(snapshot_processes(), view=view, instances=instances, name=name)
 
@@ -487,7 +630,7 @@ def cleanup_matching(
     """
 
     def make_plan() -> CleanupPlan:
-        view = Viewpoint.current()
+        view = Viewpoint.current(state_dir)
         instances = list_instances(state_dir)
         return plan_cleanup(snapshot_processes(), view=view, instances=instances, pattern=pattern)
 

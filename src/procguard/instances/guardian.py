@@ -3,12 +3,13 @@
 The parent-death signal reaches only a *direct* child, and the subreaper
 only helps while it is alive. When ``procguard run`` itself is SIGKILLed
 (OOM killer, ``kill -9``), a worker's ``multiprocessing`` children would
-outlive it -- every peer measured in FIELD.md leaves 4 of 4 behind. So the
+outlive it -- supervisord, circus and PM2, measured, leave 4 of 4 behind. So the
 runner starts a guardian next to the worker:
 
 - it runs in its own session (a terminal's Ctrl-C does not reach it) with
-  SIGINT/SIGHUP ignored, and imports nothing but the standard library, so
-  it starts in milliseconds and holds a few MB;
+  SIGINT/SIGHUP ignored, and imports nothing but the standard library and
+  procguard's small standard-library-only modules (:mod:`procguard.procstat`,
+  :mod:`.marker`), so it starts in milliseconds and holds a few MB;
 - it opens a pidfd on the runner (verified by start time, so a recycled PID
   is never watched) and sleeps in ``poll()`` -- no timer, no CPU;
 - when the runner exits, however it exits, it sends SIGTERM to every
@@ -18,7 +19,8 @@ runner starts a guardian next to the worker:
   and exits. After a clean shutdown there is nothing left to find.
 
 Run as ``python -m procguard.instances.guardian --pid PID --ticks T
---marker NAME:ID --grace S``; start it with :func:`start_guardian`.
+--marker NAME:ID --grace S`` (or ``--name NAME... --namespace NS``); start it
+with :func:`start_guardian`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-MARKER_ENV = "PROCGUARD_INSTANCE"  # same as identity.MARKER_ENV; no import, to start fast
+from ..procstat import read_stat, start_ticks
+from .marker import MARKER_ENV, marker_in_environ, parse_marker
+
 SWEEPS = 3
 
 
@@ -40,6 +44,7 @@ def start_guardian(
     marker: str | None = None,
     *,
     names: Sequence[str] = (),
+    namespace: str | None = None,
     grace_s: float = 5.0,
     watch_pid: int | None = None,
     python: str | None = None,
@@ -47,17 +52,22 @@ def start_guardian(
     """Start a guardian watching ``watch_pid`` (default: this process).
 
     It sweeps processes carrying exactly ``marker`` (one start of one
-    instance, what ``procguard run`` uses) and/or any marker whose instance
-    name is in ``names`` (whatever id: what a supervisor restarting its
-    workers under fresh markers needs). Returns the guardian's ``Popen``; it
+    instance, what ``procguard run`` uses) and/or any marker of the state
+    directory ``namespace`` whose instance name is in ``names`` (whatever
+    random part: what a supervisor restarting its workers under fresh markers
+    needs; the namespace keeps it off another state directory's instances of
+    the same names). Returns the guardian's ``Popen``; it
     exits by itself after the watched process is gone and the sweep is done.
     Terminate it to stand it down; a guardian stopped by SIGTERM does nothing.
     """
     if marker is None and not names:
         msg = "start_guardian needs a marker or instance names"
         raise ValueError(msg)
+    if names and namespace is None:
+        msg = "start_guardian: instance names need the namespace of their state directory"
+        raise ValueError(msg)
     pid = os.getpid() if watch_pid is None else watch_pid
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
     package_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
@@ -70,19 +80,12 @@ def start_guardian(
         argv += ["--marker", marker]
     for name in names:
         argv += ["--name", name]
+    if names and namespace is not None:
+        argv += ["--namespace", namespace]
     return subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _wait_for_exit(pid: int, ticks: int | None) -> None:
@@ -97,7 +100,7 @@ def _wait_for_exit(pid: int, ticks: int | None) -> None:
             fd = None
         if fd is not None:
             try:
-                if ticks is not None and _start_ticks(pid) != ticks:
+                if ticks is not None and start_ticks(pid) != ticks:
                     return  # already gone, and the PID was recycled
                 poller = select.poll()
                 poller.register(fd, select.POLLIN)
@@ -107,21 +110,25 @@ def _wait_for_exit(pid: int, ticks: int | None) -> None:
             finally:
                 os.close(fd)
     # No pidfds: we are the watched process's child, so watch our parent.
-    while os.getppid() == pid and (ticks is None or _start_ticks(pid) == ticks):
+    while os.getppid() == pid and (ticks is None or start_ticks(pid) == ticks):
         time.sleep(0.2)
 
 
-def _selected(environ: bytes, marker: str | None, names: frozenset[str]) -> bool:
-    prefix = f"{MARKER_ENV}=".encode()
-    for entry in environ.split(b"\0"):
-        if entry.startswith(prefix):
-            value = entry[len(prefix) :].decode("utf-8", "replace")
-            return value == marker or value.rpartition(":")[0] in names
-    return False
+def _selected(environ: bytes, marker: str | None, names: frozenset[str], namespace: str | None) -> bool:
+    value = marker_in_environ(environ)
+    if value is None:
+        return False
+    if value == marker:
+        return True
+    parsed = parse_marker(value)
+    return parsed is not None and parsed.name in names and parsed.namespace == namespace
 
 
-def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tuple[int, int | None]]:
-    """(pid, pidfd) of our user's processes carrying ``marker`` or a marker of ``names`` (not us)."""
+def _marked(
+    marker: str | None, names: frozenset[str] = frozenset(), namespace: str | None = None
+) -> list[tuple[int, int | None]]:
+    """(pid, pidfd) of our user's processes (not us) carrying ``marker`` or a marker of ``names``
+    in ``namespace``."""
     me, uid = os.getpid(), os.getuid()
     found: list[tuple[int, int | None]] = []
     for entry in os.listdir("/proc"):
@@ -133,9 +140,9 @@ def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tup
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
-            ticks = _start_ticks(pid)
+            ticks = start_ticks(pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if not _selected(f.read(), marker, names):
+                if not _selected(f.read(), marker, names, namespace):
                     continue
         except OSError:
             continue
@@ -146,7 +153,7 @@ def _marked(marker: str | None, names: frozenset[str] = frozenset()) -> list[tup
                 fd = pidfd_open(pid)
             except OSError:
                 continue  # exited meanwhile
-        if _start_ticks(pid) != ticks:  # recycled between the check and the open
+        if start_ticks(pid) != ticks:  # recycled between the check and the open
             if fd is not None:
                 os.close(fd)
             continue
@@ -169,21 +176,17 @@ def _exited(pid: int, fd: int | None) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")
-    except (OSError, ValueError):
-        return True
+    stat = read_stat(pid)
+    return stat is None or stat.exited
 
 
-def sweep(marker: str | None, grace_s: float, names: Sequence[str] = ()) -> int:
-    """SIGTERM every process with ``marker`` (or a marker of ``names``), SIGKILL what is
-    left after ``grace_s``; return how many were signalled."""
+def sweep(marker: str | None, grace_s: float, names: Sequence[str] = (), namespace: str | None = None) -> int:
+    """SIGTERM every process with ``marker`` (or a ``namespace`` marker of ``names``), SIGKILL
+    what is left after ``grace_s``; return how many were signalled."""
     stopped = 0
     selected = frozenset(names)
     for _ in range(SWEEPS):
-        victims = _marked(marker, selected)
+        victims = _marked(marker, selected, namespace)
         if not victims:
             break
         try:
@@ -212,14 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=-1)
     parser.add_argument("--marker", default=None)
     parser.add_argument("--name", action="append", default=[])
+    parser.add_argument("--namespace", default=None)
     parser.add_argument("--grace", type=float, default=5.0)
     args = parser.parse_args(argv)
+    if args.marker is None and not args.name:
+        parser.error("give --marker or --name")
+    if args.name and args.namespace is None:
+        parser.error("--name needs --namespace")
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _wait_for_exit(args.pid, None if args.ticks < 0 else args.ticks)
-    if args.marker is None and not args.name:
-        parser.error("give --marker or --name")
-    count = sweep(args.marker, max(0.0, args.grace), args.name)
+    count = sweep(args.marker, max(0.0, args.grace), args.name, args.namespace)
     if count:
         what = args.marker or ", ".join(args.name)
         sys.stderr.write(

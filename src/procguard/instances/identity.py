@@ -1,69 +1,41 @@
-"""Who is ours: the ``PROCGUARD_INSTANCE`` marker and (pid, start time) identities.
+"""Who is ours: processes carrying a marker, and (pid, start time) identities.
 
 Every process procguard starts gets ``PROCGUARD_INSTANCE=<name>:<id>`` in its
-environment, and inherits it to all its descendants, including the
-double-forked, ``setsid``-ed escapee that left the process tree long ago.
-The kernel keeps a process's initial environment readable in
-``/proc/PID/environ`` (for the same user), so ``procguard cleanup`` can find
-every leftover of an instance without matching command lines.
+environment (the format is :mod:`.marker`'s), and inherits it to all its
+descendants, including the double-forked, ``setsid``-ed escapee that left
+the process tree long ago. The kernel keeps a process's initial environment
+readable in ``/proc/PID/environ`` (for the same user), so ``procguard
+cleanup`` can find every leftover of an instance without matching command
+lines.
 
 A PID alone never identifies a process: it is recycled. A
 :class:`ProcessIdentity` adds the start time (in clock ticks since boot,
 immune to wall-clock steps, plus psutil's ``create_time``) and the boot id,
 and answers only "is this still the same process?".
 
-psutil is imported inside the functions that use it: the supervisor needs
-only the marker (:func:`new_marker`) from this module, and psutil costs about
-1.2 MB of RSS in a process that never looks at other processes.
+psutil is imported inside the functions that use it: it costs about 1.2 MB
+of RSS in a process that never looks at other processes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..procstat import CLOCK_TICKS, start_ticks
+from .marker import parse_marker, read_marker, validate_name
 
 if TYPE_CHECKING:
     import psutil
 
 log = logging.getLogger(__name__)
 
-MARKER_ENV = "PROCGUARD_INSTANCE"
-_MARKER_PREFIX = MARKER_ENV.encode() + b"="
-
-#: Instance names: what fits in a file name and a marker without quoting.
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}\Z")
-_NAME_ACCEPTED = "letters, digits and . _ : @ + -, starting with a letter, digit or _, at most 128 characters"
-
 #: create_time values are floats derived from clock ticks; two different
 #: processes with the same PID cannot start within this tolerance.
 CREATE_TIME_TOLERANCE_S = 0.001
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid instance name, else raise UsageError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UsageError(f"instance name {name!r} is not valid (use {_NAME_ACCEPTED})")
-    return name
-
-
-def new_marker(name: str) -> str:
-    """A fresh marker ``"<name>:<id>"`` for one start of instance ``name``."""
-    validate_name(name)
-    return f"{name}:{os.urandom(6).hex()}"  # not secrets: it loads libcrypto (3 MB RSS)
-
-
-def parse_marker(value: str) -> tuple[str, str] | None:
-    """``(name, id)`` from a marker value, or None if it is not one of ours."""
-    name, sep, ident = value.rpartition(":")
-    if not sep or not ident or not NAME_RE.match(name):
-        return None
-    return name, ident
 
 
 def boot_id() -> str | None:
@@ -72,20 +44,6 @@ def boot_id() -> str | None:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip() or None
     except OSError:
-        return None
-
-
-def start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        fields = data[data.rindex(b")") + 2 :].split()
-        return int(fields[19])
-    except (ValueError, IndexError):
         return None
 
 
@@ -104,7 +62,7 @@ def create_time(pid: int) -> float | None:
         with open("/proc/stat", "rb") as f:
             for line in f:
                 if line.startswith(b"btime"):
-                    return float(ticks) / os.sysconf("SC_CLK_TCK") + float(line.split()[1])
+                    return float(ticks) / CLOCK_TICKS + float(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
@@ -174,22 +132,6 @@ class ProcessIdentity:
         return proc if abs(created - self.create_time) < CREATE_TIME_TOLERANCE_S else None
 
 
-def read_marker(pid: int) -> str | None:
-    """The ``PROCGUARD_INSTANCE`` value in ``/proc/PID/environ``, or None.
-
-    Unreadable (another user's process, a kernel thread, a zombie) means None.
-    """
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    for entry in data.split(b"\0"):
-        if entry.startswith(_MARKER_PREFIX):
-            return entry[len(_MARKER_PREFIX) :].decode("utf-8", "replace")
-    return None
-
-
 def same_user(proc: psutil.Process) -> bool:
     """True when ``proc`` runs entirely as our user (real and effective uid)."""
     import psutil
@@ -211,15 +153,19 @@ def _all_pids() -> Iterable[int]:
         return []
 
 
-def find_marked(name: str | None, *, marker: str | None = None) -> list[psutil.Process]:
+def find_marked(
+    name: str | None, *, marker: str | None = None, namespace: str | None = None
+) -> list[psutil.Process]:
     """Processes of our user carrying a procguard marker.
 
     ``name`` selects markers of that instance name (any id); ``None`` selects
-    every procguard-marked process; ``marker`` (exact ``"<name>:<id>"``)
-    narrows to one start. Each result was alive with that marker when
-    checked; its ``psutil.Process`` guards later signals against PID reuse.
-    The caller's own process is included if it is marked: callers decide
-    what to spare (see :func:`procguard.proctree.protected_pids`).
+    every procguard-marked process; ``namespace`` keeps only markers of that
+    state directory (:func:`procguard.instances.statedir.namespace_of`);
+    ``marker`` (exact ``"<name>:<id>"``) narrows to one start. Each result was
+    alive with that marker when checked; its ``psutil.Process`` guards later
+    signals against PID reuse. The caller's own process is included if it is
+    marked: callers decide what to spare (see
+    :func:`procguard.proctree.protected_pids`).
     """
     import psutil
 
@@ -234,7 +180,7 @@ def find_marked(name: str | None, *, marker: str | None = None) -> list[psutil.P
         except psutil.Error:
             continue
         value = read_marker(pid)
-        if value is None or not _selected(value, name, marker):
+        if value is None or not _selected(value, name, marker, namespace):
             continue
         try:
             if not proc.is_running() or not same_user(proc):
@@ -245,10 +191,12 @@ def find_marked(name: str | None, *, marker: str | None = None) -> list[psutil.P
     return found
 
 
-def _selected(value: str, name: str | None, marker: str | None) -> bool:
+def _selected(value: str, name: str | None, marker: str | None, namespace: str | None) -> bool:
     if marker is not None:
         return value == marker
     parsed = parse_marker(value)
     if parsed is None:
         return False
-    return name is None or parsed[0] == name
+    if namespace is not None and parsed.namespace != namespace:
+        return False
+    return name is None or parsed.name == name

@@ -18,6 +18,13 @@ create_time), boot id, command line, health port, marker and free-form
 ``cleanup``; the lock alone decides who runs. Poisoned records (pid 0, -1,
 1, text, huge, another user's pid) are never trusted: a PID is only acted
 on when the lock is held *and* the recorded identity still matches.
+
+A lock file with more than one hard link is another file too (someone's
+``ln``): writing the record would overwrite that file. The lock is still
+taken (single-instance must hold, and a start is never refused for what is
+in the state directory), but no record is written, truncated or read
+through it; one warning names the file, and ``procguard ps`` shows the
+instance without its details.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyRunningError, StateDirError
-from .identity import ProcessIdentity, boot_id, create_time, start_ticks, validate_name
+from ..procstat import start_ticks
+from .identity import ProcessIdentity, boot_id, create_time
+from .marker import validate_name
 from .statedir import open_state_file, resolve_state_dir, state_subdir
 
 if TYPE_CHECKING:
@@ -92,6 +101,7 @@ class InstanceLock:
         self._record = record
         self._owner_pid = os.getpid()
         self._write_guard = threading.Lock()  # update() may come from any thread
+        self._warned_links = False
 
     # -- acquiring -------------------------------------------------------
     @classmethod
@@ -103,16 +113,13 @@ class InstanceLock:
         info: Mapping[str, Any] | None = None,
         health_port: int | None = None,
         marker: str | None = None,
-        replace: bool = False,
-        replace_grace_s: float = 30.0,
     ) -> InstanceLock:
-        """Take the lock of ``name`` or raise AlreadyRunningError.
+        """Take the lock of ``name`` or raise AlreadyRunningError naming the holder.
 
         ``info`` is stored in the record (JSON-serialisable values); the
         runner/supervisor put ``restarts``, the worker's pid, etc. there.
-        With ``replace=True`` a running instance is stopped first (SIGTERM to
-        its tree and marked processes, SIGKILL after ``replace_grace_s``) and
-        the lock taken over; AlreadyRunningError if it cannot be stopped.
+        Stopping a running holder first (``--replace``) is a policy one level
+        up: :func:`procguard.instances.replace.acquire_instance`.
         """
         path = lock_path(name, state_dir)
         fd = _open_lock_file(path)
@@ -121,54 +128,15 @@ class InstanceLock:
         except BlockingIOError:
             holder = _describe_holder(fd, path)
             os.close(fd)
-            if not replace:
-                raise AlreadyRunningError(
-                    name,
-                    holder,
-                    f"stop it with 'procguard cleanup {name}' or start with --replace",
-                ) from None
-            return cls._replace(name, path, state_dir, info, health_port, marker, replace_grace_s)
+            raise AlreadyRunningError(
+                name,
+                holder,
+                f"stop it with 'procguard cleanup {name}' or start with --replace",
+            ) from None
         except BaseException:
             os.close(fd)
             raise
         return cls._adopt(name, path, fd, info, health_port, marker)
-
-    @classmethod
-    def _replace(  # noqa: PLR0917 - private; mirrors acquire's keywords
-        cls,
-        name: str,
-        path: Path,
-        state_dir: str | os.PathLike[str] | None,
-        info: Mapping[str, Any] | None,
-        health_port: int | None,
-        marker: str | None,
-        grace_s: float,
-    ) -> InstanceLock:
-        from .cleanup import cleanup_instances  # cleanup builds on this module
-
-        log.info("replacing the running instance %r", name)
-        report = cleanup_instances(name, grace_s=grace_s, state_dir=state_dir)
-        # Cleanup returns once its targets have exited, and the kernel frees
-        # the lock as the holder exits; allow a moment for a holder that is
-        # still closing its files. A holder cleanup could not confirm stays.
-        deadline = time.monotonic() + 1.0
-        while True:
-            fd = _open_lock_file(path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(fd, path)
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise AlreadyRunningError(
-                        name, holder, f"--replace could not stop it ({report.summary()})"
-                    ) from None
-                time.sleep(0.02)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            return cls._adopt(name, path, fd, info, health_port, marker)
 
     @classmethod
     def _adopt(  # noqa: PLR0917 - private
@@ -250,11 +218,26 @@ class InstanceLock:
 
     def _write(self) -> None:
         fd = self._fd
-        if fd is None:
+        if fd is None or not self._writable(fd):
             return
         data = json.dumps(self._record, sort_keys=True, default=str).encode()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
+
+    def _writable(self, fd: int) -> bool:
+        """False (and one warning) while the lock file has more than one hard link."""
+        links = os.fstat(fd).st_nlink
+        if links <= 1:
+            return True
+        if not self._warned_links:
+            self._warned_links = True
+            log.warning(
+                "lock file %s has %d hard links (it is another file too): the lock is held, "
+                "but no record is written to it",
+                self.path,
+                links,
+            )
+        return False
 
     # -- releasing -------------------------------------------------------
     def release(self) -> None:
@@ -269,7 +252,8 @@ class InstanceLock:
             os.close(fd)
             return
         try:
-            os.ftruncate(fd, 0)  # an empty record says "nobody" to readers
+            if self._writable(fd):
+                os.ftruncate(fd, 0)  # an empty record says "nobody" to readers
         except OSError:
             pass
         os.close(fd)  # closing our only reference frees the flock
@@ -461,6 +445,10 @@ def _read_record(
     name: str, path: Path, fd: int, locks: dict[tuple[int, int, int], int] | None
 ) -> InstanceRecord:
     held, holder = _lock_state(fd, locks)
+    links = os.fstat(fd).st_nlink
+    if links > 1:  # another file's content, not a record: never read as one
+        linked = f"lock file has {links} hard links; no record is kept in it"
+        return InstanceRecord(name=name, path=path, held=held, holder_pid=holder, error=linked)
     data, error = _read_data(fd)
     # A holder rewrites its record with pwrite+ftruncate; a reader racing it
     # may see a torn record. Re-read a couple of times before calling it bad.

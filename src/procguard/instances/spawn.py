@@ -1,6 +1,6 @@
 """Starting children so that none can become an orphan.
 
-Three kernel mechanisms, used together (DESIGN.md section 5):
+Three kernel mechanisms, used together, so that no child outlives procguard:
 
 - **Parent-death signal** (``PR_SET_PDEATHSIG``): set in the child between
   fork and exec, so the child gets SIGTERM the moment its parent dies, even
@@ -31,7 +31,8 @@ import subprocess
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import IO, Any
 
-from .identity import MARKER_ENV
+from ..procstat import read_stat
+from .marker import MARKER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +213,8 @@ def direct_children(pid: int) -> list[int]:
 
 def _is_zombie(pid: int) -> bool:
     """True when ``pid`` has exited and waits to be reaped (or is already gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True  # already gone: waitpid says whether it was ours
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z"
+    stat = read_stat(pid)
+    return stat is None or stat.exited
 
 
 class ChildHandle:

@@ -1,8 +1,15 @@
 """The state directory: where instance locks, records and history live.
 
-Lookup order (DESIGN.md section 5): an explicit ``--state-dir``, then
+Lookup order: an explicit ``--state-dir``, then
 ``$PROCGUARD_STATE_DIR``, then ``$XDG_RUNTIME_DIR/procguard``, then a
 per-user directory under the temp dir (``procguard-<uid>``).
+
+The state directory is also a namespace: :func:`namespace_of` derives a
+short id from its real path, every process procguard starts carries it in
+its marker, and whatever acts on one state directory's processes (the stale
+sweep of ``procguard up``, ``cleanup NAME|all``, ``--replace``) touches
+only processes whose marker carries that id. Two stacks with the same names
+in two state directories never stop each other's workers.
 
 The directory decides who may stop whom, so it is checked like sshd checks
 ``~/.ssh``: created 0700, and refused when it is a symlink, owned by another
@@ -44,6 +51,41 @@ def default_state_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"procguard-{os.geteuid()}"
 
 
+def _requested_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The absolute state directory asked for: ``explicit``, else the environment's."""
+    path = Path(explicit).expanduser() if explicit not in (None, "") else default_state_dir()
+    return Path(os.path.abspath(path))
+
+
+def namespace_of(state_dir: str | os.PathLike[str] | None = None) -> str:
+    """The namespace id of a state directory: 8 hex digits of the SHA-256 of its real path.
+
+    ``state_dir`` is resolved like :func:`resolve_state_dir` resolves it
+    (None: the one the environment asks for), then made canonical, so two
+    spellings of one directory (a symlinked parent, ``..``) are one
+    namespace. Nothing is created or checked.
+    """
+    real = os.path.realpath(_requested_path(state_dir))
+    return _sha256_hex(os.fsencode(real))[:8]
+
+
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 from the interpreter's own implementation when it has one.
+
+    ``hashlib`` loads OpenSSL's libcrypto (3.6 MB of RSS measured) into the
+    supervisor, which computes a namespace once and never hashes again; the
+    built-in module gives the same digest without it.
+    """
+    try:
+        from _sha256 import sha256  # CPython up to 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
 def resolve_state_dir(explicit: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
     """Return the state directory, created 0700 if needed and checked.
 
@@ -54,8 +96,7 @@ def resolve_state_dir(explicit: str | os.PathLike[str] | None = None, *, create:
     Raises :class:`~procguard.errors.StateDirError` when the path is a
     symlink, not a directory, owned by another user, or group/world-writable.
     """
-    path = Path(explicit).expanduser() if explicit not in (None, "") else default_state_dir()
-    path = Path(os.path.abspath(path))
+    path = _requested_path(explicit)
     if create:
         _make_private_dir(path)
     elif not os.path.lexists(path):

@@ -19,6 +19,8 @@ Modules, one job each:
 - :mod:`.wakeup` -- the loop's wake-up pipe and record-only signal handlers
 - :mod:`.view` -- the immutable view the status page reads
 - :mod:`.supervisor` -- the event loop tying them together
+- :mod:`.startup` -- before the loop: the stack's lock, the stale sweep, history repair;
+  and both ends of ``up --detach``'s ready pipe
 - :mod:`.statuspage` -- the HTML status page, ``/api/workers`` and ``/metrics``
 
 Importing this package starts nothing.

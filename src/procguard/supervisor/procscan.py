@@ -20,40 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..instances.spawn import direct_children
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from ..procstat import CLOCK_TICKS, read_stat
 
 
-def tree_pids(root: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+def tree_pids(root: int, excluded: frozenset[int] = frozenset()) -> list[int]:
     """``root`` and all its live descendants (root first; empty if root is gone).
 
-    ``exclude``: pids left out with their own descendants (procguard's helpers).
+    A pid in ``excluded`` is left out together with its own descendants.
     """
     if not os.path.exists(f"/proc/{root}"):
         return []
     pids = [root]
     index = 0
     while index < len(pids) and len(pids) < 10_000:
-        pids.extend(pid for pid in direct_children(pids[index]) if pid not in exclude)
+        pids.extend(child for child in direct_children(pids[index]) if child not in excluded)
         index += 1
     return pids
-
-
-def read_stat(pid: int) -> tuple[int, int] | None:
-    """``(cpu clock ticks, resident bytes)`` of one process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        ticks = int(fields[11]) + int(fields[12])
-        rss_pages = int(fields[21])
-    except (IndexError, ValueError):
-        return None
-    return ticks, rss_pages * _PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -84,7 +66,7 @@ class LimitSample:
 
 
 class TreeSampler:
-    """Samples the process tree under one pid."""
+    """Samples the process tree under one pid (minus the subtrees :meth:`set_excluded` names)."""
 
     def __init__(
         self, root_pid: int, *, cpu_window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -97,8 +79,13 @@ class TreeSampler:
         self._excluded: frozenset[int] = frozenset()
 
     def set_excluded(self, pids: frozenset[int] | set[int]) -> None:
-        """Leave these descendants (and theirs) out: procguard's own helpers, not the worker."""
-        self._excluded = frozenset(pids)
+        """Leave these descendants (and theirs) out of the figures, e.g. procguard's own helpers.
+
+        The same meaning as :meth:`procguard.sampler.ResourceSampler.set_excluded`:
+        a worker's memory and CPU are its own tree's, never those of the runner's
+        guardian or health responder. The root itself is always counted.
+        """
+        self._excluded = frozenset(pids) - {self.root_pid}
 
     def sample(self) -> TreeSample | None:
         """A fresh reading, or None when the root process is gone."""
@@ -107,8 +94,8 @@ class TreeSampler:
             stat = read_stat(pid)
             if stat is None:
                 continue
-            ticks += stat[0]
-            memory += stat[1]
+            ticks += stat.cpu_ticks
+            memory += stat.rss_bytes
             count += 1
         if count == 0:
             return None
@@ -125,11 +112,11 @@ class TreeSampler:
             num_processes=count,
             window_cpu_percent=_percent(window[0], now, ticks),
             cpu_window_s=now - window[0][0],
-            cpu_seconds=ticks / _CLOCK_TICKS,
+            cpu_seconds=ticks / CLOCK_TICKS,
         )
 
 
 def _percent(since: tuple[float, int] | None, now: float, ticks: int) -> float:
     if since is None or now <= since[0]:
         return 0.0
-    return max(0.0, (ticks - since[1]) / _CLOCK_TICKS / (now - since[0]) * 100.0)
+    return max(0.0, (ticks - since[1]) / CLOCK_TICKS / (now - since[0]) * 100.0)

@@ -130,7 +130,12 @@ class Supervisor:
             )
             output = WorkerOutput(name, log, terminal=terminal, width=width, clock=wall_clock)
             self.workers[name] = Worker(
-                worker_config, project=self.project, base_dir=base_dir, procguard=argv, output=output
+                worker_config,
+                project=self.project,
+                base_dir=base_dir,
+                procguard=argv,
+                output=output,
+                state_dir=state_dir,
             )
         self.history = History(db_path(state_dir))
         self.control: ControlServer | None = None

@@ -25,13 +25,14 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   worker: for the 50-worker goal, 50 times the supervisor's own budget.
 
 Either way the process leads its own session (``setsid``), carries the
-marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:ID`` and the labels
-``PROCGUARD_STACK``/``PROCGUARD_WORKER``, holds its end of the link, and
-gets SIGTERM if the supervisor dies (parent-death signal); the watchdog
-kills its whole group. The figures shown for a worker (status, page,
-metrics, history, limits) are those of the worker's own process tree:
-procguard's helpers beside it (the health responder a function worker
-reports, the runner in front of a command) are never counted.
+marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:NAMESPACE-ID`` (the namespace of
+the stack's state directory) and the labels ``PROCGUARD_STACK``/
+``PROCGUARD_WORKER``, holds its end of the link, and gets SIGTERM if the
+supervisor dies (parent-death signal); the watchdog kills its whole group.
+The figures shown for a worker (status, page, metrics, history, limits) are
+those of the worker's own process tree: procguard's helpers beside it (the
+health responder a function worker reports, the runner in front of a
+command) are never counted.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WorkerConfig
-from ..instances.identity import new_marker
+from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
+from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..outcome import StopOutcome
 from ..policy import LimitTracker
 from ..snapshot import label_environment
@@ -78,10 +80,13 @@ class Worker:
         base_dir: Path,
         procguard: list[str],
         output: WorkerOutput,
+        state_dir: Path,
     ) -> None:
         self.config = config
         self.name = config.name
         self.project = project
+        self.state_dir = state_dir
+        self.namespace = namespace_of(state_dir)  # in every marker: the stack's processes are told apart
         self.base_dir = base_dir
         self.procguard = procguard
         self.output = output
@@ -161,6 +166,10 @@ class Worker:
         env.update(self.config.env)
         env.update(label_environment(self.project, self.name))  # labels its series like everywhere else
         env[LINK_ENV] = str(link_fd)
+        # The stack's state directory reaches every process it starts, so a runner,
+        # a ProcessManager in the worker and any nested procguard lock and mark in
+        # the stack's namespace, never in some default directory (whatever env says).
+        env[STATE_DIR_ENV] = str(self.state_dir)
         if self.via_runner:
             # The runner (and a function target) must import from the worker's directory.
             paths = [str(self.cwd())]
@@ -192,7 +201,7 @@ class Worker:
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
         read_fd, write_fd = os.pipe()
-        self.marker = new_marker(self.instance_name)
+        self.marker = new_marker(self.instance_name, self.namespace)
         link = WorkerLink(self.config.limits)
         try:
             proc = spawn_process(

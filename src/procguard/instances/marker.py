@@ -1,0 +1,102 @@
+"""The ``PROCGUARD_INSTANCE`` marker: which instance, of which state directory, a process belongs to.
+
+Every process procguard starts carries ``PROCGUARD_INSTANCE=<name>:<id>`` in
+its environment and passes it on to all its descendants. The id is
+``<namespace>-<random>``: the namespace is the state directory's (see
+:func:`procguard.instances.statedir.namespace_of`), so two stacks that use
+the same names in two state directories can tell their processes apart,
+and one start of an instance is told from the next by the random part.
+
+A marker whose id has no namespace (written by procguard before namespaces
+existed) names no state directory: nothing that acts on one state
+directory's processes (``cleanup NAME``, the stale sweep of ``up``,
+``--replace``) ever signals it.
+
+Standard library only: the guardian reads markers too, and it must start
+in milliseconds and stay a few MB.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import NamedTuple
+
+from ..errors import UsageError
+
+MARKER_ENV = "PROCGUARD_INSTANCE"
+_MARKER_PREFIX = MARKER_ENV.encode() + b"="
+
+#: Instance names: what fits in a file name and a marker without quoting.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}\Z")
+_NAME_ACCEPTED = "letters, digits and . _ : @ + -, starting with a letter, digit or _, at most 128 characters"
+
+#: A namespace id: 8 lowercase hex digits.
+NAMESPACE_RE = re.compile(r"[0-9a-f]{8}\Z")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid instance name, else raise UsageError."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UsageError(f"instance name {name!r} is not valid (use {_NAME_ACCEPTED})")
+    return name
+
+
+class Marker(NamedTuple):
+    """A parsed marker value: ``name`` and ``ident`` (``"<namespace>-<random>"``)."""
+
+    name: str
+    ident: str
+
+    @property
+    def namespace(self) -> str | None:
+        """The state directory's namespace id, or None for a marker without one."""
+        namespace, sep, rest = self.ident.partition("-")
+        if not sep or not rest or not NAMESPACE_RE.match(namespace):
+            return None
+        return namespace
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.ident}"
+
+
+def new_marker(name: str, namespace: str) -> str:
+    """A fresh marker ``"<name>:<namespace>-<random>"`` for one start of instance ``name``.
+
+    ``namespace`` is the id of the state directory the instance locks in
+    (:func:`procguard.instances.statedir.namespace_of`).
+    """
+    validate_name(name)
+    if not NAMESPACE_RE.match(namespace):
+        msg = f"namespace {namespace!r} is not 8 lowercase hex digits"
+        raise ValueError(msg)
+    return f"{name}:{namespace}-{os.urandom(6).hex()}"  # not secrets: it loads libcrypto (3 MB RSS)
+
+
+def parse_marker(value: str) -> Marker | None:
+    """The marker in ``value`` (name and id), or None if it is not one of ours."""
+    name, sep, ident = value.rpartition(":")
+    if not sep or not ident or not NAME_RE.match(name):
+        return None
+    return Marker(name, ident)
+
+
+def read_marker(pid: int) -> str | None:
+    """The ``PROCGUARD_INSTANCE`` value in ``/proc/PID/environ``, or None.
+
+    Unreadable (another user's process, a kernel thread, a zombie) means None.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return marker_in_environ(data)
+
+
+def marker_in_environ(environ: bytes) -> str | None:
+    """The ``PROCGUARD_INSTANCE`` value in a NUL-separated environment block, or None."""
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_MARKER_PREFIX):
+            return entry[len(_MARKER_PREFIX) :].decode("utf-8", "replace")
+    return None
