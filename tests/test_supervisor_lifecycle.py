@@ -153,3 +153,25 @@ def test_a_spawn_that_fails_is_an_exit_127_in_the_history(
     assert [(e.event, e.exit_status, e.pid, e.reason, e.detail) for e in events] == [
         ("stop", 127, None, "crashed", "cannot start: No such file or directory")] * 2
     assert db.last_exit["reason"] == "crashed" and db.stops_total == {"crashed": 2}
+
+
+def test_a_stop_the_worker_decided_itself_is_not_decided_twice(
+    workers: dict[str, Worker], lifecycle: Lifecycle
+) -> None:
+    """A worker that reports its own stop on its link is STOPPING at once; an operator's stop that
+    comes during it keeps it stopped afterwards but does not re-label how it ended."""
+    from procguard.outcome import StopOutcome
+    from procguard.supervisor.worker_link import WorkerLink
+
+    db = workers["db"]
+    _running(db, 4242)
+    db.link = WorkerLink(db.config.limits)
+    try:
+        db.link.stopping = StopOutcome.decided(StopReason.MEMORY_LIMIT, "memory 120 MB over", by=Ender.PROCGUARD)
+        lifecycle.worker_reported(db, 100.0)
+        assert db.state is S.STOPPING and db.asked is None  # nothing sent: the worker is on it
+        assert db.stop_deadline == 100.0 + db.config.limits.stop_budget_s
+        lifecycle.request_stop(db, 101.0, operator_stop("procguard stop"))
+        assert db.held_by_operator and db.asked is None
+    finally:
+        db.link.close()

@@ -575,6 +575,8 @@ class ProcessManager:
         )
         if self._notifier is not None:
             self._call_quietly(self._notifier.stopping, f"stopping: {outcome.summary()}")
+        if self._link is not None:
+            self._link.report_stopping(outcome)
         self._refresh_health()
         if drain <= 0:
             self._make_due()

@@ -13,7 +13,9 @@ file descriptor in ``PROCGUARD_LINK_FD``. Over it:
   same reason as the supervisor's ``status``;
 - the worker reports the helper processes procguard starts beside it
   (never counted in its memory), the process that is really the worker
-  (``procguard run``'s command), and its stop outcome, just before it exits.
+  (``procguard run``'s command), a stop it decided itself as soon as it
+  decides it (so the supervisor shows it stopping and does not decide the
+  same stop a second time), and its stop outcome, just before it exits.
 
 A process claims the link once (:func:`claim`); claiming removes
 ``PROCGUARD_LINK_FD`` from the environment and makes the descriptor
@@ -43,7 +45,9 @@ LINK_ENV = "PROCGUARD_LINK_FD"
 #: Largest message either end sends or reads.
 MAX_MESSAGE = 64 * 1024
 
-SETTINGS, STOP, HELPER, WORKER_PID, OUTCOME = "settings", "stop", "helper", "worker_pid", "outcome"
+SETTINGS, STOP, HELPER, WORKER_PID, STOPPING, OUTCOME = (
+    "settings", "stop", "helper", "worker_pid", "stopping", "outcome"
+)
 
 
 def encode(kind: str, value: Any) -> bytes:
@@ -115,6 +119,10 @@ class ParentLink:
     def report_worker_pid(self, pid: int) -> None:
         """``pid`` is the worker itself (``procguard run``'s command): its tree is the worker's."""
         self._send(WORKER_PID, pid)
+
+    def report_stopping(self, decided: StopOutcome) -> None:
+        """The worker decided to stop (a limit, its loop ended): the supervisor waits, sends nothing."""
+        self._send(STOPPING, decided.to_json())
 
     def report_outcome(self, outcome: StopOutcome) -> None:
         """How and why this worker is about to exit (call it last, before exiting)."""

@@ -240,9 +240,12 @@ class CommandSupervisor:
             self.notifier.watchdog()
 
     def _notify_stopping(self, text: str) -> None:
-        if self.notifier is not None and not self._stopping_sent:
+        if not self._stopping_sent:
             self._stopping_sent = True
-            self.notifier.stopping(text)
+            if self.notifier is not None:
+                self.notifier.stopping(text)
+            if self.link is not None and self._asked is not None:
+                self.link.report_stopping(self._asked)
 
     # -- running ---------------------------------------------------------------
 

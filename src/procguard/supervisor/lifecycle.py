@@ -178,7 +178,7 @@ class Lifecycle:
             self._leftovers.add(pid, now)
         self._account(worker, outcome, pid=pid, wall=wall, runtime_s=runtime, peak=peak)
         self._on_changed()
-        if asked is not None and asked.by is Ender.OPERATOR:
+        if worker.held_by_operator:
             self._stopped_on_request(worker, now)
         else:
             self._after_exit(worker, outcome, runtime, now)
@@ -285,14 +285,10 @@ class Lifecycle:
         if not worker.state.has_process:
             self.notify_waiters(worker)
             return
+        if why.by is Ender.OPERATOR:
+            worker.held_by_operator = True  # whatever ends it now, it stays stopped (or restarts if asked)
         if worker.state is S.STOPPING:
-            if (
-                why.by is Ender.OPERATOR
-                and worker.asked is not None
-                and worker.asked.by is not Ender.OPERATOR
-            ):
-                worker.asked = why  # do not restart it after the recycle under way
-            return
+            return  # a stop is under way already: it ends as it ends
         worker.set_state(S.STOPPING)
         worker.asked = why
         # The worker drains first (still working, not ready), then has its grace;
@@ -303,6 +299,28 @@ class Lifecycle:
         if worker.link is not None:
             worker.link.send_stop_note(why)  # before the signal: the worker reads why when it comes
         worker.signal(signal.SIGTERM, group=worker.group_signals)
+
+    def worker_reported(self, worker: Worker, now: float) -> None:
+        """What the worker said on its link: a stop it decided itself makes it STOPPING now.
+
+        The supervisor then decides nothing more for that process (no second
+        stop for the same limit it may see a moment later); it only watches the
+        stop budget and the hard ceiling, as for a stop it asked for.
+        """
+        link = worker.link
+        if link is None or link.stopping is None or worker.state not in (S.STARTING, S.RUNNING):
+            return
+        worker.set_state(S.STOPPING)
+        budget = worker.config.limits.stop_budget_s
+        worker.stop_deadline = now + budget + (RUNNER_EXIT_MARGIN_S if worker.via_runner else 0.0)
+        decided = link.stopping
+        logger.info(
+            "%s: stopping on its own (pid %s): %s (%s)",
+            worker.name,
+            worker.pid,
+            decided.reason,
+            decided.detail,
+        )
 
     def _kill_now(self, worker: Worker, now: float, why: StopOutcome) -> None:
         """The hard ceiling: SIGKILL the worker's group at once, no note, no grace (even mid-stop)."""

@@ -361,6 +361,7 @@ class Supervisor:
     def _read_link(self, worker: Worker) -> None:
         if not worker.read_link():
             self._unwatch_link(worker)  # every copy of the worker's end is closed
+        self.lifecycle.worker_reported(worker, self._clock())
 
     def _unwatch_link(self, worker: Worker) -> None:
         link = worker.link

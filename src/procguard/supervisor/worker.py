@@ -109,6 +109,7 @@ class Worker:
         #: The stop the supervisor decided for the current process (None: it asked for none).
         self.asked: StopOutcome | None = None
         self.killed_after_grace = False  # SIGKILLed at stop_deadline
+        self.held_by_operator = False  # an operator asked for this process to stop: no restart after it
         self.restart_after_stop = False
         self.last_outcome: StopOutcome | None = None
         self.last_exit: dict[str, Any] | None = None
@@ -235,6 +236,7 @@ class Worker:
         self.next_sample_at = None
         self.hard_killed = False
         self.killed_after_grace = False
+        self.held_by_operator = False
         self.probe_failures = 0
         self.probe_detail = ""
         self.probed = False

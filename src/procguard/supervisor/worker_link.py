@@ -18,7 +18,18 @@ from typing import Any
 
 from ..limits import WorkerLimits
 from ..outcome import StopOutcome
-from ..parent_link import HELPER, LINK_ENV, MAX_MESSAGE, OUTCOME, SETTINGS, STOP, WORKER_PID, decode, encode
+from ..parent_link import (
+    HELPER,
+    LINK_ENV,
+    MAX_MESSAGE,
+    OUTCOME,
+    SETTINGS,
+    STOP,
+    STOPPING,
+    WORKER_PID,
+    decode,
+    encode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,7 @@ class WorkerLink:
         self._child.set_inheritable(True)
         self.helpers: set[int] = set()
         self.worker_pid: int | None = None
+        self.stopping: StopOutcome | None = None  # a stop the worker decided itself
         self.outcome: StopOutcome | None = None
         self._send(SETTINGS, limits.to_json())
 
@@ -73,6 +85,10 @@ class WorkerLink:
             self.helpers.add(value)
         elif kind == WORKER_PID and _is_pid(value):
             self.worker_pid = value
+        elif kind == STOPPING:
+            decided = StopOutcome.from_json(value)
+            if decided is not None and self.stopping is None:
+                self.stopping = decided
         elif kind == OUTCOME:
             outcome = StopOutcome.from_json(value)
             if outcome is not None:
