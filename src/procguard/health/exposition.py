@@ -1,12 +1,14 @@
 """A :class:`~procguard.snapshot.WorkerSnapshot` rendered for machines.
 
-- :func:`render_json`: the ``/metrics`` JSON document of DESIGN.md section 4
-  (exact keys, from ``WorkerSnapshot.to_metrics_json``).
+- :func:`render_json`: the ``/metrics`` JSON document (its keys are a
+  promise to users, from ``WorkerSnapshot.to_metrics_json``).
 - :func:`render_prometheus`: Prometheus text (0.0.4) or OpenMetrics 1.0 for
   one or many workers, built with prometheus_client from a custom collector
   on a fresh registry, so nothing leaks into (or out of) the global default
-  registry of the process. Every sample carries ``worker="<name>"``, which is
-  what lets the supervisor render one aggregate page for all its workers.
+  registry of the process. Every sample carries ``worker="<name>"``, so the
+  series of several workers can share one body (``SnapshotCollector`` beside
+  an application's own metrics). The supervisor's status port renders its
+  own families instead (:mod:`procguard.supervisor.metrics`).
 - :func:`negotiate` picks the format from ``?format=`` and ``Accept``.
 
 prometheus_client is imported only when Prometheus text is rendered, so a
@@ -91,7 +93,7 @@ _MEDIA_TYPES: dict[str, MetricsFormat] = {
 
 
 def render_json(snapshot: WorkerSnapshot) -> bytes:
-    """The ``/metrics`` JSON body (DESIGN.md section 4 keys, nothing else)."""
+    """The ``/metrics`` JSON body (the documented keys, nothing else)."""
     return json.dumps(snapshot.to_metrics_json(), separators=(",", ":")).encode()
 
 
