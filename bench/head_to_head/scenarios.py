@@ -338,7 +338,7 @@ def orphans(adapters: list[Adapter], settings: Settings) -> Result:
                     for root in adapter.manager_roots():
                         procs.signal_pid(root, signal.SIGKILL)
                 end = time.monotonic() + settings.orphan_wait_s
-                while time.monotonic() < end:  # a fixed observation window, as in FIELD.md
+                while time.monotonic() < end:  # a fixed observation window, as the peers were measured
                     procs.reap()
                     time.sleep(0.05)
                 return {

@@ -705,7 +705,7 @@ class ProcessManager:
         )
 
     def metrics(self) -> dict[str, Any]:
-        """The ``/metrics`` JSON document of DESIGN.md section 4."""
+        """The ``/metrics`` JSON document (docs/HEALTH.md)."""
         return self.snapshot().to_metrics_json()
 
     # -------------------------------------------------------------- properties

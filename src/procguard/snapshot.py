@@ -3,7 +3,7 @@
 ``WorkerSnapshot`` is produced by whoever watches a worker — the in-process
 :class:`~procguard.manager.ProcessManager`, or the runner/supervisor watching
 a child from outside — and rendered by the health server as the ``/metrics``
-JSON of DESIGN.md section 4 or as Prometheus text. Keeping it a plain value
+JSON (docs/HEALTH.md) or as Prometheus text. Keeping it a plain value
 means the HTTP layer never reaches into the worker's internals, and a
 snapshot can be copied to another thread or process as it is.
 """
@@ -83,7 +83,7 @@ class WorkerSnapshot:
     stop_reason: str | None = None
 
     def to_metrics_json(self) -> dict[str, Any]:
-        """The ``/metrics`` JSON document, exactly the keys of DESIGN.md section 4."""
+        """The ``/metrics`` JSON document, exactly the documented keys."""
         remaining_hours = (
             None if self.remaining_seconds is None else round(self.remaining_seconds / 3600, 4)
         )

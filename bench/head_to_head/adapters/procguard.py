@@ -1,4 +1,4 @@
-"""procguard's own supervisor, driven through the CLI contract of DESIGN.md section 6.
+"""procguard's own supervisor, driven through its documented CLI (docs/SUPERVISOR.md).
 
 ``procguard up -c FILE --detach`` starts the stack, ``procguard down`` is the
 normal stop; the state directory is the benchmark's own (PROCGUARD_STATE_DIR).

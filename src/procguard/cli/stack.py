@@ -143,7 +143,7 @@ class NoStackError(ProcguardError):
 
 
 def _target(args: argparse.Namespace, *, files: Literal["history", "logs"] | None = None) -> Target:
-    """Identify the stack a command acts on (DESIGN.md section 6: from any shell).
+    """Identify the stack a command acts on (from any shell).
 
     In order: ``-c FILE``; ``./procguard.toml`` (unless ``--project`` is
     given); the supervisor running on the state directory with that

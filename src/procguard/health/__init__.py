@@ -1,7 +1,7 @@
 """Health over HTTP and systemd notify for procguard workers.
 
 - :mod:`.server`: :func:`serve_health` / :class:`HealthServer`, the
-  ``/health``, ``/ready`` and ``/metrics`` endpoints of DESIGN.md section 4.
+  ``/health``, ``/ready`` and ``/metrics`` endpoints (docs/HEALTH.md).
 - :mod:`.exposition`: the snapshot rendered as JSON or Prometheus text.
 - :mod:`.notify`: the systemd ``sd_notify`` protocol (READY, WATCHDOG, ...).
 

@@ -1,6 +1,6 @@
 """Function mode: call ``package.module:function`` every interval under a ProcessManager.
 
-The loop is the one DESIGN.md section 2 shows, run for the user::
+The loop is the one the README shows, run for the user::
 
     manager.start()
     while manager.should_continue():

@@ -5,7 +5,7 @@ whether to restart it, after how long, or to give up (FATAL). No clock is
 read here: the caller passes ``now`` (monotonic seconds), so tests replay a
 whole crash loop in microseconds.
 
-The rules, chosen against the field (FIELD.md, "Restart policy"):
+The rules, chosen against what the other supervisors do (systemd, Kubernetes, PM2, supervisord):
 
 - A **planned recycle** (an outcome whose reason is one: max runtime, max
   iterations, memory or CPU limit, whoever enforced it) is restarted at once

@@ -4,7 +4,7 @@
 stack through ``STATE_DIR/supervisor.PROJECT.sock`` (mode 0600, in the 0700
 state directory): nothing listens on a network port, and only the user who
 owns the state directory can connect (unlike supervisord's XML-RPC over
-HTTP, FIELD.md). The protocol is one JSON object per line each way:
+HTTP, which has had remote-code-execution flaws). The protocol is one JSON object per line each way:
 
     -> {"cmd": "status"}                  <- {"ok": true, "workers": [...]}
     -> {"cmd": "stop", "name": "api"}     <- {"ok": true, "message": "..."}

@@ -171,7 +171,8 @@ class Lifecycle:
         )
         # The figure that tripped a memory limit is a peak the samples may have missed.
         tripped = int(outcome.figures.get("memory_bytes", 0))
-        peak = max(worker.peak_memory_bytes, tripped) or None
+        worker.peak_memory_bytes = max(worker.peak_memory_bytes, tripped)  # status shows what history does
+        peak = worker.peak_memory_bytes or None
         worker.forget_process()
         if pid is not None:
             # Members of its group may remain (children it did not stop): stop them too.

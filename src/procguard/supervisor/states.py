@@ -1,6 +1,6 @@
 """Worker states and the transitions between them, written down once.
 
-The names are part of the ``status --json`` contract (DESIGN.md section 6).
+The names are part of the ``status --json`` contract (docs/SUPERVISOR.md).
 A transition not listed in :data:`TRANSITIONS` is a bug in the supervisor,
 so :func:`check_transition` raises instead of letting a worker drift into a
 state nobody planned for (supervisor's ``Subprocess.transition`` idea, as an

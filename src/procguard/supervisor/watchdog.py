@@ -4,7 +4,7 @@ Why it exists: a parent-death signal reaches only the supervisor's direct
 children, and a worker that dies by it leaves its own children
 (``multiprocessing`` workers, ``daemon=True`` or not) running: measured,
 every peer leaves the worker *and* 4 of 4 grandchildren alive when it is
-SIGKILLed (FIELD.md). Each worker leads its own process group; the
+SIGKILLed. Each worker leads its own process group; the
 supervisor tells this watchdog every group it creates (``+PGID``) and
 every group that is gone (``-PGID``), one per line, over a pipe. When that
 pipe reaches end-of-file -- the supervisor exited, however it died -- the
