@@ -260,6 +260,12 @@ def test_a_command_that_cannot_start_goes_fatal(tmp_path: Path, state_dir: Path,
     assert ghost["last_exit"]["reason"] == "crashed"
     assert ghost["last_exit"]["detail"] == "cannot start: No such file or directory"
     assert stack.wait_state("ticker", "running")["pid"]
+    # status says the stack is not as asked: 1 while a worker is FATAL, 0 once it is stopped by hand
+    troubled = stack.cli("status")
+    assert troubled.returncode == 1 and "fatal" in troubled.stdout, troubled.stdout + troubled.stderr
+    assert stack.cli("status", "--json").returncode == 1
+    assert stack.cli("stop", "ghost").returncode == 0
+    assert stack.cli("status").returncode == 0
 
 
 def _cmdline_has(proc: psutil.Process, *parts: str) -> bool:

@@ -106,7 +106,7 @@ class ControlCommands:
         self._publish(now)
 
     def _stop(self, worker: Worker, peer: Peer, now: float) -> None:
-        if not worker.state.has_process and worker.state is not S.BACKOFF:
+        if not worker.state.has_process and worker.state not in (S.BACKOFF, S.FATAL):
             worker.want_start = False
             peer.send({"ok": True, "message": f"{worker.name} is already {worker.state}"})
             return
