@@ -83,9 +83,10 @@ def hostile_env(values: list[str]) -> dict[str, str]:
 
 
 def hostile_stack(tmp: Path, args: list[str], env: dict[str, str], *, project: str = "evil-stack",
-                  edge_workers: bool = True, extra: str = "") -> Path:
-    """A stack in ``tmp``: worker ``w`` dumps what it got (``out/w.json``), called with ``args`` and ``env``
-    in the working directory ``work %dir``; with ``edge_workers``, two more workers with the edgiest names."""
+                  worker: str = "w", edge_workers: bool = True, extra: str = "") -> Path:
+    """A stack in ``tmp``: ``worker`` dumps what it got (to ``out/WORKER.json``), called with ``args`` and
+    ``env`` in the working directory ``work %dir``; with ``edge_workers``, two more workers with the
+    edgiest names (dumping to ``out/edge.json`` and ``out/long.json``)."""
     (tmp / "dump.py").write_text(DUMP)
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "work %dir").mkdir(exist_ok=True)
@@ -114,8 +115,8 @@ grace = "2s"
 restart = "never"
 cpu_limit = 0
 
-[workers.w]
-command = {command("w.json", args)}
+[workers.{worker}]
+command = {command(f"{worker}.json", args)}
 env = {env_table}
 cwd = "work %dir"
 {edges}
