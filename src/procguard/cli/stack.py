@@ -413,7 +413,7 @@ def _close_unfinished_runs(config: StackConfig, state_dir: Path, survivors: set[
 
 
 def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, status_port: int | None) -> int:
-    from ..supervisor.logs import log_dir, supervisor_log_path
+    from ..supervisor.logs import log_dir, open_log, supervisor_log_path
 
     project = config.project.name
     pid = _supervisor_pid(config, state_dir)
@@ -438,8 +438,7 @@ def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, stat
     ]
     if status_port is not None:
         argv += ["--status-port", str(status_port)]
-    with open(log_file, "ab") as log:
-        os.chmod(log_file, 0o600)
+    with os.fdopen(open_log(log_file), "ab") as log:  # never through a symlink planted there
         subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
