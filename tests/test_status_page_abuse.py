@@ -7,6 +7,7 @@ Every test talks to ``procguard up --status-port P`` over real sockets on
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -21,14 +22,17 @@ from .helpers import free_port, wait_for
 from .supervisor_workers.stackkit import Stack, worker_cmd, write_config
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
+#: Unique to this run: an ``up`` stops stale processes of its project name, and other
+#: suites may run stacks named ``teststack`` on this machine at the same time.
+PROJECT = f"page{os.getpid()}"
 
 
 @pytest.fixture
 def page(tmp_path: Path, state_dir: Path, spawn: Any) -> Iterator[tuple[Stack, int]]:
     port = free_port()
     config = write_config(tmp_path, {"ticker": {"command": worker_cmd("ticker.py", tmp_path / "ticks")}},
-                          defaults={"grace": "5s"}, status_port=port)
-    stack = Stack(config, state_dir, spawn, tuning=FAST)
+                          project=PROJECT, defaults={"grace": "5s"}, status_port=port)
+    stack = Stack(config, state_dir, spawn, project=PROJECT, tuning=FAST)
     stack.up()
     stack.wait_state("ticker", "running")
     wait_for(lambda: _answers(port), message="the status page to answer")
@@ -204,7 +208,7 @@ def test_head_and_routes_keep_their_bodies(page: tuple[Stack, int]) -> None:
     assert status == 200 and body == b"" and int(headers["content-length"]) > 10
     status, headers, body = get(port, "/index.html")
     assert status == 200 and headers["content-type"].startswith("text/html") and b"<html" in body.lower()
-    assert json.loads(get(port, "/api/supervisor")[2])["project"] == "teststack"
+    assert json.loads(get(port, "/api/supervisor")[2])["project"] == PROJECT
     status, headers, body = get(port, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b'worker="ticker"' in body
