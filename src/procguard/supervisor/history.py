@@ -17,7 +17,7 @@ No history file can stop a start or make ``procguard history`` fail: a
 damaged or hostile one is moved aside with one warning line and a fresh
 history starts (:mod:`.historyfile`). ``up``'s start-up step
 (:func:`close_unfinished_runs`) reads every page (``PRAGMA quick_check``,
-about 0.2 s per million rows), so damage is found before the supervisor
+about 0.17 s per million rows), so damage is found before the supervisor
 starts; the supervisor's writer and the readers find it when a query hits
 it, and then do the same. A failing write is logged, never fatal.
 """
