@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from procguard.supervisor.statuspage import HostCheck
 
-from .helpers import free_port, wait_for
+from .helpers import free_port, stop_process_tree, wait_for
 from .supervisor_workers.stackkit import Stack, worker_cmd, write_config
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
@@ -27,16 +28,31 @@ FAST = "start_period_s=0.3,sample_interval_s=0.2"
 PROJECT = f"page{os.getpid()}"
 
 
-@pytest.fixture
-def page(tmp_path: Path, state_dir: Path, spawn: Any) -> Iterator[tuple[Stack, int]]:
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
+    """One supervisor for the whole module (each test leaves it as it found it); stopped at the end."""
+    tmp_path = tmp_path_factory.mktemp("page")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, **kwargs)
+        started.append(proc)
+        return proc
+
     port = free_port()
     config = write_config(tmp_path, {"ticker": {"command": worker_cmd("ticker.py", tmp_path / "ticks")}},
                           project=PROJECT, defaults={"grace": "5s"}, status_port=port)
-    stack = Stack(config, state_dir, spawn, project=PROJECT, tuning=FAST)
-    stack.up()
-    stack.wait_state("ticker", "running")
-    wait_for(lambda: _answers(port), message="the status page to answer")
-    yield stack, port
+    stack = Stack(config, tmp_path / "state", spawn, project=PROJECT, tuning=FAST)
+    for var in ("PROCGUARD_INSTANCE", "NOTIFY_SOCKET", "WATCHDOG_USEC"):  # set up before the autouse scrub
+        stack.env.pop(var, None)
+    try:
+        stack.up()
+        stack.wait_state("ticker", "running")
+        wait_for(lambda: _answers(port), message="the status page to answer")
+        yield stack, port
+    finally:
+        for proc in started:
+            stop_process_tree(proc, grace=5)
 
 
 def _answers(port: int) -> bool:
