@@ -172,3 +172,34 @@ def test_a_damaged_history_in_use_elsewhere_is_left_in_place_until_it_is_free(
     assert [e.worker for e in read_events(path)] == ["kept"]
     assert len(aside(tmp_path, "history.sqlite", "corrupt")) == 1
     assert len(warnings(caplog)) == 2 and "moved it aside" in warnings(caplog)[1]
+
+
+def test_a_history_of_an_earlier_version_is_kept_and_gains_the_new_columns(tmp_path: Path) -> None:
+    """A history written before stop rows had a detail and a 'by' is read as it is (those read None)
+    and the writer adds the columns: an upgrade never moves a user's history aside."""
+    import sqlite3
+
+    from procguard.supervisor.history import Event, History, read_events
+
+    path = tmp_path / "history.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, worker TEXT NOT NULL,"
+        " time REAL NOT NULL, event TEXT NOT NULL, pid INTEGER, reason TEXT, exit_status INTEGER,"
+        " runtime_seconds REAL, peak_memory_bytes INTEGER);"
+        "INSERT INTO events (project, worker, time, event, pid, reason, exit_status)"
+        " VALUES ('p', 'w', 1.0, 'stop', 42, 'requested', 0);"
+    )
+    db.commit()
+    db.close()
+    (old,) = read_events(path, project="p")
+    assert (old.reason, old.detail, old.by) == ("requested", None, None)
+    history = History(path)
+    try:
+        history.record(Event("p", "w", 2.0, "stop", pid=43, reason="stopped", exit_status=143,
+                             detail="procguard stop", by="operator"))
+    finally:
+        history.close()
+    new, old = read_events(path, project="p")
+    assert (new.reason, new.detail, new.by) == ("stopped", "procguard stop", "operator")
+    assert old.pid == 42 and not list(tmp_path.glob("history.sqlite.corrupt-*"))
