@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from procguard.supervisor.history import Event, History
 
 PAGE = 4096
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warning lines a test's code logged."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def aside(directory: Path, name: str, why: str) -> list[Path]:
+    """The moved-aside copies of ``name`` (not their -wal/-shm companions)."""
+    return sorted(p for p in directory.glob(f"{name}.{why}-*") if not p.name.endswith(("-wal", "-shm")))
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path`` itself (a link is not followed)."""
+    return stat.S_IMODE(os.lstat(path).st_mode)
 
 
 def seeded_history(path: Path, rows: int = 3000, *, project: str = "p") -> None:

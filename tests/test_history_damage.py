@@ -3,9 +3,7 @@ written through; one that another process still has open is left alone until it 
 
 from __future__ import annotations
 
-import logging
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -23,21 +21,7 @@ from procguard.supervisor.history import (
 )
 
 from .helpers import PYTHON, python_env, wait_for, wait_for_file
-from .hostile_state import DAMAGE, PAGE, garbage_pages, seeded_history
-
-
-def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def aside(directory: Path, name: str, why: str) -> list[Path]:
-    """The moved-aside copies of ``name`` (not their -wal/-shm companions)."""
-    return sorted(p for p in directory.glob(f"{name}.{why}-*") if not p.name.endswith(("-wal", "-shm")))
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
+from .hostile_state import DAMAGE, PAGE, aside, garbage_pages, mode, seeded_history, warnings
 
 # -- history: damaged files -------------------------------------------------------------
 
@@ -61,7 +45,7 @@ def test_start_up_check_moves_a_damaged_history_aside_and_starts_fresh(
     history.record(Event("p", "w0", 6000.0, "start", pid=1))
     history.close()
     assert [(e.worker, e.pid) for e in read_events(path, project="p")] == [("w0", 1)]
-    assert _mode(path) == 0o600 and len(warnings(caplog)) == 1
+    assert mode(path) == 0o600 and len(warnings(caplog)) == 1
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
@@ -126,7 +110,7 @@ def test_history_never_opens_through_a_link(tmp_path: Path, caplog: pytest.LogCa
     history.close()
     assert victim.read_bytes() == victim_bytes and not (tmp_path / "victim-wal").exists()
     assert [e.worker for e in read_events(path)] == ["new"]
-    assert not path.is_symlink() and os.stat(path).st_nlink == 1 and _mode(path) == 0o600
+    assert not path.is_symlink() and os.stat(path).st_nlink == 1 and mode(path) == 0o600
     [line] = warnings(caplog)
     assert "moved it aside" in line
     assert len(list(state.glob("*.unsafe-*"))) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
@@ -12,19 +11,7 @@ import pytest
 from procguard.instances.statefiles import UnsafeFileError, open_private, private_dir
 from procguard.supervisor.logs import RotatingFile, follow, log_dir, tail
 
-
-def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def aside(directory: Path, name: str, why: str) -> list[Path]:
-    """The moved-aside copies of ``name`` (not their -wal/-shm companions)."""
-    return sorted(p for p in directory.glob(f"{name}.{why}-*") if not p.name.endswith(("-wal", "-shm")))
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
+from .hostile_state import aside, mode, warnings
 
 # -- open_private / private_dir ---------------------------------------------------------
 
@@ -40,8 +27,8 @@ def test_a_symlink_is_renamed_aside_and_its_target_never_touched(
     fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.write(fd, b"log line\n")
     os.close(fd)
-    assert victim.read_bytes() == b"precious\n" and _mode(victim) == 0o644
-    assert path.read_bytes() == b"log line\n" and not path.is_symlink() and _mode(path) == 0o600
+    assert victim.read_bytes() == b"precious\n" and mode(victim) == 0o644
+    assert path.read_bytes() == b"log line\n" and not path.is_symlink() and mode(path) == 0o600
     [moved] = aside(tmp_path, "w.log", "unsafe")
     assert moved.is_symlink() and os.readlink(moved) == str(victim)
     [line] = warnings(caplog)
@@ -81,11 +68,11 @@ def test_a_plain_file_of_ours_is_appended_to_and_made_private(tmp_path: Path) ->
     fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.write(fd, b"new\n")
     os.close(fd)
-    assert path.read_bytes() == b"old\nnew\n" and _mode(path) == 0o600
+    assert path.read_bytes() == b"old\nnew\n" and mode(path) == 0o600
     assert list(tmp_path.iterdir()) == [path]
 
 
-def test_private_dir_replaces_a_file_or_symlink_and_tightens_a_loose_mode(
+def test_private_dir_replaces_a_file_or_symlink_and_tightens_a_loosemode(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
@@ -98,8 +85,8 @@ def test_private_dir_replaces_a_file_or_symlink_and_tightens_a_loose_mode(
     loose.chmod(0o777)
     for name in ("logs", "link", "loose", "new"):
         path = private_dir(tmp_path / name)
-        assert path.is_dir() and not path.is_symlink() and _mode(path) == 0o700
-    assert list(elsewhere.iterdir()) == [] and _mode(elsewhere) == 0o755  # the link's target: untouched
+        assert path.is_dir() and not path.is_symlink() and mode(path) == 0o700
+    assert list(elsewhere.iterdir()) == [] and mode(elsewhere) == 0o755  # the link's target: untouched
     assert len(aside(tmp_path, "logs", "unsafe")) == 1 and len(aside(tmp_path, "link", "unsafe")) == 1
     assert len(warnings(caplog)) == 3  # two moved aside, one tightened
 
@@ -180,10 +167,10 @@ def test_the_control_socket_path_is_cleared_whatever_is_there(
     with selectors.DefaultSelector() as selector:
         server = ControlServer(path, lambda request, peer: peer.send({"ok": True}), selector)
         try:
-            assert stat.S_ISSOCK(os.lstat(path).st_mode) and _mode(path) == 0o600
+            assert stat.S_ISSOCK(os.lstat(path).st_mode) and mode(path) == 0o600
         finally:
             server.close()
-    assert victim.read_text() == "keep\n" and _mode(victim) == 0o644
+    assert victim.read_text() == "keep\n" and mode(victim) == 0o644
     moved = aside(tmp_path, path.name, "unsafe")
     assert len(moved) == (0 if kind == "stale_socket" else 1)
     assert len(warnings(caplog)) == len(moved)
