@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    from procguard.manager import DEFAULT_MEMORY_STRIKES, DEFAULT_SAMPLE_INTERVAL_S
-    from procguard.policy import HARD_LIMIT_FACTOR
+    from procguard.limits import HARD_LIMIT_FACTOR, WorkerLimits
+    from procguard.manager import DEFAULT_SAMPLE_INTERVAL_S
+
+    default_strikes = WorkerLimits().memory_strikes  # the one declared default
 
     from .bench_hotloop import machine, write_section
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     table = (
         "## ProcessManager memory guard (`python -m bench.bench_memory_guard`)\n\n"
         f"A real worker leaking at a steady rate against `memory_limit_mb={LIMIT_MB}`, all other settings "
-        f"default (sample every {DEFAULT_SAMPLE_INTERVAL_S:g} s, {DEFAULT_MEMORY_STRIKES} strikes, hard "
+        f"default (sample every {DEFAULT_SAMPLE_INTERVAL_S:g} s, {default_strikes} strikes, hard "
         f"ceiling {HARD_LIMIT_FACTOR:g} x = {LIMIT_MB * HARD_LIMIT_FACTOR:g} MB); {args.runs} runs per rate, "
         f"leak phase randomised against the sampler; median (min-max); {machine()}.\n\n"
         "| leak | detection after crossing | peak RSS | overshoot of the limit | how it stopped |\n"

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .reasons import (
+    EXPECTED_REASONS,
     REASONS,
     STOP_SIGNUMS,
     Ender,
@@ -30,8 +31,8 @@ from .reasons import (
     describe_status,
     exit_status_for,
     reason_for_exit_status,
+    signal_name,
 )
-from .signals import signal_name
 
 #: Longest detail kept (a detail is figures and a cause, never a traceback).
 MAX_DETAIL = 400
@@ -65,7 +66,7 @@ class StopOutcome:
     @property
     def expected(self) -> bool:
         """A normal end (a recycle, a stop someone asked for): logged at INFO, the others at WARNING."""
-        return REASONS[self.reason].expected
+        return self.planned or self.reason in EXPECTED_REASONS
 
     @property
     def status_code(self) -> int | None:

@@ -36,8 +36,7 @@ import socket
 from typing import Any
 
 from .outcome import StopOutcome
-from .reasons import Ender, StopReason
-from .signals import signal_name
+from .reasons import Ender, StopReason, signal_name
 
 log = logging.getLogger(__name__)
 

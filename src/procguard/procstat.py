@@ -77,14 +77,19 @@ def parse_stat(data: bytes) -> ProcStat | None:
         return None
 
 
-def read_stat(pid: int, *, proc_root: str = PROC_ROOT) -> ProcStat | None:
-    """The stat line of ``pid``, parsed; None when the process is gone or unreadable."""
+def read_proc(pid: int, name: str, *, proc_root: str = PROC_ROOT) -> bytes | None:
+    """The bytes of ``/proc/PID/NAME``; None when the process is gone or the file unreadable to us."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as handle:
-            data = handle.read()
+        with open(f"{proc_root}/{pid}/{name}", "rb") as handle:
+            return handle.read()
     except OSError:
         return None
-    return parse_stat(data)
+
+
+def read_stat(pid: int, *, proc_root: str = PROC_ROOT) -> ProcStat | None:
+    """The stat line of ``pid``, parsed; None when the process is gone or unreadable."""
+    data = read_proc(pid, "stat", proc_root=proc_root)
+    return None if data is None else parse_stat(data)
 
 
 def start_ticks(pid: int) -> int | None:

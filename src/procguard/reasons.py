@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import dataclass
-
-from .signals import signal_name
+from typing import NamedTuple
 
 
 class StopReason(str, enum.Enum):
@@ -92,18 +90,16 @@ class ExitStatus(enum.IntEnum):
 _BY_SIGNAL = -1
 
 
-@dataclass(frozen=True)
-class ReasonInfo:
-    """What one reason means: its exit status, whether it is a planned recycle, plain words."""
+class ReasonInfo(NamedTuple):
+    """What one reason means: its exit status, whether it is a planned recycle, plain words.
+
+    (A NamedTuple, not a dataclass: this module is imported by the guardian and
+    the supervisor, which are measured against small RSS budgets.)
+    """
 
     status: int | None  # exit status of a worker stopping for it; _BY_SIGNAL; None: not an exit
     planned: bool  # a planned recycle: restart at once, never counted as a failure
     words: str  # what happened, for people (the status page, ``procguard history``)
-
-    @property
-    def expected(self) -> bool:
-        """A normal end (logged at INFO, not WARNING): a planned recycle or a stop someone asked for."""
-        return self.planned or self in _EXPECTED_INFOS
 
 
 S = StopReason
@@ -152,9 +148,8 @@ REASONS: dict[StopReason, ReasonInfo] = {
     ),
 }
 
-_EXPECTED_INFOS = [
-    REASONS[r] for r in (S.COMPLETED, S.REQUESTED, S.SIGNAL, S.STOPPED)
-]
+#: Normal ends besides the planned recycles (logged at INFO, the others at WARNING).
+EXPECTED_REASONS: frozenset[StopReason] = frozenset({S.COMPLETED, S.REQUESTED, S.SIGNAL, S.STOPPED})
 
 #: Exit statuses that mean "stopped on purpose, restart me without counting a failure".
 RECYCLE_STATUSES: frozenset[int] = frozenset(
@@ -196,6 +191,16 @@ def reason_for_exit_status(status: int) -> StopReason | None:
 def is_planned_recycle(status: int) -> bool:
     """True when an exit status is a planned recycle, not a failure."""
     return status in RECYCLE_STATUSES
+
+
+def signal_name(signum: int | None) -> str:
+    """``"SIGTERM"`` for 15; ``"signal N"`` for unknown numbers."""
+    if signum is None:
+        return "no signal"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def describe_status(status: int | None, signum: int | None = None) -> str:

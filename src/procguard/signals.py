@@ -28,6 +28,10 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from .reasons import signal_name
+
+__all__ = ["STOP_SIGNALS", "SignalCapture", "signal_name"]
+
 #: Signals that ask a worker to stop.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
@@ -167,13 +171,3 @@ class SignalCapture:
             except OSError:
                 pass
         self._read_fd = self._write_fd = -1
-
-
-def signal_name(signum: int | None) -> str:
-    """``"SIGTERM"`` for 15; ``"signal N"`` for unknown numbers."""
-    if signum is None:
-        return "no signal"
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"

@@ -60,9 +60,10 @@ class HttpLoop:
     :meth:`serve` runs until :meth:`stop` is called (from any thread or a
     signal handler) or ``tick()`` returns False; ``tick`` is called about
     every ``tick_interval`` seconds (the responder uses it to notice that
-    its worker has gone). After :meth:`stop`, no new connection is
-    accepted and the ones already accepted get up to ``STOP_DRAIN_S`` to
-    finish, so a probe in flight gets its answer rather than a reset.
+    its worker has gone); ``name`` says which server in log lines. After
+    :meth:`stop`, no new connection is accepted and the ones already
+    accepted get up to ``STOP_DRAIN_S`` to finish, so a probe in flight
+    gets its answer rather than a reset.
     """
 
     def __init__(
@@ -74,8 +75,10 @@ class HttpLoop:
         request_timeout: float = 5.0,
         tick: Callable[[], bool] | None = None,
         tick_interval: float = 0.5,
+        name: str = "health server",
     ) -> None:
         self._listener = listener
+        self._name = name
         self._handle = handle
         self._max_connections = max_connections
         self._request_timeout = request_timeout
@@ -146,7 +149,7 @@ class HttpLoop:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: log, keep serving
-                logger.warning("health server cannot accept: %s", exc)
+                logger.warning("%s cannot accept: %s", self._name, exc)
                 return
             if len(self._conns) >= self._max_connections:
                 self._evict_one()

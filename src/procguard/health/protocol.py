@@ -26,6 +26,7 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     406: "Not Acceptable",
@@ -117,8 +118,12 @@ def head_complete(buffer: bytes | bytearray, start: int = 0) -> int:
     return length
 
 
-def parse_head(head: bytes) -> Request:
-    """Parse a complete request head; raise :class:`BadRequest` on anything malformed."""
+def parse_head(head: bytes, *, asterisk: bool = False) -> Request:
+    """Parse a complete request head; raise :class:`BadRequest` on anything malformed.
+
+    ``asterisk``: accept ``OPTIONS *`` (path ``*``), so that a server can
+    answer it with its 405 rather than a 400.
+    """
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     while lines and not lines[-1]:
         lines.pop()
@@ -153,6 +158,8 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest(error(400, "non-ASCII request target")) from None
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
         raise BadRequest(error(400, "malformed request target"))
+    if asterisk and target == "*" and method_b == b"OPTIONS":
+        return Request("OPTIONS", "*", {}, headers)
     if not target.startswith("/") and not target.lower().startswith(("http://", "https://")):
         raise BadRequest(error(400, "malformed request target"))
     split = urlsplit(target)

@@ -23,6 +23,7 @@ import re
 from typing import NamedTuple
 
 from ..errors import UsageError
+from ..procstat import read_proc
 
 MARKER_ENV = "PROCGUARD_INSTANCE"
 _MARKER_PREFIX = MARKER_ENV.encode() + b"="
@@ -86,12 +87,8 @@ def read_marker(pid: int) -> str | None:
 
     Unreadable (another user's process, a kernel thread, a zombie) means None.
     """
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return marker_in_environ(data)
+    data = read_proc(pid, "environ")
+    return None if data is None else marker_in_environ(data)
 
 
 def marker_in_environ(environ: bytes) -> str | None:

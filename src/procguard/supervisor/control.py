@@ -30,6 +30,7 @@ import logging
 import os
 import selectors
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,26 @@ class Peer:
 Handler = Callable[[dict[str, Any], Peer], None]
 
 
+def _make_room(path: Path) -> None:
+    """Clear the socket's path before binding it.
+
+    A socket there is a dead supervisor's (we hold the stack's lock): removed.
+    Anything else (a file, a directory, a symlink) is moved aside with one
+    warning line, so that nothing planted there can stop a start.
+    """
+    from ..instances.statefiles import UNSAFE, lstat_or_none, move_aside
+
+    st = lstat_or_none(path)
+    if st is None:
+        return
+    if stat.S_ISSOCK(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    problem = "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a socket"
+    move_aside(path, why=UNSAFE, problem=problem, then="listening on a fresh socket", expect=st)
+
+
 class ControlServer:
     """Listens on the control socket inside a ``selectors`` loop.
 
@@ -171,13 +192,12 @@ class ControlServer:
         self.path = path
         self._handler = handler
         self._selector = selector
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # we hold the stack's lock: any file here is a dead supervisor's
+        _make_room(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.set_inheritable(False)
         with _address(path) as address:
             self._sock.bind(address)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o600, follow_symlinks=False)
         self._sock.listen(16)
         self._sock.setblocking(False)
         self._connections: dict[socket.socket, bytearray] = {}

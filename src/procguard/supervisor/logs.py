@@ -11,6 +11,13 @@ supervisor, so the logs of a stack that crashed are still there.
 A detached supervisor's own output (its log lines, anything written to its
 stdout/stderr) goes to ``STATE_DIR/logs/PROJECT/supervisor.log``, rotated
 with the same settings (:func:`log_own_output_to`).
+
+No log is written or read through a symlink: each file is opened with
+``O_NOFOLLOW``, and a symlink, a FIFO, a directory or a hard-linked file
+found at a log's path is moved aside (renamed, its target untouched) with
+one warning line before a fresh 0600 file is created
+(:mod:`procguard.instances.statefiles`). The same goes for ``logs/`` and
+``logs/PROJECT`` themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..instances.statefiles import open_for_reading, open_private, private_dir
+
 #: File name of a detached supervisor's own log, beside its workers' logs.
 SUPERVISOR_LOG = "supervisor.log"
 
@@ -30,12 +39,10 @@ MAX_LINE_BYTES = 64 * 1024
 
 
 def log_dir(state_dir: Path, project: str, *, create: bool = False) -> Path:
-    """``STATE_DIR/logs/PROJECT``; with ``create``, made (0700 at each level) and checked."""
+    """``STATE_DIR/logs/PROJECT``; with ``create``, made (0700 at each level), anything else moved aside."""
     if not create:
         return state_dir / "logs" / project
-    from ..instances.statedir import state_subdir
-
-    return state_subdir(state_subdir(state_dir, "logs"), project)
+    return private_dir(private_dir(state_dir / "logs") / project)
 
 
 def log_path(state_dir: Path, project: str, worker: str) -> Path:
@@ -46,6 +53,15 @@ def log_path(state_dir: Path, project: str, worker: str) -> Path:
 def supervisor_log_path(state_dir: Path, project: str) -> Path:
     """Where a detached supervisor of ``project`` writes its own output."""
     return log_dir(state_dir, project) / SUPERVISOR_LOG
+
+
+def open_log(path: Path) -> int:
+    """A write-only, appending descriptor on the log at ``path``: never through a link, 0600.
+
+    A symlink or anything else that is not a plain file of ours is moved
+    aside first, with one warning line.
+    """
+    return open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, then="writing a fresh log")
 
 
 class RotatingFile:
@@ -75,7 +91,7 @@ class RotatingFile:
         self._file = self._open()
 
     def _open(self) -> BinaryIO:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_log(self.path)
         handle = os.fdopen(fd, "ab", buffering=0)
         self._size = os.fstat(fd).st_size
         if self._on_open is not None:
@@ -91,15 +107,17 @@ class RotatingFile:
         self._size += len(data)
 
     def _rotate(self) -> None:
-        self._file.close()
+        """Renames only (a link among the old files is renamed, never followed); the file we write is ours."""
         if self.backups <= 0:
-            os.truncate(self.path, 0)
+            os.ftruncate(self._file.fileno(), 0)  # the file we opened, not whatever the path names now
         else:
             for index in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{index}")
-                if older.exists():
+                if os.path.lexists(older):
                     os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            if os.path.lexists(self.path):
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file.close()
         self._file = self._open()
 
     def close(self) -> None:
@@ -217,7 +235,7 @@ def tail(path: Path, lines: int) -> list[bytes]:
     """The last ``lines`` lines of ``path`` (fewer if the file is shorter)."""
     if lines <= 0:
         return []
-    with open(path, "rb") as handle:
+    with os.fdopen(open_for_reading(path), "rb") as handle:
         handle.seek(0, os.SEEK_END)
         end = handle.tell()
         block = 8192
@@ -236,7 +254,7 @@ def follow(
     path: Path, *, poll_s: float = 0.2, keep_going: Callable[[], bool] = lambda: True
 ) -> Iterator[bytes]:
     """Yield data appended to ``path`` from now on, across rotations, while ``keep_going()``."""
-    handle = open(path, "rb")  # noqa: SIM115 - reopened on rotation below
+    handle = os.fdopen(open_for_reading(path), "rb")
     try:
         handle.seek(0, os.SEEK_END)
         inode = os.fstat(handle.fileno()).st_ino
@@ -246,14 +264,19 @@ def follow(
                 yield data
                 continue
             try:
-                current = os.stat(path)
+                current = os.lstat(path)
             except FileNotFoundError:
                 time.sleep(poll_s)
                 continue
             if current.st_ino != inode or current.st_size < handle.tell():
+                try:
+                    fd = open_for_reading(path)
+                except FileNotFoundError:  # between the two renames of a rotation
+                    time.sleep(poll_s)
+                    continue
                 handle.close()
-                handle = open(path, "rb")  # noqa: SIM115
-                inode = os.fstat(handle.fileno()).st_ino
+                handle = os.fdopen(fd, "rb")
+                inode = os.fstat(fd).st_ino
                 continue
             time.sleep(poll_s)
     finally:

@@ -245,7 +245,7 @@ def start_daemon(
     The daemon's output goes to the stack's ``supervisor.log`` (which it
     rotates itself once it holds the stack's lock).
     """
-    from .logs import log_dir, supervisor_log_path
+    from .logs import log_dir, open_log, supervisor_log_path
 
     project = config.project.name
     log_dir(state_dir, project, create=True)
@@ -266,8 +266,7 @@ def start_daemon(
     ]
     if status_port is not None:
         argv += ["--status-port", str(status_port)]
-    with open(log_file, "ab") as log:
-        os.chmod(log_file, 0o600)
+    with os.fdopen(open_log(log_file), "ab") as log:  # never through a symlink planted there
         subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
