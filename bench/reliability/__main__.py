@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import psutil
+
 from bench._report import machine, write_section
 
-from .harness import RowResult, become_subreaper, leftovers
+from .harness import PYTHON, ROOT, RowResult, become_subreaper, leftovers
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ Row = Callable[[Scale, Path], RowResult]
 
 
 def _rows() -> dict[int, Row]:
-    from . import deploy_values, http_rows, impostors, orphans, sigterm, starts
+    from . import deploy_values, http_rows, impostors, orphans, sigterm, starts, statedir
 
     def http_load(scale: Scale) -> http_rows.Load:
         return http_rows.Load(scale.hostile_requests, scale.idle_connections, scale.slowloris_connections,
@@ -58,29 +60,25 @@ def _rows() -> dict[int, Row]:
         4: lambda scale, work: impostors.run_impostors(scale.impostor_checks, work),
         5: lambda scale, work: http_rows.run_health(http_load(scale), work),
         6: lambda scale, work: http_rows.run_status_page(http_load(scale), work),
+        7: lambda scale, work: statedir.run_hostile_state(scale.state_repeats, work),
         8: lambda scale, work: deploy_values.run_deploy_values(work, every=scale.deploy_every),
         9: lambda scale, work: sigterm.run_sigterm(scale.sigterm_rounds, work),
     }
-    try:
-        from . import statedir
-    except ImportError:  # pragma: no cover - the hostile state-directory builder is not there
-        pass
-    else:
-        rows[7] = lambda scale, work: statedir.run_hostile_state(scale.state_repeats, work)
-    return dict(sorted(rows.items()))
+    return rows
 
 
 def run_row(number: int, row: Row, scale: Scale, work: Path) -> RowResult:
     """One row in its own directory; whatever it leaves running is stopped and counted against it."""
     directory = work / f"row{number}"
     directory.mkdir()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     started = time.monotonic()
     try:
         result = row(scale, directory)
     except Exception as exc:  # a row that cannot run is a failed row, with the reason
         result = RowResult(number, f"row {number}", "nothing", 1, "could not run", time.monotonic() - started,
                            [f"{type(exc).__name__}: {exc}"])
-    left = leftovers()
+    left = leftovers(keep=before)
     if left:
         result.failed += 1
         result.problems.append(f"left running after the row (stopped by PID): {'; '.join(left)}")
@@ -91,7 +89,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(results: list[RowResult], scale: Scale, *, quick: bool, seconds: float) -> str:
+def anonymous(result: RowResult, work: Path) -> RowResult:
+    """The result with this machine's paths taken out of its problems (they go into the docs)."""
+    def clean(text: str) -> str:
+        return text.replace(str(work), "$TMP").replace(PYTHON, "python").replace(str(ROOT) + "/", "")
+
+    result.problems = [clean(p) for p in result.problems]
+    result.measured = clean(result.measured)
+    return result
+
+
+def render(results: list[RowResult], *, quick: bool, seconds: float) -> str:
     lines = [
         "## Reliability: procguard's promises tried many times over (`python -m bench.reliability`)",
         "",
@@ -141,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop(var, None)
         for number, row in rows.items():
             print(f"== row {number} ...", file=sys.stderr, flush=True)
-            result = run_row(number, row, scale, work)
+            result = anonymous(run_row(number, row, scale, work), work)
             print(f"== row {number}: {result.failed} failed of {result.tried} in {result.seconds:.0f} s",
                   file=sys.stderr, flush=True)
             results.append(result)
-    text = render(results, scale, quick=args.quick, seconds=time.monotonic() - started)
+    text = render(results, quick=args.quick, seconds=time.monotonic() - started)
     print(text)
     if not args.no_write:
         write_section("reliability", text)

@@ -108,23 +108,21 @@ class Attack:
 
     requests: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    failed_requests: list[str] = field(default_factory=list)  # one line per hostile request answered wrongly
+    tracebacks: int = 0
+    foreign_served: int = 0
     probes: list[float] = field(default_factory=list)
     probes_failed: list[str] = field(default_factory=list)
-    tracebacks: list[str] = field(default_factory=list)
-    foreign_served: list[str] = field(default_factory=list)
     slow_opened: int = 0
     slow_dropped: int = 0
     idle_opened: int = 0
     idle_probe_ms: float = float("nan")
 
     def count_into(self, tally: Tally) -> None:
-        for _ in self.probes:
+        """One try per hostile request and per probe."""
+        for _ in range(self.requests - len(self.failed_requests) + len(self.probes)):
             tally.record([])
-        for why in self.probes_failed:
-            tally.record([why])
-        for _ in range(self.requests - len(self.tracebacks) - len(self.foreign_served)):
-            tally.record([])
-        for why in self.tracebacks + self.foreign_served:
+        for why in self.failed_requests + self.probes_failed:
             tally.record([why])
 
 
@@ -215,15 +213,21 @@ def _hostile(port: int, items: list[tuple[str, bytes]], count: int, attack: Atta
                 response = _exchange(port, payload)
             except OSError:
                 response = b""  # refused or reset: the server chose not to talk, which is allowed
+            wrong = []
+            if b"Traceback" in response or b'File "' in response:
+                wrong.append("a traceback in the response")
+            if host_guard and kind == "host" and response.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+                host = payload.split(b"Host: ", 1)[1].split(b"\r\n", 1)[0].decode("latin-1") \
+                    if b"Host: " in payload else ""
+                if host in FOREIGN_HOSTS:
+                    wrong.append(f"Host: {host} was answered 200")
             with lock:
                 attack.requests += 1
                 attack.kinds[kind] = attack.kinds.get(kind, 0) + 1
-                if b"Traceback" in response or b'File "' in response:
-                    attack.tracebacks.append(f"{kind} request {payload[:60]!r}: a traceback in the response")
-                if host_guard and kind == "host" and response.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-                    host = payload.split(b"Host: ", 1)[1].split(b"\r\n", 1)[0] if b"Host: " in payload else b""
-                    if host.decode("latin-1") in FOREIGN_HOSTS:
-                        attack.foreign_served.append(f"Host: {host.decode('latin-1')} was answered 200")
+                attack.tracebacks += any("traceback" in why for why in wrong)
+                attack.foreign_served += any("Host" in why for why in wrong)
+                if wrong:
+                    attack.failed_requests.append(f"{kind} request {payload[:60]!r}: {'; '.join(wrong)}")
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENTS)]
     for thread in threads:
@@ -304,5 +308,5 @@ def figures(result: Attack) -> str:
     return (f"{len(result.probes_failed)} probes failed of {len(probes) + len(result.probes_failed)} "
             f"(answered in {percentile(probes, 50) * 1000:.1f} ms median, p99 {percentile(probes, 99) * 1000:.1f} ms, "
             f"max {max(probes, default=float('nan')) * 1000:.0f} ms; {result.idle_probe_ms:.1f} ms with "
-            f"{result.idle_opened} idle connections held); {len(result.tracebacks)} tracebacks in responses; "
+            f"{result.idle_opened} idle connections held); {result.tracebacks} tracebacks in responses; "
             f"slowloris: {result.slow_dropped} of {result.slow_opened} dropped by the server")

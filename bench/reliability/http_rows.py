@@ -63,8 +63,8 @@ def _count(number: int, title: str, load: Load, result: hostile_http.Attack, cra
     tally = Tally()
     result.count_into(tally)
     tally.record(crashes)  # the server's own survival is one more try
-    measured = f"{len(crashes)} crashes; {len(result.foreign_served)} foreign Host headers answered with data; " \
-               + hostile_http.figures(result)
+    measured = (f"{len(crashes)} crashes; {result.foreign_served} foreign Host headers answered with data; "
+                + hostile_http.figures(result))
     return RowResult(number, title, load.tried(len(result.probes) + len(result.probes_failed)), tally.failed,
                      measured, time.monotonic() - started, tally.problems)
 

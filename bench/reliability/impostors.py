@@ -20,9 +20,10 @@ kinds, two names each:
 
 Then ``procguard cleanup all``, ``procguard cleanup NAME`` for every name
 and ``procguard run --name NAME --replace -- true`` for every name run
-against them. A check is one (command, impostor it had to look at); it
-fails if any impostor or lock holder got a signal or died, or the command
-exited with anything but its documented status.
+against them. A check is one (command, impostor it had to look at), plus
+one last look at every impostor and lock holder after all the commands; it
+fails if any of them got a signal or died, or the command exited with
+anything but its documented status.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 KINDS = ("reused", "reused-held", "recycled-held", "stale-exact", "marker-other-dir", "marker-old")
 PER_KIND = 2
 OTHER_NAMESPACE = "0badcafe"
+#: How long a signal sent just before a command returned may take to show in the impostor's log.
+SETTLE_S = 0.5
 
 #: Holds the given lock files (flock) and, where given, writes the record into them; logs any signal.
 HOLDER = r"""
@@ -161,7 +164,7 @@ def _real_record(scene: Scene, name: str) -> int:
         stop(runner)
 
 
-def build_scene(round_index: int, work: Path, *, reuse: bool) -> Scene:
+def build_scene(round_index: int, work: Path, *, reuse: bool, per_kind: int = PER_KIND) -> Scene:
     state = work / f"round-{round_index}" / "state"
     state.parent.mkdir(parents=True)
     scene = Scene(state, python_env(PROCGUARD_STATE_DIR=str(state), PROCGUARD_LOG_LEVEL="WARNING"))
@@ -169,7 +172,7 @@ def build_scene(round_index: int, work: Path, *, reuse: bool) -> Scene:
     for kind in KINDS:
         if kind.startswith("reused") and not reuse:
             continue
-        for k in range(PER_KIND):
+        for k in range(per_kind):
             name = f"imp-{kind}-{k}"
             scene.names[name] = kind
             path = str(lock_path(name, state))
@@ -224,7 +227,8 @@ def check_commands(scene: Scene, tally: Tally, *, run: Callable[[list[str], dict
                    subprocess.CompletedProcess[str]] | None = None) -> set[int]:
     """Run every command against the scene; one check per (command, name in its scope).
 
-    Returns the PIDs of the watched processes that were signalled or died.
+    Then, after SETTLE_S, one last check of every watched process. Returns the PIDs of the
+    watched processes that were signalled or died.
     """
     run = run or (lambda argv, env: subprocess.run([*PROCGUARD, *argv], env=env, cwd=ROOT, capture_output=True,
                                                     text=True, timeout=120, check=False))
@@ -241,6 +245,13 @@ def check_commands(scene: Scene, tally: Tally, *, run: Callable[[list[str], dict
                 failures.append(f"after {what}: {why}")
         for position in range(len(scope)):  # the last check of the command takes whatever is left
             tally.record(failures[position:] if position == len(scope) - 1 else failures[position:position + 1])
+    # a signal sent by a command that did not wait for it lands a moment later: one more check per process
+    time.sleep(SETTLE_S)
+    for watched in scene.watched:
+        why = None if watched.proc.pid in touched else watched.touched()
+        if why:
+            touched.add(watched.proc.pid)
+        tally.record([f"after all the commands: {why}"] if why else [])
     return touched
 
 

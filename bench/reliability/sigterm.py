@@ -32,7 +32,7 @@ from .harness import PROCGUARD, PYTHON, ROOT, RowResult, Tally, stop
 TARGET = "examples.analyticbot.collector:collect"
 WRITE_DELAY_MS = 40
 CHANNELS = 5
-BEGUN, STORED, STOPPING = "collecting for user", "stored run", "stopping: signal"
+BEGUN, STORED, STOPPING = "collecting for user", "stored run", ") stopping: "
 
 
 class Lines:
@@ -116,29 +116,30 @@ ANALYTICBOT_WRITE_DELAY_MS = "{delay}" }}
 """
 
 
-def _launch(index: int, work: Path, url: str, data: Path) -> tuple[list[str], dict[str, str], int]:
+def _launch(index: int, work: Path, url: str, data: Path, delay_ms: int) -> tuple[list[str], dict[str, str], int]:
     """argv, environment, and the exit status a graceful stop by SIGTERM must end with."""
     env = python_env(PROCGUARD_STATE_DIR=str(work / f"state-{index}"), PROCGUARD_LOG_LEVEL="INFO",
                      ANALYTICBOT_API_URL=url, ANALYTICBOT_DATA_DIR=str(data), ANALYTICBOT_USER_ID=str(index),
-                     ANALYTICBOT_WRITE_DELAY_MS=str(WRITE_DELAY_MS))
+                     ANALYTICBOT_WRITE_DELAY_MS=str(delay_ms))
     if index % 2 == 0:
         return ([*PROCGUARD, "run", TARGET, "--name", f"collector-{index}", "--interval", "0", "--max-runtime", "0",
                  "--health-port", "0"], env, 128 + signal.SIGTERM)
     config = work / f"stack-{index}.toml"
-    config.write_text(STACK.format(index=index, target=TARGET, url=url, data=data, delay=WRITE_DELAY_MS))
+    config.write_text(STACK.format(index=index, target=TARGET, url=url, data=data, delay=delay_ms))
     return [*PROCGUARD, "up", "-c", str(config)], env, 0
 
 
 def sigterm_round(index: int, work: Path, url: str, data: Path, records: Records, rng: random.Random, *,
-                  stop_signal: signal.Signals = signal.SIGTERM) -> list[str]:
-    argv, env, expected = _launch(index, work, url, data)
+                  stop_signal: signal.Signals = signal.SIGTERM, delay_ms: int = WRITE_DELAY_MS) -> list[str]:
+    """One collector stopped by ``stop_signal`` a random moment into an iteration; its records checked."""
+    argv, env, expected = _launch(index, work, url, data, delay_ms)
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = Lines(proc)
     try:
         wait_for(lambda: lines.count(BEGUN) >= 2 or proc.poll() is not None, timeout=60,
                  message=lambda: "a second iteration to begin:\n" + "\n".join(lines.lines[-20:]))
-        # somewhere inside this iteration: the fetch takes ~10 ms, the write CHANNELS x WRITE_DELAY_MS
-        time.sleep(rng.uniform(0.0, CHANNELS * WRITE_DELAY_MS / 1000))
+        # somewhere inside this iteration: the fetch takes ~10 ms, the write CHANNELS x delay_ms
+        time.sleep(rng.uniform(0.0, CHANNELS * delay_ms / 1000))
         proc.send_signal(stop_signal)
         status = proc.wait(timeout=90)
         lines.join()

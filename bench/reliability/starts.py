@@ -42,7 +42,7 @@ def _marked(state: Path) -> list[psutil.Process]:
 
 
 def start_round(starts: int, state: Path, *, launch: Launch = procguard_start,
-                settled: list[float] | None = None) -> list[str]:
+                settled: list[float] | None = None, settle_s: float = SETTLE_S) -> list[str]:
     """Start ``starts`` copies at once; the round passes when exactly one instance runs."""
     env = python_env(PROCGUARD_STATE_DIR=str(state), PROCGUARD_LOG_LEVEL="WARNING")
     argv = launch(state)
@@ -50,7 +50,7 @@ def start_round(starts: int, state: Path, *, launch: Launch = procguard_start,
     procs = [subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE) for _ in range(starts)]
     try:
-        deadline = t0 + SETTLE_S
+        deadline = t0 + settle_s
         while sum(p.poll() is None for p in procs) > 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         running = [p for p in procs if p.poll() is None]
@@ -62,7 +62,7 @@ def start_round(starts: int, state: Path, *, launch: Launch = procguard_start,
             marked = _marked(state)
         problems = []
         if len(running) != 1:
-            problems.append(f"{len(running)} of {starts} starts still running after {SETTLE_S:g} s")
+            problems.append(f"{len(running)} of {starts} starts still running after {settle_s:g} s")
         if len(marked) != 1:
             problems.append(f"{len(marked)} marked '{NAME}' processes running (pids {[p.pid for p in marked]})")
         for proc in procs:
