@@ -176,9 +176,32 @@ def _locks(state: Path, tmp: Path, planted: Planted, project: str) -> None:
     planted.warnings += [f"lock file {lock} has 2 hard links"]
 
 
+def _instances_link(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """``instances/`` (where the lock files live) is a symlink to someone else's directory."""
+    elsewhere = tmp / "elsewhere-instances"
+    elsewhere.mkdir()
+    planted.victim(elsewhere / f"supervisor.{project}.lock")
+    (state / "instances").symlink_to(elsewhere)
+    planted.warnings += [f"{state}/instances is a symlink"]
+
+
+def _instances_file(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """A file where ``instances/`` belongs."""
+    (state / "instances").write_text("not a directory\n")
+    planted.warnings += [f"{state}/instances is not a directory"]
+
+
+def _instances_loose(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """``instances/`` writable by everyone."""
+    (state / "instances").mkdir()
+    (state / "instances").chmod(0o777)
+    planted.warnings += [f"{state}/instances was writable by group or others"]
+
+
 #: Composite hostile contents: each plants several things in STATE (victims in TMP) for a stack PROJECT
 #: whose worker is named ``ticker``, and says which warning each must give.
 HOSTILE: dict[str, Callable[[Path, Path, Planted, str], None]] = {
     "links": _links, "links_and_files": _links_and_files, "fifos_and_dirs": _fifos_and_dirs,
-    "companions": _companions, "locks": _locks,
+    "companions": _companions, "locks": _locks, "instances_link": _instances_link,
+    "instances_file": _instances_file, "instances_loose": _instances_loose,
 }

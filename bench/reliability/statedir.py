@@ -3,9 +3,9 @@
 Every kind of damage tests/hostile_state.py builds (a history.sqlite that is
 garbage, truncated, foreign, a directory; symlinked and hard-linked logs,
 supervisor.log, history and lock files; FIFOs; the control socket path
-occupied...), plus a few more planted here (the ``instances/`` directory as
-a symlink, a file or writable by others; the socket path held by a live
-socket of another program), each ``repeats`` times, in a fresh state
+occupied, ``instances/`` a symlink, a file or writable by others...), plus
+one planted here (the socket path held by a live socket of another
+program), each ``repeats`` times, in a fresh state
 directory. The stack has a plain command (``ticker``) and a ``run =`` worker
 (which takes an instance lock in the state directory).
 
@@ -92,22 +92,6 @@ def _hostile(case: Callable[[Path, Path, Planted, str], None]) -> Plant:
     return plant
 
 
-def _instances_symlink(state: Path, tmp: Path, scene: Scene) -> None:
-    elsewhere = tmp / "elsewhere-instances"
-    elsewhere.mkdir()
-    scene.planted.victim(elsewhere / f"{PROJECT}.fn.lock")
-    (state / "instances").symlink_to(elsewhere)
-
-
-def _instances_file(state: Path, tmp: Path, scene: Scene) -> None:
-    (state / "instances").write_text("not a directory\n")
-
-
-def _instances_loose(state: Path, tmp: Path, scene: Scene) -> None:
-    (state / "instances").mkdir()
-    (state / "instances").chmod(0o777)
-
-
 def _socket_squatter(state: Path, tmp: Path, scene: Scene) -> None:
     ready = tmp / "squatter.ready"
     proc = subprocess.Popen([PYTHON, "-c", SOCKET_SQUATTER, str(socket_path(state, PROJECT)), str(ready)])
@@ -120,12 +104,7 @@ def kinds() -> dict[str, Plant]:
         f"history {name.replace('_', ' ')}": _damaged_history(how) for name, (how, _, _) in DAMAGE.items()
     }
     found.update({name.replace("_", " "): _hostile(case) for name, case in HOSTILE.items()})
-    found.update({
-        "instances/ a symlink": _instances_symlink,
-        "instances/ a file": _instances_file,
-        "instances/ writable by others": _instances_loose,
-        "socket path held by another program": _socket_squatter,
-    })
+    found["socket path held by another program"] = _socket_squatter
     return found
 
 
