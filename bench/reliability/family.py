@@ -5,7 +5,8 @@ does not stop when its parent is SIGKILLed), with ``--spawn`` a third one
 started by the spawn method (it brings multiprocessing's resource tracker
 along), and a double-forked grandchild that calls ``setsid`` in between:
 it leaves both the process tree and the session, as a daemonizing helper
-does. Once all are running, every PID goes into OUT (written atomically).
+does. Once all are running, every member goes into OUT (written
+atomically) as ``[pid, what it is]`` pairs.
 
 Runs as a command (``python family.py OUT [--spawn]``) or as a function
 target (``bench.reliability.family:spawn_family``, OUT from
@@ -45,13 +46,18 @@ def _escapee(path: str) -> None:
     os._exit(0)
 
 
-def start_family(out: str, *, spawn_method: bool = False) -> list[int]:
-    """Start the family, write every PID to ``out``; return them."""
+WORKER, FORKED, SPAWNED, ESCAPEE = ("worker", "multiprocessing child", "spawn-method child",
+                                    "double-forked grandchild")
+
+
+def start_family(out: str, *, spawn_method: bool = False) -> list[tuple[int, str]]:
+    """Start the family, write ``[pid, what]`` of every member to ``out``; return them."""
     fork = multiprocessing.get_context("fork")
-    kids: list[Any] = [fork.Process(target=_sleep, daemon=True), fork.Process(target=_sleep)]
+    kids: list[tuple[Any, str]] = [(fork.Process(target=_sleep, daemon=True), FORKED),
+                                   (fork.Process(target=_sleep), FORKED)]
     if spawn_method:
-        kids.append(multiprocessing.get_context("spawn").Process(target=_sleep, daemon=True))
-    for kid in kids:
+        kids.append((multiprocessing.get_context("spawn").Process(target=_sleep, daemon=True), SPAWNED))
+    for kid, _what in kids:
         kid.start()
     escapee_file = out + ".escapee"
     middle = os.fork()
@@ -69,11 +75,11 @@ def start_family(out: str, *, spawn_method: bool = False) -> list[int]:
         time.sleep(0.005)
     with open(escapee_file) as f:
         escapee = int(f.read())
-    pids = [os.getpid(), *(kid.pid for kid in kids), escapee]
+    members = [(os.getpid(), WORKER), *((kid.pid, what) for kid, what in kids), (escapee, ESCAPEE)]
     with open(out + ".tmp", "w") as f:
-        json.dump(pids, f)
+        json.dump(members, f)
     os.rename(out + ".tmp", out)
-    return pids
+    return members
 
 
 _started = False

@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,35 +35,53 @@ DEADLINE_S = 5.0
 
 @dataclass
 class Kills:
-    """What the rounds of one row saw: processes watched, survivors, time until none ran."""
+    """What the rounds of one row saw: processes watched, survivors by kind, time until none ran."""
 
     watched: int = 0
-    survivors: int = 0
+    survivors: Counter[str] = field(default_factory=Counter)
     gone_after: list[float] = field(default_factory=list)
 
     def figures(self, deadline: float) -> str:
-        times = (f"all gone {statistics.median(self.gone_after):.2f} s after the kill (median), "
-                 f"{max(self.gone_after):.2f} s at most" if self.gone_after else "never all gone")
-        return f"{self.survivors} survivors of {self.watched} processes {deadline:g} s after the kill; {times}"
+        total = sum(self.survivors.values())
+        text = f"{total} survivors of {self.watched} processes {deadline:g} s after the kill"
+        if total:
+            text += " (" + ", ".join(f"{n} {kind}" for kind, n in self.survivors.most_common()) + ")"
+        if self.gone_after:
+            text += (f"; in the rounds without survivors all were gone {statistics.median(self.gone_after):.2f} s "
+                     f"after the kill (median), {max(self.gone_after):.2f} s at most")
+        return text
 
 
-def _family_pids(path: Path, proc: subprocess.Popen[bytes]) -> list[int]:
-    return [int(pid) for pid in json.loads(wait_for_file(path, proc=proc, timeout=60))]
+def _family(path: Path, owner: str, proc: subprocess.Popen[bytes] | None = None) -> dict[int, str]:
+    """``{pid: what it is}`` of a family (family.py's file), each labelled with ``owner``."""
+    return {int(pid): f"{owner} {what}" for pid, what in json.loads(wait_for_file(path, proc=proc, timeout=60))}
 
 
-def _count(kills: Kills, tree: list[psutil.Process], deadline: float) -> list[str]:
+def _what(proc: psutil.Process, labels: dict[int, str]) -> str:
+    if proc.pid in labels:
+        return labels[proc.pid]
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return "process"
+    joined = " ".join(cmdline)
+    if "resource_tracker" in joined:
+        return "resource tracker"
+    if "procguard.instances.guardian" in joined:
+        return "guardian"
+    if cmdline[1:3] == ["-I", "-c"]:
+        return "health responder"
+    return "procguard helper" if "procguard" in joined else "process"
+
+
+def _count(kills: Kills, tree: list[psutil.Process], labels: dict[int, str], deadline: float) -> list[str]:
     kills.watched += len(tree)
     elapsed, left = wait_gone(tree, deadline)
     if elapsed is not None:
         kills.gone_after.append(elapsed)
         return []
-    kills.survivors += len(left)
-    described = []
-    for proc in left:
-        try:
-            described.append(f"{proc.pid} ({' '.join(proc.cmdline())[:80]})")
-        except psutil.Error:
-            described.append(str(proc.pid))
+    described = [f"{proc.pid} ({_what(proc, labels)})" for proc in left]
+    kills.survivors.update(_what(proc, labels) for proc in left)
     kill_all(left)
     return [f"{len(left)} alive {deadline:g} s after the kill: {', '.join(described)}"]
 
@@ -90,14 +109,14 @@ def runner_round(index: int, work: Path, kills: Kills, *, launch: Launch = procg
     with open(work / f"runner-{index}.log", "wb") as log:
         runner = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        pids = _family_pids(out, runner)
-        tree = {p.pid: p for p in [*family_of(runner.pid), *processes(pids)]}
+        labels = _family(out, "function mode:" if index % 2 else "command mode:", runner)
+        tree = {p.pid: p for p in [*family_of(runner.pid), *processes(labels)]}
         tree.pop(runner.pid, None)
-        if len(tree) < len(pids) - 1:
-            return [f"only {len(tree)} of the family's {len(pids)} processes were found running"]
+        if len(tree) < len(labels) - 1:
+            return [f"only {len(tree)} of the family's {len(labels)} processes were found running"]
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
-        return _count(kills, list(tree.values()), deadline)
+        return _count(kills, list(tree.values()), labels, deadline)
     finally:
         if runner.poll() is None:
             kill_all(family_of(runner.pid))
@@ -157,13 +176,12 @@ def supervisor_round(index: int, work: Path, kills: Kills, *, deadline: float = 
         return [f"up -d exited {up.returncode}: {up.stdout.strip()} {up.stderr.strip()[-300:]}"]
     supervisor = psutil.Process(int(found.group(1)))
     try:
-        pids = [pid for path in outs.values()
-                for pid in json.loads(wait_for_file(path, timeout=60))]
-        tree = {p.pid: p for p in [*family_of(supervisor.pid), *processes(pids)]}
+        labels = {pid: what for name, path in outs.items() for pid, what in _family(path, f"{name} worker:").items()}
+        tree = {p.pid: p for p in [*family_of(supervisor.pid), *processes(labels)]}
         tree.pop(supervisor.pid, None)
         supervisor.send_signal(signal.SIGKILL)
         psutil.wait_procs([supervisor], timeout=30)
-        return _count(kills, list(tree.values()), deadline)
+        return _count(kills, list(tree.values()), labels, deadline)
     finally:
         kill_all(family_of(supervisor.pid))
 
