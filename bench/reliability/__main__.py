@@ -118,7 +118,7 @@ def render(results: list[RowResult], *, quick: bool, seconds: float) -> str:
                      f"{r.seconds:.0f} s |")
     failing = [r for r in results if not r.ok]
     if failing:
-        lines += ["", "What failed (the first few problems of each failing row):", ""]
+        lines += ["", "What failed (the first distinct problems of each failing row, with how often each came):", ""]
         for r in failing:
             lines.append(f"- row {r.number}: " + "; ".join(_cell(p)[:400] for p in r.problems[:4]))
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,16 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 @dataclass
 class Tally:
-    """Tries and failures of one row; the first few problems are kept for the report."""
+    """Tries and failures of one row; the first ``keep`` distinct problems are kept, each with its count."""
 
     tried: int = 0
     failed: int = 0
-    problems: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
     keep: int = 8
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem + (f" (x{n})" if n > 1 else "") for problem, n in self.counts.items()]
 
     def attempt(self, check: Callable[[], Iterable[str]]) -> list[str]:
         """Run one try; it fails when ``check`` returns problems or raises."""
@@ -57,9 +62,9 @@ class Tally:
             self.tried += 1
         if problems:
             self.failed += 1
-            room = self.keep - len(self.problems)
-            if room > 0:
-                self.problems.extend(problems[:room])
+        for problem in problems:
+            if problem in self.counts or len(self.counts) < self.keep:
+                self.counts[problem] += 1
 
 
 @dataclass

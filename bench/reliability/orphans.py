@@ -80,10 +80,10 @@ def _count(kills: Kills, tree: list[psutil.Process], labels: dict[int, str], dea
     if elapsed is not None:
         kills.gone_after.append(elapsed)
         return []
-    described = [f"{proc.pid} ({_what(proc, labels)})" for proc in left]
-    kills.survivors.update(_what(proc, labels) for proc in left)
+    kinds = Counter(_what(proc, labels) for proc in left)
+    kills.survivors.update(kinds)
     kill_all(left)
-    return [f"{len(left)} alive {deadline:g} s after the kill: {', '.join(described)}"]
+    return [f"alive {deadline:g} s after the kill: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))]
 
 
 # -- row 1: procguard run -------------------------------------------------------------
