@@ -22,10 +22,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def discover() -> list[str]:
-    """Module names of the single-topic benchmarks, in a stable order."""
+    """Module names of the single-topic benchmarks, in a stable order; then the reliability table."""
     names = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
     if (BENCH_DIR / "dev_restart_before_after.py").exists():
         names.append("dev_restart_before_after")
+    if (BENCH_DIR / "reliability" / "__main__.py").exists():
+        names.append("reliability")
     return names
 
 

@@ -1,4 +1,4 @@
-"""Damaged and hostile state-directory contents, made on purpose (shared by the state-file tests)."""
+"""Damaged and hostile state-directory contents, made on purpose (shared by the state-file tests and the reliability bench)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -93,4 +94,114 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "foreign": (_foreign, "corrupt", "is another program's database"),
     "foreign_events": (_foreign_events, "corrupt", "is another program's database"),
     "directory": (_directory, "unsafe", "is a directory"),
+}
+
+
+@dataclass
+class Planted:
+    """What a case planted: the warnings it expects, and files that must come out unchanged."""
+
+    warnings: list[str] = field(default_factory=list)
+    victims: dict[Path, tuple[bytes, int]] = field(default_factory=dict)
+
+    def victim(self, path: Path, content: bytes = b"someone else's file\n") -> Path:
+        path.write_bytes(content)
+        path.chmod(0o644)
+        self.victims[path] = (content, 0o644)
+        return path
+
+    def untouched(self) -> list[str]:
+        changed = []
+        for path, (content, mode) in self.victims.items():
+            if path.read_bytes() != content or stat.S_IMODE(path.stat().st_mode) != mode:
+                changed.append(str(path))
+        return changed
+
+
+def _links(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """Symlinks where history.sqlite, a worker's log and supervisor.log belong; a directory at the socket."""
+    logs = state / "logs" / project
+    logs.mkdir(parents=True, mode=0o700)
+    victim_db = tmp / "victim.sqlite"
+    seeded_history(victim_db, rows=5, project="victim")
+    planted.victims[victim_db] = (victim_db.read_bytes(), stat.S_IMODE(victim_db.stat().st_mode))
+    (state / "history.sqlite").symlink_to(victim_db)
+    (logs / "ticker.log").symlink_to(planted.victim(tmp / "victim.log"))
+    (logs / "supervisor.log").symlink_to(planted.victim(tmp / "victim-supervisor.log"))
+    (state / f"supervisor.{project}.sock").mkdir()
+    planted.warnings += [f"{state}/history.sqlite is a symlink", f"{logs}/ticker.log is a symlink",
+                         f"{logs}/supervisor.log is a symlink", f"{state}/supervisor.{project}.sock is not a socket"]
+
+
+def _links_and_files(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """A file where logs/ belongs, a hard link at history.sqlite, a file at the socket, a link as the lock."""
+    (state / "logs").write_text("not a directory\n")
+    os.link(planted.victim(tmp / "victim-hardlinked"), state / "history.sqlite")
+    (state / "history.sqlite.lock").symlink_to(planted.victim(tmp / "victim-lock"))
+    (state / f"supervisor.{project}.sock").write_text("not a socket\n")
+    planted.warnings += [f"{state}/logs is not a directory", f"{state}/history.sqlite has 2 hard links",
+                         f"{state}/history.sqlite.lock is a symlink",
+                         f"{state}/supervisor.{project}.sock is not a socket"]
+
+
+def _fifos_and_dirs(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """A symlink where the stack's log directory belongs, FIFOs at history.sqlite and a worker's log."""
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    planted.victim(elsewhere / "ticker.log")
+    (state / "logs").mkdir(mode=0o700)
+    (state / "logs" / project).symlink_to(elsewhere)
+    os.mkfifo(state / "history.sqlite")
+    planted.warnings += [f"{state}/logs/{project} is a symlink", f"{state}/history.sqlite is not a regular file"]
+
+
+def _companions(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """A good history whose -wal is a symlink; a worker log that is a FIFO; loose mode on logs/."""
+    seeded_history(state / "history.sqlite", project=project)
+    (state / "history.sqlite-wal").symlink_to(planted.victim(tmp / "victim-wal"))
+    logs = state / "logs" / project
+    logs.mkdir(parents=True, mode=0o700)
+    (state / "logs").chmod(0o777)
+    os.mkfifo(logs / "ticker.log")
+    planted.warnings += ["history.sqlite-wal that is a symlink", f"{logs}/ticker.log is not a regular file",
+                         f"{state}/logs was writable by group or others"]
+
+
+def _locks(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """The stack's own lock file (``instances/supervisor.PROJECT.lock``) is a hard link to someone's file."""
+    instances = state / "instances"
+    instances.mkdir(mode=0o700)
+    lock = instances / f"supervisor.{project}.lock"
+    os.link(planted.victim(tmp / "victim-supervisor-lock"), lock)
+    planted.warnings += [f"lock file {lock} has 2 hard links"]
+
+
+def _instances_link(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """``instances/`` (where the lock files live) is a symlink to someone else's directory."""
+    elsewhere = tmp / "elsewhere-instances"
+    elsewhere.mkdir()
+    planted.victim(elsewhere / f"supervisor.{project}.lock")
+    (state / "instances").symlink_to(elsewhere)
+    planted.warnings += [f"{state}/instances is a symlink"]
+
+
+def _instances_file(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """A file where ``instances/`` belongs."""
+    (state / "instances").write_text("not a directory\n")
+    planted.warnings += [f"{state}/instances is not a directory"]
+
+
+def _instances_loose(state: Path, tmp: Path, planted: Planted, project: str) -> None:
+    """``instances/`` writable by everyone."""
+    (state / "instances").mkdir()
+    (state / "instances").chmod(0o777)
+    planted.warnings += [f"{state}/instances was writable by group or others"]
+
+
+#: Composite hostile contents: each plants several things in STATE (victims in TMP) for a stack PROJECT
+#: whose worker is named ``ticker``, and says which warning each must give.
+HOSTILE: dict[str, Callable[[Path, Path, Planted, str], None]] = {
+    "links": _links, "links_and_files": _links_and_files, "fifos_and_dirs": _fifos_and_dirs,
+    "companions": _companions, "locks": _locks, "instances_link": _instances_link,
+    "instances_file": _instances_file, "instances_loose": _instances_loose,
 }

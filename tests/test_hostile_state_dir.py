@@ -10,9 +10,7 @@ works afterwards.
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +20,13 @@ import pytest
 from procguard.supervisor.history import db_path, read_events
 
 from .helpers import stop_process_tree
-from .hostile_state import DAMAGE, seeded_history
+from .hostile_state import DAMAGE, HOSTILE, Planted, seeded_history
 from .supervisor_workers.stackkit import Stack, worker_cmd, write_config
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
 #: Unique to this run: an ``up`` stops stale processes of its project name, and other
 #: suites may run stacks named ``teststack`` on this machine at the same time.
 PROJECT = f"hostile{os.getpid()}"
-
-
-@dataclass
-class Planted:
-    """What a case planted: the warnings it expects, and files that must come out unchanged."""
-
-    warnings: list[str] = field(default_factory=list)
-    victims: dict[Path, tuple[bytes, int]] = field(default_factory=dict)
-
-    def victim(self, path: Path, content: bytes = b"someone else's file\n") -> Path:
-        path.write_bytes(content)
-        path.chmod(0o644)
-        self.victims[path] = (content, 0o644)
-        return path
-
-    def untouched(self) -> list[str]:
-        changed = []
-        for path, (content, mode) in self.victims.items():
-            if path.read_bytes() != content or stat.S_IMODE(path.stat().st_mode) != mode:
-                changed.append(str(path))
-        return changed
 
 
 @pytest.fixture
@@ -121,67 +98,12 @@ def test_history_command_on_a_damaged_history_says_so_in_one_line(stack: Stack, 
             assert f"{path} {said}" in line and "moved it aside" in line
 
 
-def _links(state: Path, tmp: Path, planted: Planted) -> None:
-    """Symlinks where history.sqlite, a worker's log and supervisor.log belong; a directory at the socket."""
-    logs = state / "logs" / PROJECT
-    logs.mkdir(parents=True, mode=0o700)
-    victim_db = tmp / "victim.sqlite"
-    seeded_history(victim_db, rows=5, project="victim")
-    planted.victims[victim_db] = (victim_db.read_bytes(), stat.S_IMODE(victim_db.stat().st_mode))
-    (state / "history.sqlite").symlink_to(victim_db)
-    (logs / "ticker.log").symlink_to(planted.victim(tmp / "victim.log"))
-    (logs / "supervisor.log").symlink_to(planted.victim(tmp / "victim-supervisor.log"))
-    (state / f"supervisor.{PROJECT}.sock").mkdir()
-    planted.warnings += [f"{state}/history.sqlite is a symlink", f"{logs}/ticker.log is a symlink",
-                         f"{logs}/supervisor.log is a symlink", f"{state}/supervisor.{PROJECT}.sock is not a socket"]
-
-
-def _links_and_files(state: Path, tmp: Path, planted: Planted) -> None:
-    """A file where logs/ belongs, a hard link at history.sqlite, a file at the socket, a link as the lock."""
-    (state / "logs").write_text("not a directory\n")
-    os.link(planted.victim(tmp / "victim-hardlinked"), state / "history.sqlite")
-    (state / "history.sqlite.lock").symlink_to(planted.victim(tmp / "victim-lock"))
-    (state / f"supervisor.{PROJECT}.sock").write_text("not a socket\n")
-    planted.warnings += [f"{state}/logs is not a directory", f"{state}/history.sqlite has 2 hard links",
-                         f"{state}/history.sqlite.lock is a symlink",
-                         f"{state}/supervisor.{PROJECT}.sock is not a socket"]
-
-
-def _fifos_and_dirs(state: Path, tmp: Path, planted: Planted) -> None:
-    """A symlink where the stack's log directory belongs, FIFOs at history.sqlite and a worker's log."""
-    elsewhere = tmp / "elsewhere"
-    elsewhere.mkdir()
-    planted.victim(elsewhere / "ticker.log")
-    (state / "logs").mkdir(mode=0o700)
-    (state / "logs" / PROJECT).symlink_to(elsewhere)
-    os.mkfifo(state / "history.sqlite")
-    planted.warnings += [f"{state}/logs/{PROJECT} is a symlink", f"{state}/history.sqlite is not a regular file"]
-
-
-def _companions(state: Path, tmp: Path, planted: Planted) -> None:
-    """A good history whose -wal is a symlink; a worker log that is a FIFO; loose mode on logs/."""
-    seeded_history(state / "history.sqlite", project=PROJECT)
-    (state / "history.sqlite-wal").symlink_to(planted.victim(tmp / "victim-wal"))
-    logs = state / "logs" / PROJECT
-    logs.mkdir(parents=True, mode=0o700)
-    (state / "logs").chmod(0o777)
-    os.mkfifo(logs / "ticker.log")
-    planted.warnings += ["history.sqlite-wal that is a symlink", f"{logs}/ticker.log is not a regular file",
-                         f"{state}/logs was writable by group or others"]
-
-
-HOSTILE: dict[str, Callable[[Path, Path, Planted], None]] = {
-    "links": _links, "links_and_files": _links_and_files, "fifos_and_dirs": _fifos_and_dirs,
-    "companions": _companions,
-}
-
-
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_up_detach_moves_hostile_files_aside_and_never_writes_through_them(
     stack: Stack, tmp_path: Path, case: str
 ) -> None:
     planted = Planted()
-    HOSTILE[case](stack.state_dir, tmp_path, planted)
+    HOSTILE[case](stack.state_dir, tmp_path, planted, PROJECT)
     start_and_check(stack, planted)
     assert stack.cli("logs", "ticker").returncode == 0
 

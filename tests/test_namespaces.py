@@ -201,6 +201,23 @@ def test_up_state_dir_reaches_every_process_it_starts(tmp_path: Path, spawn) -> 
         assert done.returncode == 0, done.stderr
 
 
+def test_run_state_dir_flag_reaches_a_function_worker(tmp_path: Path) -> None:
+    """``procguard run --state-dir DIR module:function`` locks in DIR only; its children carry DIR's marker."""
+    default = tmp_path / "runtime"  # where the default state directory would be: private to this test
+    default.mkdir(mode=0o700)
+    state_dir, out = tmp_path / "mine", tmp_path / "marker"
+    env = python_env(PROCGUARD_LOG_LEVEL="WARNING", XDG_RUNTIME_DIR=str(default), MARKER_OUT=str(out))
+    env.pop("PROCGUARD_STATE_DIR", None)
+    result = subprocess.run([*PROCGUARD, "run", "tests.supervisor_workers.targets:write_marker", "--name", "flagged",
+                             "--once", "--health-port", "0", "--state-dir", str(state_dir)],
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    marker = parse_marker(out.read_text())
+    assert marker is not None and marker.namespace == namespace_of(state_dir), out.read_text()
+    assert [r.name for r in list_instances(state_dir)] == ["flagged"]
+    assert not (default / "procguard").exists()
+
+
 def test_a_managers_claim_trusts_only_a_parent_of_its_own_state_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

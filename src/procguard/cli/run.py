@@ -153,7 +153,8 @@ def run_run(args: argparse.Namespace) -> int:
         from ..runner.function import FunctionLoop
 
         os.environ[MARKER_ENV] = marker  # the worker's children carry it too
-        manager = ProcessManager(name=options.name, limits=options.limits, helper_pids=helpers)
+        manager = ProcessManager(name=options.name, limits=options.limits, helper_pids=helpers,
+                                 state_dir=options.state_dir)  # its claim finds the lock taken above
 
         def record_health_port() -> None:
             server = manager.health_server

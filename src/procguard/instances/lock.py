@@ -49,6 +49,7 @@ from ..procstat import start_ticks
 from .identity import ProcessIdentity, boot_id, create_time
 from .marker import validate_name
 from .statedir import open_state_file, resolve_state_dir, state_subdir
+from .statefiles import private_dir
 
 if TYPE_CHECKING:
     import psutil
@@ -78,10 +79,18 @@ if hasattr(os, "register_at_fork"):
 
 
 def lock_path(name: str, state_dir: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
-    """Where the lock file of instance ``name`` lives (the name is validated)."""
+    """Where the lock file of instance ``name`` lives (the name is validated).
+
+    With ``create``, whatever stands where ``instances/`` belongs and is not a
+    private directory of ours (a symlink, a file, a directory others may
+    write) is moved aside or tightened with one warning line, never a reason
+    to refuse a start; without, it is refused (a reader changes nothing).
+    """
     validate_name(name)
     base = resolve_state_dir(state_dir, create=create)
-    return state_subdir(base, INSTANCES_SUBDIR, create=create) / f"{name}{LOCK_SUFFIX}"
+    if create:
+        return private_dir(base / INSTANCES_SUBDIR) / f"{name}{LOCK_SUFFIX}"
+    return state_subdir(base, INSTANCES_SUBDIR, create=False) / f"{name}{LOCK_SUFFIX}"
 
 
 class InstanceLock:
