@@ -26,6 +26,8 @@ from bench.reliability import deploy_values, hostile_http, impostors, orphans, s
 from bench.reliability.__main__ import RowResult, render, run_row
 from bench.reliability.harness import Tally, alive, processes
 
+from procguard.supervisor.settings import TUNING_ENV
+
 from .helpers import PYTHON, REPO_ROOT, python_env
 from .hostile_deploy import KUBERNETES_VALIDATE, SUPERVISORD, SYSTEMD, SYSTEMD_ANALYZE
 
@@ -65,7 +67,24 @@ def test_a_sigkilled_runner_that_is_not_procguard_leaves_survivors_and_fails(tmp
 
     fine = orphans.Kills()
     assert orphans.runner_round(2, tmp_path, fine) == []  # procguard run (command mode): none survives
-    assert not fine.survivors and fine.watched >= 6 and len(fine.gone_after) == 1
+    # function mode: the children the worker only forks carry the marker too (the runner re-executed with it)
+    assert orphans.runner_round(3, tmp_path, fine) == []
+    assert not fine.survivors and fine.watched >= 10 and len(fine.gone_after) == 2
+
+
+def test_a_sigkilled_supervisor_leaves_no_survivors_unless_its_watchdog_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fine = orphans.Kills()
+    # three workers' families, the setsid grandchildren included (found by the run id in their marker)
+    assert orphans.supervisor_round(0, tmp_path, fine) == []
+    assert not fine.survivors and fine.watched >= 15 and len(fine.gone_after) == 1
+
+    monkeypatch.setenv(TUNING_ENV, "watchdog=0")  # the broken stand-in: nobody sweeps after the supervisor
+    broken = orphans.Kills()
+    problems = orphans.supervisor_round(1, tmp_path, broken, deadline=1.0)
+    assert problems and problems[0].startswith("alive 1 s after the kill: ")
+    assert broken.survivors["plain worker: double-forked grandchild"] == 1
 
 
 def test_starts_without_a_lock_are_counted_more_than_one_instance(tmp_path: Path) -> None:

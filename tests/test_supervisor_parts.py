@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
+from procguard.instances.marker import MARKER_ENV, new_marker, new_run, run_pattern
 from procguard.supervisor import control
 from procguard.supervisor.history import Event, History, read_events
 from procguard.supervisor.logs import LineSplitter, RotatingFile, WorkerOutput, follow, tail
 from procguard.supervisor.procscan import TreeSampler, tree_pids
 from procguard.supervisor.watchdog import KILL_AFTER_S, watchdog_argv
 
-from .helpers import PYTHON, wait_for, wait_for_file
+from .helpers import PYTHON, python_env, wait_for, wait_for_file
+from .helpers import TEST_NAMESPACE as NS
 from .supervisor_workers.stackkit import alive, worker_cmd
 
 # -- logs ------------------------------------------------------------------------
@@ -255,6 +257,25 @@ def test_watchdog_kills_what_ignores_sigterm_and_exits_quietly_when_empty(tmp_pa
     empty = spawn(watchdog_argv(), stdin=subprocess.PIPE)
     empty.communicate(b"", timeout=10)
     assert empty.returncode == 0
+
+
+def test_watchdog_stops_what_carries_a_marker_of_its_run_whatever_group_it_is_in(spawn: Any) -> None:
+    run = new_run()
+    other_run = next(r for r in iter(new_run, None) if r != run)
+
+    def marked(name: str, run_id: str) -> subprocess.Popen[bytes]:
+        env = python_env(**{MARKER_ENV: new_marker(name, NS, run=run_id)})
+        return spawn(["sleep", "600"], env=env, start_new_session=True)  # in no group the watchdog lists
+
+    escaped = marked("p.api", run)
+    next_supervisors = marked("p.api", other_run)  # the same stack started again: another run
+    other_stack = marked("q.api", run)
+    watchdog = spawn(watchdog_argv(pattern=run_pattern("p", NS, run)), stdin=subprocess.PIPE,
+                     start_new_session=True)
+    watchdog.communicate(b"", timeout=2 * KILL_AFTER_S + 10)  # EOF with no group listed
+    assert watchdog.returncode == 0
+    wait_for(lambda: not alive(escaped.pid), message="the escaped process of this run to be stopped")
+    assert alive(next_supervisors.pid) and alive(other_stack.pid)
 
 
 def test_unfinished_starts_are_closed_once_with_what_is_known(tmp_path: Path) -> None:

@@ -113,6 +113,11 @@ class SignalCapture:
         capture, _EARLY = _EARLY, None
         return capture
 
+    @classmethod
+    def early_count(cls) -> int:
+        """Stop signals the :meth:`install_early` capture has recorded so far (0 if none is installed)."""
+        return 0 if _EARLY is None else _EARLY.count
+
     def install(self) -> bool:
         """Install the handlers (idempotent); returns False (and does nothing) off the main thread."""
         if self.installed:

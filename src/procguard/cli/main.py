@@ -101,9 +101,11 @@ def _main(args: list[str]) -> int:
     command, rest = args[0], args[1:]
     if command == "run":
         # First thing: from here on a SIGTERM is a graceful stop, even before the worker runs.
+        from ..runner.reexec import unblock_stop_signals
         from ..signals import SignalCapture
 
         SignalCapture.install_early()
+        unblock_stop_signals()  # a runner started again with its marker: signals held over the exec
     if command not in COMMANDS:
         sys.stderr.write(
             f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"

@@ -103,7 +103,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
-    from ..instances.marker import MARKER_ENV, new_marker
+    from ..instances.marker import MARKER_ENV, inherited_marker, new_marker
     from ..instances.replace import acquire_instance
     from ..instances.statedir import namespace_of
     from ..limits import WorkerLimits
@@ -113,16 +113,22 @@ def run_run(args: argparse.Namespace) -> int:
     link = claim()  # under procguard up: the supervisor's settings and the way to report
     handed = link.settings() if link is not None else None
     options = options_from_args(args, base=None if handed is None else WorkerLimits.from_json(handed))
+    namespace = namespace_of(options.state_dir)
+    marker = inherited_marker(options.name, namespace) or new_marker(options.name, namespace)
     func = None
     if options.mode == "function":
         from ..runner.function import load_target
 
+        if link is None and os.environ.get(MARKER_ENV) != marker:
+            from ..runner.reexec import reexec_with_env
+
+            # So that children the worker only forks carry the marker too (returns if it cannot).
+            reexec_with_env(MARKER_ENV, marker)
         func = load_target(options.target or "")  # bad targets fail before any lock is taken
     else:
         from ..runner.command import check_command
 
         check_command(options.command)
-    marker = new_marker(options.name, namespace_of(options.state_dir))
     lock = acquire_instance(
         options.name,
         state_dir=options.state_dir,

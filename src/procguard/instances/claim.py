@@ -21,7 +21,7 @@ import logging
 import os
 
 from .lock import InstanceLock
-from .marker import MARKER_ENV, new_marker, parse_marker
+from .marker import MARKER_ENV, inherited_marker, new_marker
 from .statedir import namespace_of
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class InstanceClaim:
         instance of ``name`` runs (nothing is exported then).
         """
         namespace = namespace_of(state_dir)
-        inherited = parse_marker(os.environ.get(MARKER_ENV, ""))
-        if inherited is not None and inherited.name == name and inherited.namespace == namespace:
+        inherited = inherited_marker(name, namespace)
+        if inherited is not None:
             log.debug("%s (pid %d): instance lock held by the procguard parent (%s)", name, pid, inherited)
             return None
         marker = new_marker(name, namespace)

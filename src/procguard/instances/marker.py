@@ -61,17 +61,42 @@ class Marker(NamedTuple):
         return f"{self.name}:{self.ident}"
 
 
-def new_marker(name: str, namespace: str) -> str:
-    """A fresh marker ``"<name>:<namespace>-<random>"`` for one start of instance ``name``.
+def new_marker(name: str, namespace: str, *, run: str = "") -> str:
+    """A fresh marker ``"<name>:<namespace>-<run><random>"`` for one start of instance ``name``.
 
     ``namespace`` is the id of the state directory the instance locks in
-    (:func:`procguard.instances.statedir.namespace_of`).
+    (:func:`procguard.instances.statedir.namespace_of`); ``run`` (hex digits,
+    from :func:`new_run`) is shared by every marker one supervisor gives out,
+    so what that supervisor started can be found as a whole
+    (:func:`run_pattern`) once it is gone.
     """
     validate_name(name)
     if not NAMESPACE_RE.match(namespace):
         msg = f"namespace {namespace!r} is not 8 lowercase hex digits"
         raise ValueError(msg)
-    return f"{name}:{namespace}-{os.urandom(6).hex()}"  # not secrets: it loads libcrypto (3 MB RSS)
+    if run and not _RUN_RE.match(run):
+        msg = f"run {run!r} is not hex digits"
+        raise ValueError(msg)
+    return f"{name}:{namespace}-{run}{os.urandom(6).hex()}"  # not secrets: it loads libcrypto (3 MB RSS)
+
+
+_RUN_RE = re.compile(r"[0-9a-f]{1,16}\Z")
+
+
+def new_run() -> str:
+    """A fresh run id: what one supervisor's markers share (see :func:`new_marker`)."""
+    return os.urandom(4).hex()
+
+
+def run_pattern(project: str, namespace: str, run: str) -> str:
+    """A grep (basic regex, one NUL-separated environment entry per line) that matches the marker of
+    every process one supervisor of ``project`` started (``run``), its descendants included."""
+    checks = ((project, r"[A-Za-z0-9_-]+\Z"), (namespace, NAMESPACE_RE.pattern), (run, _RUN_RE.pattern))
+    for part, pattern in checks:
+        if not re.match(pattern, part):
+            msg = f"{part!r} cannot be part of a marker pattern"
+            raise ValueError(msg)
+    return f"^{MARKER_ENV}={project}\\.[^:]*:{namespace}-{run}"
 
 
 def parse_marker(value: str) -> Marker | None:
@@ -80,6 +105,22 @@ def parse_marker(value: str) -> Marker | None:
     if not sep or not ident or not NAME_RE.match(name):
         return None
     return Marker(name, ident)
+
+
+def inherited_marker(name: str, namespace: str, environ: dict[str, str] | None = None) -> str | None:
+    """The marker this process was started with, if it is one for instance ``name`` in ``namespace``.
+
+    A worker that ``procguard up`` starts gets its marker from the
+    supervisor (with the supervisor's run id, so its watchdog finds every
+    descendant), and a runner started again to carry its marker (see
+    :mod:`procguard.runner.reexec`) finds it here: either way it is kept,
+    not replaced by a new one.
+    """
+    value = (os.environ if environ is None else environ).get(MARKER_ENV)
+    marker = None if value is None else parse_marker(value)
+    if marker is None or marker.name != name or marker.namespace != namespace:
+        return None
+    return str(marker)
 
 
 def read_marker(pid: int) -> str | None:

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..config import StackConfig, start_order
 from ..errors import PATH_SHOWN_MAX, UsageError, shown
+from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
+from ..instances.statedir import namespace_of
 from .commands import ControlCommands
 from .control import ControlServer, socket_path
 from .history import History, db_path
@@ -121,6 +123,9 @@ class Supervisor:
         base_dir = config.path.parent
         width = max(len(name) for name in config.workers)
         argv = list(procguard) if procguard is not None else default_procguard()
+        # One id in every marker this supervisor gives out: when it is gone, its
+        # watchdog stops what still carries one (a grandchild that left its group).
+        self.run_id = new_run()
         self.workers: dict[str, Worker] = {}
         for name, worker_config in config.workers.items():
             log = RotatingFile(
@@ -136,10 +141,14 @@ class Supervisor:
                 procguard=argv,
                 output=output,
                 state_dir=state_dir,
+                run=self.run_id,
             )
         self.history = History(db_path(state_dir))
         self.control: ControlServer | None = None
-        self._watchdog = WatchdogLink(enabled=self.settings.watchdog)
+        self._watchdog = WatchdogLink(
+            enabled=self.settings.watchdog,
+            pattern=run_pattern(self.project, namespace_of(state_dir), self.run_id),
+        )
         self._leftovers = LeftoverGroups(grace_s=self.settings.orphan_grace_s, watchdog=self._watchdog)
         self._prober = Prober(self.settings, wake=self._wakeup.wake, clock=clock)
         self.lifecycle = Lifecycle(

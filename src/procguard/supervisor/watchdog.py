@@ -9,14 +9,24 @@ supervisor tells this watchdog every group it creates (``+PGID``) and
 every group that is gone (``-PGID``), one per line, over a pipe. When that
 pipe reaches end-of-file -- the supervisor exited, however it died -- the
 watchdog sends SIGTERM to every group still listed, waits up to
-:data:`KILL_AFTER_S` for them to go, SIGKILLs what is left, and exits. A
-normal shutdown has emptied the list first, so then it does nothing.
+:data:`KILL_AFTER_S` for them to go, SIGKILLs what is left. A normal
+shutdown has emptied the list first.
 
-It is a POSIX shell script (``/bin/sh``, its builtins only, in its own
-session so a terminal's Ctrl-C does not reach it): about 1 MB of RSS where
-a Python interpreter would add 9 MB beside a supervisor whose whole budget
-is supervisord's 25 MB. It ignores everything that is not ``+N``/``-N``
-with N > 1, so it can never be told to signal init or every process.
+Along with those groups, however the supervisor ended, it stops every
+process still carrying a marker that supervisor gave out (the pattern of
+:func:`procguard.instances.marker.run_pattern`, passed at its start): a
+grandchild that left its worker's process group with ``setsid`` is in no
+group the list names, but it kept the marker in its environment. A second
+look afterwards catches what was forked meanwhile. The pattern names one
+run of one supervisor (a random run id is part of every marker it gives
+out), so a stack started again at once is never touched.
+
+It is a POSIX shell script (``/bin/sh``, its builtins and one ``grep`` at the
+end, in its own session so a terminal's Ctrl-C does not reach it): about
+1 MB of RSS where a Python interpreter would add 9 MB beside a supervisor
+whose whole budget is supervisord's 25 MB. It ignores everything that is
+not ``+N``/``-N`` with N > 1, so it can never be told to signal init or
+every process.
 """
 
 from __future__ import annotations
@@ -27,14 +37,17 @@ import logging
 import os
 import subprocess
 
+from ..instances.marker import MARKER_ENV
+
 logger = logging.getLogger(__name__)
 
 #: How long the groups get between SIGTERM and SIGKILL after the supervisor died.
 KILL_AFTER_S = 1.0
 
-#: ``sh -c SCRIPT procguard-watchdog``; groups are kept as " 12 34 " in one variable.
+#: ``sh -c SCRIPT procguard-watchdog PATTERN``; groups are kept as " 12 34 " in one variable.
 SCRIPT = """\
 trap '' INT HUP
+pattern=$1
 groups=" "
 while IFS= read -r line; do
   pg=${line#?}
@@ -45,18 +58,32 @@ while IFS= read -r line; do
     -*) case "$groups" in *" $pg "*) groups="${groups%%" $pg "*} ${groups#*" $pg "}" ;; esac ;;
   esac
 done
-set -- $groups
-[ $# -eq 0 ] && exit 0
-for pg; do kill -15 "-$pg" 2>/dev/null; done
-i=0
-while [ $i -lt STEPS ]; do
-  left=""
-  for pg; do kill -0 "-$pg" 2>/dev/null && left="$left $pg"; done
-  [ -z "$left" ] && exit 0
-  sleep 0.05
-  i=$((i + 1))
-done
-for pg; do kill -9 "-$pg" 2>/dev/null; done
+stop() {
+  [ $# -eq 0 ] && return 0
+  for t; do kill -15 "$t" 2>/dev/null; done
+  i=0
+  while [ $i -lt STEPS ]; do
+    left=""
+    for t; do kill -0 "$t" 2>/dev/null && left="$left $t"; done
+    [ -z "$left" ] && return 0
+    sleep 0.05
+    i=$((i + 1))
+  done
+  for t; do kill -9 "$t" 2>/dev/null; done
+}
+marked() {
+  [ -n "$pattern" ] || return 0
+  for f in $(grep -l -a -z -e "$pattern" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${f#/proc/}
+    p=${p%/environ}
+    case "$p" in ''|*[!0-9]*) continue ;; esac
+    [ "$p" -gt 1 ] && [ "$p" -ne $$ ] && printf ' %s' "$p"
+  done
+}
+targets=$(marked)
+for pg in $groups; do targets="$targets -$pg"; done
+stop $targets
+stop $(marked)
 exit 0
 """.replace("STEPS", str(int(KILL_AFTER_S / 0.05)))
 
@@ -64,14 +91,21 @@ exit 0
 NAME = "procguard-watchdog"
 
 
-def watchdog_argv(shell: str = "/bin/sh") -> list[str]:
-    return [shell, "-c", SCRIPT, NAME]
+def watchdog_argv(shell: str = "/bin/sh", pattern: str = "") -> list[str]:
+    return [shell, "-c", SCRIPT, NAME, pattern]
 
 
-def start_watchdog(shell: str = "/bin/sh") -> subprocess.Popen[bytes]:
-    """Start the watchdog in its own session; write ``+PGID``/``-PGID`` lines to its stdin."""
+def start_watchdog(shell: str = "/bin/sh", pattern: str = "") -> subprocess.Popen[bytes]:
+    """Start the watchdog in its own session; write ``+PGID``/``-PGID`` lines to its stdin.
+
+    ``pattern`` (:func:`procguard.instances.marker.run_pattern`): the markers of
+    what to stop at the end whatever group it is in; empty: groups only.
+    It never carries a marker itself (one the supervisor inherited would
+    make it a target of whoever stops that instance).
+    """
     return subprocess.Popen(
-        watchdog_argv(shell),
+        watchdog_argv(shell, pattern),
+        env={key: value for key, value in os.environ.items() if key != MARKER_ENV},
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -86,16 +120,17 @@ class WatchdogLink:
     the parent-death signal still covers the workers themselves.
     """
 
-    def __init__(self, *, enabled: bool = True, shell: str = "/bin/sh") -> None:
+    def __init__(self, *, enabled: bool = True, shell: str = "/bin/sh", pattern: str = "") -> None:
         self._enabled = enabled
         self._shell = shell
+        self._pattern = pattern
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         if not self._enabled:
             return
         try:
-            self._proc = start_watchdog(self._shell)
+            self._proc = start_watchdog(self._shell, self._pattern)
         except OSError as error:
             logger.warning("cannot start the orphan watchdog: %s", error)
             self._proc = None
@@ -130,7 +165,8 @@ class WatchdogLink:
         return True
 
     def close(self) -> None:
-        """Normal shutdown: EOF with an empty list, so it exits quietly; wait for it briefly."""
+        """Normal shutdown: EOF with an empty list; it stops what still carries this run's markers
+        (a grandchild that escaped its group), then exits; wait for it briefly."""
         proc, self._proc = self._proc, None
         if proc is None or proc.stdin is None:
             return

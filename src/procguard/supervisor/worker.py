@@ -25,10 +25,12 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   worker: for the 50-worker goal, 50 times the supervisor's own budget.
 
 Either way the process leads its own session (``setsid``), carries the
-marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:NAMESPACE-ID`` (the namespace of
-the stack's state directory) and the labels ``PROCGUARD_STACK``/
-``PROCGUARD_WORKER``, holds its end of the link, and gets SIGTERM if the
-supervisor dies (parent-death signal); the watchdog kills its whole group.
+marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:NAMESPACE-RUNID`` (the namespace of
+the stack's state directory, then the supervisor's run id and a random part)
+and the labels ``PROCGUARD_STACK``/``PROCGUARD_WORKER``, holds its end of the
+link, and gets SIGTERM if the supervisor dies (parent-death signal); the
+watchdog kills its whole group, then whatever still carries a marker of that
+run (a grandchild that left the group with ``setsid``).
 The figures shown for a worker (status, page, metrics, history, limits) are
 those of the worker's own process tree: procguard's helpers beside it (the
 health responder a function worker reports, the runner in front of a
@@ -81,12 +83,14 @@ class Worker:
         procguard: list[str],
         output: WorkerOutput,
         state_dir: Path,
+        run: str = "",
     ) -> None:
         self.config = config
         self.name = config.name
         self.project = project
         self.state_dir = state_dir
         self.namespace = namespace_of(state_dir)  # in every marker: the stack's processes are told apart
+        self.run = run  # the supervisor's run id, in every marker: its watchdog finds them all
         self.base_dir = base_dir
         self.procguard = procguard
         self.output = output
@@ -202,7 +206,7 @@ class Worker:
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
         read_fd, write_fd = os.pipe()
-        self.marker = new_marker(self.instance_name, self.namespace)
+        self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
         link = WorkerLink(self.config.limits)
         try:
             proc = spawn_process(
