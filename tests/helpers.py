@@ -76,7 +76,9 @@ def read_output(proc: subprocess.Popen[bytes]) -> str:
     return f"stdout:\n{(out or b'').decode(errors='replace')}\nstderr:\n{(err or b'').decode(errors='replace')}"
 
 
-def stop_process_tree(proc: subprocess.Popen[bytes] | psutil.Process, *, grace: float = 5.0) -> None:
+def stop_process_tree(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | psutil.Process, *, grace: float = 5.0
+) -> None:
     """Stop ``proc`` and all its descendants: SIGTERM, wait ``grace``, SIGKILL, reap."""
     if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
         return  # already reaped: its pid may belong to someone else by now

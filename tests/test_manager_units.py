@@ -20,8 +20,8 @@ import pytest
 from procguard.cgroup import memory_limit_bytes, soft_limit_warning
 from procguard.errors import UsageError
 from procguard.manager import ProcessManager
-from procguard.reasons import StopReason
-from procguard.signals import SignalCapture, signal_name
+from procguard.reasons import StopReason, signal_name
+from procguard.signals import SignalCapture
 
 from .helpers import wait_for
 

@@ -111,7 +111,10 @@ def test_a_cleanup_that_trusts_the_record_is_counted_signalling_impostors(tmp_pa
         impostors.teardown(scene)
     assert len(touched) == 2  # recycled-held and stale-exact name a live impostor's PID
     signalled = [p for p in tally.problems if "got signal(s) 15" in p]
-    assert len(signalled) == 2 and tally.failed == 2 + 1  # and the held name's run --replace did not refuse
+    assert len(signalled) == 2
+    # and the held name's run --replace did not refuse (in a check of its own, or in the one that saw a signal land)
+    assert any(p.startswith("procguard run --name exited 0") for p in tally.problems)
+    assert tally.failed in (2, 3)
 
     scene = impostors.build_scene(1, tmp_path, reuse=impostors.reuse_available(), per_kind=1)
     try:

@@ -11,11 +11,12 @@ observable: ``SigCgt`` in /proc/PID/status.
 from __future__ import annotations
 
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from .helpers import PROCGUARD, read_output, wait_for
+from .helpers import PROCGUARD, PYTHON, python_env, read_output, wait_for
 
 SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
 
@@ -50,3 +51,17 @@ def test_sigterm_while_the_target_is_importing_is_a_graceful_stop(tmp_path: Path
     out = read_output(proc)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "stopping: signal (received SIGTERM) after 0 iterations" in out, out  # no work began
+
+
+def test_the_handlers_come_before_the_heavy_imports() -> None:
+    """What ``procguard run`` loads before its handlers are in is the window a SIGTERM still kills in.
+
+    The entry module and the signal capture must not pull in typing, logging
+    or argparse (each several ms): only the interpreter's own start is left.
+    """
+    probe = ("import sys; import procguard.cli.main, procguard.signals; "
+             "print(' '.join(m for m in ('typing', 'logging', 'argparse', 'procguard.reasons') if m in sys.modules))")
+    result = subprocess.run([PYTHON, "-c", probe], env=python_env(), capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

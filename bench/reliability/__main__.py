@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 
 from bench._report import machine, write_section
+from procguard.instances.spawn import become_child_subreaper
 
-from .harness import PYTHON, ROOT, RowResult, become_subreaper, leftovers
+from .harness import PYTHON, ROOT, RowResult, leftovers
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rows = {n: row for n, row in rows.items() if n in args.only}
     scale = Scale().quick() if args.quick else Scale()
-    become_subreaper()
+    become_child_subreaper()
     results = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="procguard-reliability-") as tmp:

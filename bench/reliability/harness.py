@@ -12,7 +12,6 @@ here, so :func:`leftovers` sees it and stops it by PID after every row.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -24,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from tests.helpers import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 PROCGUARD = [PYTHON, "-m", "procguard"]
-
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass
@@ -82,15 +80,6 @@ class RowResult:
     @property
     def ok(self) -> bool:
         return self.failed == 0
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (Linux), so none escapes the bench's bookkeeping."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def alive(proc: psutil.Process) -> bool:
@@ -171,21 +160,8 @@ def leftovers(keep: Iterable[int] = ()) -> list[str]:
 
 def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, *, grace: float = 5.0) -> None:
     """Stop a process this bench started and its descendants: SIGTERM, ``grace``, SIGKILL, reap."""
-    if proc is None or proc.poll() is not None:
-        return
-    tree = family_of(proc.pid)
-    for p in tree:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _gone, left = psutil.wait_procs(tree, timeout=grace)
-    kill_all(left)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc is not None:
+        stop_process_tree(proc, grace=grace)
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

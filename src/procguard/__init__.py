@@ -7,7 +7,7 @@ stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not from typing: importing it costs ~9 ms on every start of the CLI
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .errors import AlreadyRunningError, ConfigError, ProcguardError, UsageError, exit_status_of
     from .health.server import HealthServer, serve_health
     from .lifecycle_args import add_lifecycle_arguments

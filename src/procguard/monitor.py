@@ -38,8 +38,8 @@ from . import policy
 from .emergency_exit import exit_now
 from .limits import WorkerLimits
 from .outcome import StopOutcome
-from .reasons import Ender, StopReason
-from .signals import STOP_SIGNALS, SignalCapture, signal_name
+from .reasons import Ender, StopReason, signal_name
+from .signals import STOP_SIGNALS, SignalCapture
 
 if TYPE_CHECKING:
     from .sampler import ResourceSample, ResourceSampler

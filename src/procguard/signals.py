@@ -24,18 +24,27 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from types import FrameType
-from typing import Any
 
-from .reasons import signal_name
+# Only what ``procguard run`` needs before its handlers are in: the sooner they
+# are, the shorter the window in which a SIGTERM still kills by default action.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from types import FrameType
+    from typing import Any, TypeAlias
 
-__all__ = ["STOP_SIGNALS", "SignalCapture", "signal_name"]
+    _Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
+
+__all__ = ["STOP_SIGNALS", "SignalCapture", "unblock_stop_signals"]
 
 #: Signals that ask a worker to stop.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
-_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+def unblock_stop_signals() -> None:
+    """Let :data:`STOP_SIGNALS` through: a runner started again with its marker held them over the exec."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 #: Captures with handlers installed; a forked child (multiprocessing) puts the
 #: previous handlers back at once, so that SIGTERM stops it as usual instead of
@@ -98,13 +107,17 @@ class SignalCapture:
         while it is still importing the target or taking its lock is a
         graceful stop (exit 143) rather than death by the default action.
         Whoever then watches the signals takes this capture over with
-        :meth:`take_early`, recorded signals included.
+        :meth:`take_early`, recorded signals included. Then the stop
+        signals are let through: a runner that started itself again with its
+        marker (:mod:`procguard.runner.reexec`) held them blocked over the
+        exec, so one sent meanwhile is handled now.
         """
         global _EARLY
         if _EARLY is None:
             capture = cls(signums)
             if capture.install():
                 _EARLY = capture
+        unblock_stop_signals()
 
     @classmethod
     def take_early(cls) -> SignalCapture | None:

@@ -6,20 +6,24 @@ for each command ``NAME`` it serves, ``configure_NAME(parser)`` (adds flags)
 and ``run_NAME(args) -> int`` (does the work, returns the exit status).
 Errors derived from :class:`~procguard.errors.ProcguardError` are printed as
 one line with their own exit status; a traceback is never shown for them.
+
+This module imports almost nothing at the top: ``procguard run`` installs its
+stop-signal handlers before anything else loads (see :func:`main`), since
+until then a SIGTERM kills it by the default action.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import sys
-from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ProcguardError
-from ..reasons import ExitStatus
-from .parser import CommandParser
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .parser import CommandParser
 
 #: command -> (module under procguard.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +68,8 @@ def _top_level_help() -> str:
 
 
 def _configure_logging() -> None:
+    import logging
+
     level_name = os.environ.get("PROCGUARD_LOG_LEVEL", "INFO").upper()
     level = getattr(logging, level_name, None)
     if not isinstance(level, int):
@@ -73,6 +79,10 @@ def _configure_logging() -> None:
 
 def build_parser(command: str) -> tuple[CommandParser, object]:
     """The parser of one subcommand and its module (used by main and the docs)."""
+    import importlib
+
+    from .parser import CommandParser
+
     module_name, help_ = COMMANDS[command]
     module = importlib.import_module(f"procguard.cli.{module_name}")
     parser = CommandParser(prog=f"procguard {command}", description=help_[0].upper() + help_[1:] + ".")
@@ -82,8 +92,14 @@ def build_parser(command: str) -> tuple[CommandParser, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``procguard`` command line and return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["run"]:
+        # First thing: from here on a SIGTERM is a graceful stop, even before the worker runs.
+        from ..signals import SignalCapture
+
+        SignalCapture.install_early()
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(args)
     except BrokenPipeError:
         # The reader went away (`procguard history | head`): quiet, like a
         # killed-by-SIGPIPE program, and no second error at interpreter exit.
@@ -92,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
+    from ..errors import ProcguardError
+    from ..reasons import ExitStatus
+
     if not args or args[0] in ("-h", "--help", "help"):
         print(_top_level_help())
         return ExitStatus.OK if args else ExitStatus.USAGE
@@ -99,13 +118,6 @@ def _main(args: list[str]) -> int:
         print(f"procguard {__version__}")
         return ExitStatus.OK
     command, rest = args[0], args[1:]
-    if command == "run":
-        # First thing: from here on a SIGTERM is a graceful stop, even before the worker runs.
-        from ..runner.reexec import unblock_stop_signals
-        from ..signals import SignalCapture
-
-        SignalCapture.install_early()
-        unblock_stop_signals()  # a runner started again with its marker: signals held over the exec
     if command not in COMMANDS:
         sys.stderr.write(
             f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"

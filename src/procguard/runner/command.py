@@ -69,9 +69,9 @@ from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import ParentLink, stop_for_signal
 from ..policy import LimitTracker, LimitVerdict, next_sample_delay, runtime_deadline
 from ..proctree import process_tree, stop_processes
-from ..reasons import REASONS, Ender, ExitStatus, StopReason
+from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
 from ..sampler import ResourceSample, ResourceSampler
-from ..signals import SignalCapture, signal_name
+from ..signals import SignalCapture
 from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
 from .options import RunOptions
 

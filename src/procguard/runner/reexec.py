@@ -17,7 +17,8 @@ was started with the supervisor's marker already there.
 No stop signal is lost on the way: SIGTERM and SIGINT are blocked before the
 exec, and the blocked mask and whatever arrives meanwhile (pending) survive
 ``execve``; the new process unblocks them once its handlers are installed
-(``procguard run`` installs them first thing). A signal caught before the
+(:meth:`procguard.signals.SignalCapture.install_early`, the first thing
+``procguard run`` does). A signal caught before the
 block means the run is stopping anyway: then there is no exec at all.
 """
 
@@ -28,15 +29,9 @@ import os
 import signal
 import sys
 
-from ..signals import STOP_SIGNALS, SignalCapture
+from ..signals import STOP_SIGNALS, SignalCapture, unblock_stop_signals
 
 log = logging.getLogger(__name__)
-
-
-def unblock_stop_signals() -> None:
-    """Undo the block :func:`reexec_with_env` left for the new process (call once handlers are in)."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def reexec_with_env(name: str, value: str) -> None:
