@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import PROCGUARD, python_env, wait_for, wait_for_file
+from .helpers import PROCGUARD, PYTHON, python_env, wait_for, wait_for_file
 from .supervisor_workers.stackkit import Stack, worker_cmd, write_config
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
@@ -314,3 +314,32 @@ def test_the_state_dir_check_covers_every_command_but_check_and_deploy() -> None
 
     covered = {"run", "ps", "cleanup", "up", "down", "status", "start", "stop", "restart", "logs", "history"}
     assert set(COMMANDS) - {"check", "deploy"} == covered
+
+
+def test_parsing_any_command_line_loads_no_shutil() -> None:
+    """argparse's default help width imports shutil, and with it bz2 and lzma: 0.7 MB in every
+    process that parses a command line, the long-lived supervisor included."""
+    code = (
+        "import sys\n"
+        "from procguard.cli.main import COMMANDS, build_parser\n"
+        "for name in COMMANDS:\n"
+        "    build_parser(name)[0].format_help()\n"
+        "from procguard.instances import guardian\n"
+        "try:\n"
+        "    guardian.main([])\n"  # refused (no --pid): its parser was built and printed its usage
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 2, stop.code\n"
+        "print(sorted(m for m in ('shutil', 'bz2', 'lzma') if m in sys.modules))\n"
+    )
+    result = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_help_still_fits_the_terminal_width() -> None:
+    result = subprocess.run([*PROCGUARD, "up", "--help"], env=python_env(COLUMNS="50"), capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) > 10 and max(len(line) for line in lines) <= 50

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 from ..reasons import ExitStatus
 from ..units import parse_duration
+from .help_width import sized
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,7 +60,7 @@ exit statuses:
 
 
 def configure_cleanup(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = sized(argparse.RawDescriptionHelpFormatter)
     parser.epilog = EPILOG
     parser.add_argument(
         "name",

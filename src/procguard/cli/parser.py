@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..reasons import ExitStatus
+from .help_width import sized
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -14,7 +15,13 @@ class CommandParser(argparse.ArgumentParser):
 
     The line names the command, the problem and where to look:
     ``procguard run: unrecognized arguments: --bogus (see 'procguard run --help')``.
+    Its help formatter is told its width (:mod:`.help_width`), so the
+    parser loads no shutil.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", sized())
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message} (see '{self.prog} --help')\n")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from ..lifecycle_args import add_lifecycle_arguments, add_setting_arguments
 from ..limits import SETTINGS
 from ..reasons import REASONS, ExitStatus, StopReason
+from .help_width import sized
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
         "%(prog)s [options] package.module:function\n       %(prog)s [options] -- COMMAND [ARGS...]"
     )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = sized(argparse.RawDescriptionHelpFormatter)
     parser.epilog = _exit_status_help()
     parser.add_argument(
         "target", nargs="?", metavar="package.module:function",

@@ -210,7 +210,9 @@ def sweep(marker: str | None, grace_s: float, names: Sequence[str] = (), namespa
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="procguard-guardian")
+    from ..cli.help_width import sized
+
+    parser = argparse.ArgumentParser(prog="procguard-guardian", formatter_class=sized())
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--ticks", type=int, default=-1)
     parser.add_argument("--marker", default=None)
