@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +18,17 @@ import pytest
 from procguard.supervisor.statuspage import HostCheck
 
 from .helpers import free_port, stop_process_tree, wait_for
+from .http_abuse import (
+    FOREIGN_HOSTS,
+    OTHER_METHODS,
+    OWN_HOSTS,
+    exchange,
+    get,
+    malformed_heads,
+    open_idle,
+    slowloris_is_cut,
+    threads_and_rss_kb,
+)
 from .supervisor_workers.stackkit import Stack, worker_cmd, write_config
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
@@ -62,55 +71,8 @@ def _answers(port: int) -> bool:
         return False
 
 
-def exchange(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes, read until the server closes: (status, headers, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
-
-def get(port: int, path: str, host: str | None = "127.0.0.1", **extra: str) -> tuple[int, dict[str, str], bytes]:
-    lines = [f"GET {path} HTTP/1.1"]
-    if host is not None:
-        lines.append(f"Host: {host}")
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
-    return exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
-
-
 def supervisor_pid(port: int) -> int:
     return int(json.loads(get(port, "/api/supervisor")[2])["pid"])
-
-
-def threads_and_rss_kb(pid: int) -> tuple[int, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.split()[0] if value.split() else ""
-    return int(fields["Threads"]), int(fields["VmRSS"])
-
-
-def open_idle(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections that never finish a request (half of them send part of a head)."""
-    socks = []
-    for i in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if i % 2:
-            sock.sendall(b"GET /api/workers HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        socks.append(sock)
-    return socks
 
 
 def test_hundreds_of_idle_connections_cost_no_thread_and_little_memory(page: tuple[Stack, int]) -> None:
@@ -120,7 +82,7 @@ def test_hundreds_of_idle_connections_cost_no_thread_and_little_memory(page: tup
         for path in ("/", "/api/workers", "/metrics"):
             assert get(port, path)[0] == 200
     threads_before, rss_before = threads_and_rss_kb(pid)
-    idle = open_idle(port, 400)
+    idle = open_idle(port, 400, "/api/workers")
     try:
         # A normal client is answered at once, during the flood.
         started = time.monotonic()
@@ -143,29 +105,10 @@ def test_hundreds_of_idle_connections_cost_no_thread_and_little_memory(page: tup
 
 def test_slowloris_is_dropped_and_the_page_keeps_answering(page: tuple[Stack, int]) -> None:
     _stack, port = page
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
-        slow.sendall(b"GET /api/workers HTTP/1.1\r\n")
-        started = time.monotonic()
-        closed = False
-        try:
-            while time.monotonic() - started < 15:
-                assert get(port, "/api/workers")[0] == 200  # others are served meanwhile
-                slow.sendall(b"X")  # one byte at a time, never the end of the head
-                slow.settimeout(0.5)
-                try:
-                    if slow.recv(100) == b"":
-                        closed = True
-                        break
-                except TimeoutError:
-                    continue
-        except (ConnectionResetError, BrokenPipeError):
-            closed = True
-        assert closed, "a head trickling in forever must be cut off"
-        assert time.monotonic() - started < 10  # the 5 s request timeout, with room for a busy machine
+    assert slowloris_is_cut(port, "/api/workers"), "a head trickling in forever must be cut off within 10 s"
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example",
-                                  "localhost.evil.example", "[::1", "127.0.0.1:x", ""])
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
 def test_foreign_host_header_is_refused_dns_rebinding(page: tuple[Stack, int], host: str) -> None:
     _stack, port = page
     for path in ("/", "/api/workers", "/api/supervisor", "/metrics"):
@@ -175,21 +118,17 @@ def test_foreign_host_header_is_refused_dns_rebinding(page: tuple[Stack, int], h
         assert b"ticker" not in body and b"procguard_" not in body
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:{port}", "localhost", "LocalHost:{port}",
-                                  "localhost.", "[::1]:{port}", "127.0.0.2", None])
+@pytest.mark.parametrize("host", OWN_HOSTS)
 def test_own_host_header_is_answered(page: tuple[Stack, int], host: str | None) -> None:
     _stack, port = page
     status, _, body = get(port, "/api/workers", host=None if host is None else host.format(port=port))
     assert status == 200 and json.loads(body)[0]["name"] == "ticker"
 
 
-@pytest.mark.parametrize("request_line", [
-    b"OPTIONS / HTTP/1.1", b"OPTIONS * HTTP/1.1", b"TRACE / HTTP/1.1", b"TRACE /api/workers HTTP/1.1",
-    b"POST /api/workers HTTP/1.1", b"PUT /metrics HTTP/1.1", b"DELETE / HTTP/1.1", b"PATCH / HTTP/1.1",
-    b"CONNECT 127.0.0.1:22 HTTP/1.1", b"PROPFIND / HTTP/1.1",
-])
+@pytest.mark.parametrize("request_line", OTHER_METHODS)
 def test_other_methods_get_405_json_with_allow(page: tuple[Stack, int], request_line: bytes) -> None:
     _stack, port = page
+    request_line = request_line.replace(b"{path}", b"/api/workers")
     status, headers, body = exchange(port, request_line + b"\r\nHost: 127.0.0.1\r\n\r\n")
     if request_line.startswith(b"CONNECT"):
         assert status == 400  # not a path: refused as malformed, still JSON
@@ -203,14 +142,7 @@ def test_other_methods_get_405_json_with_allow(page: tuple[Stack, int], request_
 
 def test_oversized_and_malformed_heads_get_one_json_error(page: tuple[Stack, int]) -> None:
     _stack, port = page
-    cases = [
-        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
-        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: 1\r\n" * 150 + b"\r\n", 431),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # a TLS hello
-        (b"GET / HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
-        (b"GET /api/workers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello", 413),
-    ]
+    cases = malformed_heads("/")
     for request, expected in cases:
         status, headers, body = exchange(port, request)
         assert status == expected, (request[:60], status, body[:200])

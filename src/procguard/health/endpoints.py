@@ -16,7 +16,6 @@ Response bodies:
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -26,6 +25,9 @@ from ..snapshot import HealthStatus, WorkerSnapshot
 from .protocol import BadRequest, Request, Response, body_error, error, parse_head
 
 logger = logging.getLogger(__name__)
+
+#: The environment variable holding the bearer token /metrics requires (empty or unset: open).
+TOKEN_ENV = "PROCGUARD_HEALTH_TOKEN"
 
 ALLOWED_METHODS = ("GET", "HEAD")
 PATHS = ("/health", "/ready", "/metrics")
@@ -44,12 +46,21 @@ class Endpoints:
 
     ``snapshot`` is called once per request that needs it; ``token`` (when
     not empty) is required as ``Authorization: Bearer <token>`` on /metrics
-    only, compared in constant time.
+    only, compared in constant time. ``allow_host`` (when given) decides
+    which ``Host`` headers are answered; others get 403 (the DNS-rebinding
+    guard of the ports ``procguard up`` serves itself).
     """
 
-    def __init__(self, snapshot: Callable[[], WorkerSnapshot], token: str | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], WorkerSnapshot],
+        token: str | None = None,
+        *,
+        allow_host: Callable[[str | None], bool] | None = None,
+    ) -> None:
         self._snapshot = snapshot
         self._token = token.encode() if token else None
+        self._allow_host = allow_host
         self._last_failure_log = 0.0
 
     def handle(self, head: bytes) -> bytes:
@@ -66,6 +77,8 @@ class Endpoints:
         return response.encode(head_only=request.method == "HEAD")
 
     def respond(self, request: Request) -> Response:
+        if self._allow_host is not None and not self._allow_host(request.header("host")):
+            return error(403, "Host header not accepted; use the address the port is bound to, or localhost")
         if request.path not in PATHS:
             return error(404, "not found; try /health, /ready or /metrics")
         if request.method not in ALLOWED_METHODS:
@@ -112,6 +125,8 @@ class Endpoints:
     def _authorized(self, request: Request) -> bool:
         if self._token is None:
             return True
+        import hmac  # only with a token: hmac loads hashlib and OpenSSL (~3.5 MB) in every server
+
         header = request.header("authorization") or ""
         scheme, _, credentials = header.strip().partition(" ")
         given = credentials.strip().encode("latin-1") if scheme.lower() == "bearer" else b""

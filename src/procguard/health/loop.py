@@ -16,15 +16,21 @@ other connections are doing. The limits that keep probes answering:
 
 The same loop runs in a daemon thread of the worker (``mode="thread"``) or
 in the responder process (``mode="process"``), see
-:mod:`procguard.health.server`.
+:mod:`procguard.health.server`; under ``procguard up`` one loop in one
+thread of the supervisor serves every port it answers for (the status page
+and its command workers' health ports): :meth:`HttpLoop.add_listener` and
+:meth:`HttpLoop.remove_listener` add and drop ports while it runs, each
+with its own handler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -42,11 +48,23 @@ _MAX_DISCARD = 64 * 1024
 _READING, _WRITING, _LINGERING = 0, 1, 2
 
 
-class _Conn:
-    __slots__ = ("buf", "deadline", "discarded", "out", "sock", "state")
+Handler = Callable[[bytes], bytes]
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+
+class _Listener:
+    __slots__ = ("handle", "sock")
+
+    def __init__(self, sock: socket.socket, handle: Handler) -> None:
         self.sock = sock
+        self.handle = handle
+
+
+class _Conn:
+    __slots__ = ("buf", "deadline", "discarded", "handle", "out", "sock", "state")
+
+    def __init__(self, sock: socket.socket, deadline: float, handle: Handler) -> None:
+        self.sock = sock
+        self.handle = handle
         self.buf = bytearray()
         self.out = b""
         self.state = _READING
@@ -55,7 +73,11 @@ class _Conn:
 
 
 class HttpLoop:
-    """Serve ``handle(request_head) -> response_bytes`` on a listening socket.
+    """Serve ``handle(request_head) -> response_bytes`` on listening sockets.
+
+    ``listener`` (with ``handle``) is served from the start; more listeners,
+    each with its own handler, come and go with :meth:`add_listener` and
+    :meth:`remove_listener` (from any thread, also while serving).
 
     :meth:`serve` runs until :meth:`stop` is called (from any thread or a
     signal handler) or ``tick()`` returns False; ``tick`` is called about
@@ -68,8 +90,8 @@ class HttpLoop:
 
     def __init__(
         self,
-        listener: socket.socket,
-        handle: Callable[[bytes], bytes],
+        listener: socket.socket | None,
+        handle: Handler | None = None,
         *,
         max_connections: int = 256,
         request_timeout: float = 5.0,
@@ -77,9 +99,14 @@ class HttpLoop:
         tick_interval: float = 0.5,
         name: str = "health server",
     ) -> None:
-        self._listener = listener
+        self._listeners: dict[int, _Listener] = {}  # fd -> listener, owned by the serving thread
+        self._changes: list[tuple[socket.socket, Handler | None, threading.Event | None]] = []
+        self._changes_lock = threading.Lock()
+        self._serving = False
+        if listener is not None:
+            assert handle is not None, "a listener needs its handler"
+            self._changes.append((listener, handle, None))
         self._name = name
-        self._handle = handle
         self._max_connections = max_connections
         self._request_timeout = request_timeout
         self._tick = tick
@@ -92,19 +119,66 @@ class HttpLoop:
         self._stopping = False
 
     def stop(self) -> None:
-        """Ask :meth:`serve` to return; safe from other threads and signal handlers."""
+        """Ask :meth:`serve` to return; safe from other threads and signal handlers.
+
+        The listening sockets stay open (their owners close them).
+        """
         self._stopping = True
+        self._wake()
+
+    def add_listener(self, listener: socket.socket, handle: Handler) -> None:
+        """Serve ``handle`` on ``listener`` too (picked up at once by a running loop)."""
+        with self._changes_lock:
+            self._changes.append((listener, handle, None))
+        self._wake()
+
+    def remove_listener(self, listener: socket.socket, *, timeout: float = 2.0) -> None:
+        """Stop accepting on ``listener`` and close it; returns once the port is released.
+
+        Connections already accepted through it still get their answer. Waits
+        (up to ``timeout``) for a running loop to let go of the socket, so the
+        caller may bind the same port again right after.
+        """
+        done = threading.Event()
+        with self._changes_lock:
+            if not self._serving:  # nothing selects on it: close it here
+                self._changes = [c for c in self._changes if c[0] is not listener]
+                listener.close()
+                return
+            self._changes.append((listener, None, done))
+        self._wake()
+        done.wait(timeout)
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except OSError:  # pipe full (already woken) or closed (already stopped)
             pass
 
+    def _apply_changes(self) -> None:
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        for sock, handle, done in changes:
+            if handle is not None:
+                sock.setblocking(False)
+                entry = _Listener(sock, handle)
+                self._listeners[sock.fileno()] = entry
+                if not self._stopping:
+                    self._selector.register(sock, selectors.EVENT_READ, entry)
+                continue
+            self._listeners.pop(sock.fileno(), None)
+            with contextlib.suppress(KeyError, ValueError):  # not registered: stopping already
+                self._selector.unregister(sock)
+            sock.close()
+            if done is not None:
+                done.set()
+
     def serve(self) -> None:
-        listener = self._listener
-        listener.setblocking(False)
         sel = self._selector
-        sel.register(listener, selectors.EVENT_READ, None)
+        with self._changes_lock:
+            self._serving = True
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._apply_changes()
         next_tick = time.monotonic() + self._tick_interval
         drain_until: float | None = None
         try:
@@ -113,7 +187,9 @@ class HttpLoop:
                 if self._stopping:
                     if drain_until is None:
                         drain_until = now + STOP_DRAIN_S
-                        sel.unregister(listener)
+                        for entry in self._listeners.values():
+                            with contextlib.suppress(KeyError, ValueError):
+                                sel.unregister(entry.sock)
                     if not self._conns or now >= drain_until:
                         break
                 wake_at = min(next_tick, self._next_deadline(next_tick))
@@ -121,10 +197,11 @@ class HttpLoop:
                     wake_at = min(wake_at, drain_until)
                 timeout = max(0.0, wake_at - now)
                 for key, mask in sel.select(timeout):
-                    if key.data is None:
-                        self._accept()
+                    if isinstance(key.data, _Listener):
+                        self._accept(key.data)
                     elif key.data == "wake":
                         self._drain_wake()
+                        self._apply_changes()
                     else:
                         self._service(key.data, mask)
                 now = time.monotonic()
@@ -134,6 +211,13 @@ class HttpLoop:
                     if self._tick is not None and not self._tick():
                         self._stopping = True
         finally:
+            with self._changes_lock:
+                self._serving = False
+                pending, self._changes = self._changes, []
+            for sock, _handle, done in pending:
+                if done is not None:  # a removal the loop did not get to: release the port now
+                    sock.close()
+                    done.set()
             for fd in list(self._conns):
                 self._close(fd)
             sel.close()
@@ -142,10 +226,10 @@ class HttpLoop:
 
     # -- connections --------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, listener: _Listener) -> None:
         for _ in range(64):  # bounded batch, then let the others have a turn
             try:
-                sock, _addr = self._listener.accept()
+                sock, _addr = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: log, keep serving
@@ -154,7 +238,7 @@ class HttpLoop:
             if len(self._conns) >= self._max_connections:
                 self._evict_one()
             sock.setblocking(False)
-            conn = _Conn(sock, time.monotonic() + self._request_timeout)
+            conn = _Conn(sock, time.monotonic() + self._request_timeout, listener.handle)
             self._conns[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
@@ -195,7 +279,7 @@ class HttpLoop:
             self._respond(conn, refused.response.encode())
             return
         if length:
-            self._respond(conn, self._handle(bytes(conn.buf[:length])))
+            self._respond(conn, conn.handle(bytes(conn.buf[:length])))
 
     def _respond(self, conn: _Conn, payload: bytes) -> None:
         conn.buf = bytearray()

@@ -220,7 +220,10 @@ def _listen(host: str, port: int) -> socket.socket:
 class StatusServer:
     """A running status server in one thread of the supervisor; ``close()`` (or ``with``) stops it.
 
-    Raises OSError when ``host:port`` cannot be listened on.
+    ``serving``: a running :class:`HttpLoop` to serve on (``procguard up``'s
+    one HTTP thread, shared with the health ports it answers); without it
+    the page gets a loop and a thread of its own. Raises OSError when
+    ``host:port`` cannot be listened on.
     """
 
     def __init__(
@@ -231,11 +234,18 @@ class StatusServer:
         port: int = 0,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT_S,
+        serving: HttpLoop | None = None,
     ) -> None:
         self._listener = _listen(host, port)
         self.host = host
         self.port = int(self._listener.getsockname()[1])
         self.page = StatusPage(view_source, HostCheck(host))
+        self._shared = serving is not None
+        self._thread: threading.Thread | None = None
+        if serving is not None:
+            self._loop = serving
+            serving.add_listener(self._listener, self.page.handle)
+            return
         self._loop = HttpLoop(
             self._listener,
             self.page.handle,
@@ -252,8 +262,12 @@ class StatusServer:
         return f"http://{host}:{self.port}/"
 
     def close(self) -> None:
+        if self._shared:
+            self._loop.remove_listener(self._listener)  # the loop serves on for the others
+            return
         self._loop.stop()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self._listener.close()
 
     def __enter__(self) -> StatusServer:
