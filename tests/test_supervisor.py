@@ -121,18 +121,21 @@ def test_memory_limit_of_a_command_is_enforced_from_outside(tmp_path: Path, stat
 
 @pytest.mark.slow
 def test_failing_liveness_probe_restarts_the_worker(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
-    # A worker with a health port runs under 'procguard run', which serves /health on it; a frozen
-    # (SIGSTOPped) worker stops answering, and the supervisor restarts it after 3 failed probes.
-    ticks, port = tmp_path / "ticks", free_port()
+    # A function worker serves its own /health (its runner's responder, from the snapshots the worker
+    # publishes); a frozen (SIGSTOPped) worker publishes nothing, its /health turns 503 once the last
+    # snapshot is stale (5 s), and the supervisor restarts it after 3 failed probes. (A command
+    # worker's port is answered by the supervisor itself and is not probed.)
+    port = free_port()
     stack = make_stack(tmp_path, state_dir, spawn, {
-        "frozen": {"command": worker_cmd("ticker.py", ticks), "health_port": port, "grace": "1s"},
+        "frozen": {"run": "tests.supervisor_workers.targets:idle", "interval": "0.2s", "health_port": port,
+                   "grace": "1s"},
     })
     stack.up()
     worker = stack.wait_worker("frozen", lambda w: w["state"] == "running" and w["health"] == "HTTP 200",
                                what="running and healthy")
     assert worker["runner"] is True
     os.kill(worker["pid"], signal.SIGSTOP)
-    stack.wait_worker("frozen", lambda w: w["pid"] not in (None, worker["pid"]), what="replaced", timeout=30)
+    stack.wait_worker("frozen", lambda w: w["pid"] not in (None, worker["pid"]), what="replaced", timeout=40)
     stops = [e for e in history(stack, "frozen") if e.event == "stop"]
     # a frozen process only goes by SIGKILL, after its grace: the liveness stop it did not finish
     assert stops[0].reason == "grace_exceeded", stops[0]

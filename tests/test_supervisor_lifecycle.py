@@ -101,7 +101,8 @@ def test_stop_all_goes_from_the_end_of_the_chain(workers: dict[str, Worker], lif
     workers["bot"].state, workers["bot"].pid = S.STOPPED, None
     stop_all.step(100.0)
     assert workers["api"].state is S.STOPPING and workers["db"].state is S.RUNNING
-    assert workers["api"].stop_deadline == 100.0 + workers["api"].config.limits.grace_s + 1.0  # runner margin
+    # a command (health port or not) runs directly: no runner, no runner margin
+    assert workers["api"].stop_deadline == 100.0 + workers["api"].config.limits.grace_s
     assert workers["api"].asked is not None and workers["api"].asked.reason is StopReason.STOPPED
     workers["api"].state = S.STOPPED
     stop_all.step(100.0)
@@ -115,7 +116,8 @@ def test_failed_probes_in_a_row_stop_the_worker_as_a_liveness_failure(
 ) -> None:
     api = workers["api"]
     _running(api, 4242)
-    assert list(probe_targets(workers.values())) == ["api"]  # the only one with a health port
+    # a command's health port is answered by the supervisor itself: never probed (a run = worker's is)
+    assert list(probe_targets(workers.values())) == []
     lifecycle.probe_result(api, ProbeResult("api", 1, False, "timed out"), 100.0)
     assert api.state is S.RUNNING and api.probe_failures == 1
     lifecycle.probe_result(api, ProbeResult("api", 1, True, "HTTP 200"), 100.0)

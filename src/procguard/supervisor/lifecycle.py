@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+from ..errors import UsageError
 from ..outcome import StopOutcome, outcome_of_exit
 from ..policy import next_sample_delay
 from ..reasons import Ender, StopReason
@@ -53,8 +54,9 @@ def next_deadline(worker: Worker, start_period_s: float) -> float | None:
         return worker.next_start_at
     if worker.state is S.STARTING and worker.started_at is not None:
         return worker.started_at + start_period_s
-    if worker.state is S.STOPPING and worker.stop_deadline is not None:
-        return worker.stop_deadline
+    if worker.state is S.STOPPING:
+        due = [t for t in (worker.term_at, worker.stop_deadline) if t is not None]
+        return min(due) if due else None
     return None
 
 
@@ -80,7 +82,9 @@ class Lifecycle:
 
     What it needs from the loop that owns the workers: ``on_spawned(worker)``
     watches the new process's output pipe and link; ``on_changed()`` is told
-    whenever a worker gained or lost a process (the probe targets change).
+    whenever a worker gained or lost a process (the probe targets change);
+    ``open_health(worker)`` binds the health port the supervisor serves for a
+    command worker, right before its spawn (a UsageError fails that start).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Lifecycle:
         watchdog: WatchdogLink,
         on_spawned: Callable[[Worker], None],
         on_changed: Callable[[], None],
+        open_health: Callable[[Worker], None] = lambda worker: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,6 +109,7 @@ class Lifecycle:
         self._watchdog = watchdog
         self._on_spawned = on_spawned
         self._on_changed = on_changed
+        self._open_health = open_health
         self._clock = clock
         self._wall = wall_clock
 
@@ -118,7 +124,11 @@ class Lifecycle:
                 logger.info("%s: running (pid %s)", worker.name, worker.pid)
         elif state is S.BACKOFF and worker.next_start_at is not None and now >= worker.next_start_at:
             self.spawn(worker, now)
-        elif state is S.STOPPING and worker.stop_deadline is not None and now >= worker.stop_deadline:
+        elif state is S.STOPPING and worker.term_at is not None and now >= worker.term_at:
+            worker.term_at = None
+            logger.info("%s: drain over, sending SIGTERM (pid %s)", worker.name, worker.pid)
+            worker.signal(signal.SIGTERM, group=worker.group_signals)
+        if state is S.STOPPING and worker.stop_deadline is not None and now >= worker.stop_deadline:
             logger.warning(
                 "%s: did not stop within %.1fs (drain + grace), killing its process group (pid %s)",
                 worker.name,
@@ -137,12 +147,12 @@ class Lifecycle:
         worker.next_start_at = None
         wall = self._wall()
         try:
+            self._open_health(worker)
             pid = worker.spawn(now, wall)
-        except OSError as error:
-            logger.error("%s: cannot start: %s", worker.name, error)
-            outcome = StopOutcome(
-                StopReason.CRASHED, f"cannot start: {error.strerror or error}", exit_status=127
-            )
+        except (OSError, UsageError) as error:
+            why = str(error) if isinstance(error, UsageError) else error.strerror or str(error)
+            logger.error("%s: cannot start: %s", worker.name, why)
+            outcome = StopOutcome(StopReason.CRASHED, f"cannot start: {why}", exit_status=127)
             self._account(worker, outcome, pid=None, wall=wall, runtime_s=0.0, peak=None)
             self._after_exit(worker, outcome, 0.0, now)
             return
@@ -299,6 +309,13 @@ class Lifecycle:
         logger.info("%s: stopping (pid %s): %s (%s)", worker.name, worker.pid, why.reason, why.detail)
         if worker.link is not None:
             worker.link.send_stop_note(why)  # before the signal: the worker reads why when it comes
+        drain = worker.config.limits.drain_delay_s
+        if drain > 0 and why.by is Ender.OPERATOR and worker.supervisor_serves_health:
+            # Its /ready (served here) reads 503 from now on while it keeps working, as a runner's
+            # drain does; a limit or a failed probe stops it at once, as a runner's own verdicts do.
+            worker.term_at = now + drain
+            logger.info("%s: not ready, draining for %gs before SIGTERM", worker.name, drain)
+            return
         worker.signal(signal.SIGTERM, group=worker.group_signals)
 
     def worker_reported(self, worker: Worker, now: float) -> None:
@@ -329,6 +346,7 @@ class Lifecycle:
         if worker.state is not S.STOPPING:
             worker.set_state(S.STOPPING)
         worker.stop_deadline = None
+        worker.term_at = None
         worker.want_start = False
         worker.asked = why
         worker.hard_killed = True

@@ -1,4 +1,10 @@
-"""Liveness probing: ``GET /health`` of each worker that has a health port, from a side thread.
+"""Liveness probing: ``GET /health`` of each worker that serves its own health port, from a side thread.
+
+Only function workers (``run =``) are probed: their runner serves their
+health from inside the worker, so a worker that hangs stops answering. A
+command worker's health port is answered by the supervisor itself
+(:mod:`.healthports`), from what it already knows: probing it would ask the
+supervisor about itself.
 
 The prober thread only asks and reports: every ``probe_period_s`` it probes
 each target that has been up for ``probe_delay_s``, puts a
@@ -46,10 +52,12 @@ class ProbeResult:
 
 
 def probe_targets(workers: Iterable[Worker]) -> dict[str, ProbeTarget]:
-    """The workers to probe now: a health port and a live process."""
+    """The workers to probe now: a health port they serve themselves and a live process."""
     targets: dict[str, ProbeTarget] = {}
     for worker in workers:
         port = worker.config.limits.health_port
+        if worker.supervisor_serves_health:
+            continue
         if port and worker.state.has_process and worker.started_at is not None:
             targets[worker.name] = ProbeTarget(
                 worker.config.limits.health_host, port, worker.generation, worker.started_at

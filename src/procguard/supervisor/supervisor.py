@@ -55,6 +55,7 @@ from .watchdog import WatchdogLink
 from .worker import Worker, default_procguard
 
 if TYPE_CHECKING:
+    from .healthports import HealthPorts, ServingThread
     from .statuspage import StatusServer
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class Supervisor:
             f"{config.path}: project.status_port" if status_port is None else "--status-port"
         )
         self.status_server: StatusServer | None = None
+        # One HTTP thread for the status page and the command workers' health ports, made on first use.
+        self._serving: ServingThread | None = None
+        self._health_ports: HealthPorts | None = None
         self._clock = clock
         self._wall = wall_clock
         self._selector = selectors.DefaultSelector()
@@ -159,6 +163,7 @@ class Supervisor:
             watchdog=self._watchdog,
             on_spawned=self._watch_output,
             on_changed=self._probe_targets_changed,
+            open_health=self._open_health,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -206,7 +211,7 @@ class Supervisor:
             )
             if self.status_port:
                 self._start_status_server()
-            if any(self.workers[name].config.limits.health_port for name in self.workers):
+            if any(w.config.limits.health_port and w.via_runner for w in self.workers.values()):
                 self._prober.start()
                 probing = True
             logger.info(
@@ -231,11 +236,13 @@ class Supervisor:
         return 1 if self._stop_all.forced else 0
 
     def _start_status_server(self) -> None:
-        from .statuspage import StatusServer  # http.server costs MBs: only when asked for
+        from .statuspage import StatusServer  # only when asked for
 
         host = self.config.project.status_host
         try:
-            self.status_server = StatusServer(self.view, host=host, port=self.status_port)
+            self.status_server = StatusServer(
+                self.view, host=host, port=self.status_port, serving=self._serving_thread().loop()
+            )
         except OSError as error:
             port = self.status_port
             origin = shown(self._status_port_origin, quote=False, limit=PATH_SHOWN_MAX)
@@ -258,6 +265,8 @@ class Supervisor:
             self._handle_signals()
             self._reap()
             self._apply_probe_results()
+            if self._health_ports is not None:
+                self._health_ports.reconcile(self.workers.values())
 
     def _next_timeout(self, now: float) -> float:
         deadlines = [self._next_sample]
@@ -394,6 +403,23 @@ class Supervisor:
             worker.output_fd = None
         worker.output.flush()
 
+    def _serving_thread(self) -> ServingThread:
+        if self._serving is None:
+            from .healthports import ServingThread
+
+            self._serving = ServingThread()
+        return self._serving
+
+    def _open_health(self, worker: Worker) -> None:
+        """Bind the health port the supervisor serves for a command worker (before its spawn)."""
+        if not worker.supervisor_serves_health:
+            return
+        if self._health_ports is None:
+            from .healthports import HealthPorts
+
+            self._health_ports = HealthPorts(self._serving_thread(), clock=self._clock, wall_clock=self._wall)
+        self._health_ports.open(worker)
+
     def _probe_targets_changed(self) -> None:
         self._prober.set_targets(probe_targets(self.workers.values()))
 
@@ -415,8 +441,12 @@ class Supervisor:
                 worker.output_fd = None
             worker.output.close()
         self._watchdog.close()
+        if self._health_ports is not None:
+            self._health_ports.close_all()
         if self.status_server is not None:
             self.status_server.close()
+        if self._serving is not None:
+            self._serving.close()
         if self.control is not None:
             self.control.close()
         self.history.close()

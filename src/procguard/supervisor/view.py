@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .command_health import command_health
 from .states import WorkerState
 from .worker import Worker
 
@@ -70,7 +71,9 @@ def worker_figures(worker: Worker, now: float, wall: float) -> WorkerFigures:
     if running and worker.started_at is not None:
         start_time = wall - (now - worker.started_at)
     healthy = None
-    if running and worker.probed:
+    if running and worker.supervisor_serves_health:
+        healthy = command_health(worker, now).is_healthy  # what its port answers
+    elif running and worker.probed:
         healthy = worker.probe_failures == 0
     return WorkerFigures(
         name=worker.name,

@@ -13,16 +13,20 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   function must live in a Python process anyway, and the runner gives it the
   in-process manager (limits, heartbeat, health server, stop outcomes). Its
   settings reach it as a value through the worker's link
-  (:mod:`.worker_link`), not as command-line text.
-- ``command = ...`` workers with a ``health_port`` run as ``procguard run
-  -- COMMAND`` too: ``health_port`` means "procguard serves this worker's
-  health on P" everywhere (``procguard up`` and the deploy generators
-  alike), and the supervisor probes that port.
-- Other ``command = ...`` workers are spawned directly and watched from
-  outside by the supervisor (tree memory/CPU with :mod:`.procscan`, limits
-  with :class:`procguard.policy.LimitTracker`, runtime). A runner process
-  per command would cost a second Python interpreter (~25 MB RSS) per
-  worker: for the 50-worker goal, 50 times the supervisor's own budget.
+  (:mod:`.worker_link`), not as command-line text. It is the worker itself
+  (no guardian under ``procguard up``: the supervisor's watchdog covers it).
+- ``command = ...`` workers, with a ``health_port`` or not, are spawned
+  directly and watched from outside by the supervisor (tree memory/CPU with
+  :mod:`.procscan`, limits with :class:`procguard.policy.LimitTracker`,
+  runtime, stop outcome). A runner process per command would cost a second
+  Python interpreter (~23 MB RSS) per worker: for the 50-worker goal, 50
+  times the supervisor's own budget. ``health_port`` means "procguard serves
+  this worker's health on P" everywhere: here the supervisor binds the port
+  itself and answers /health, /ready and /metrics for the command from its
+  own samples (:mod:`.command_health`, :mod:`.healthports`), as ``procguard
+  run -- COMMAND`` does in the files ``procguard deploy`` generates. With a
+  ``drain_delay``, an operator's stop turns /ready 503 first and sends
+  SIGTERM when the drain is over.
 
 Either way the process leads its own session (``setsid``), carries the
 marker ``PROCGUARD_INSTANCE=PROJECT.WORKER:NAMESPACE-RUNID`` (the namespace of
@@ -33,8 +37,7 @@ watchdog kills its whole group, then whatever still carries a marker of that
 run (a grandchild that left the group with ``setsid``).
 The figures shown for a worker (status, page, metrics, history, limits) are
 those of the worker's own process tree: procguard's helpers beside it (the
-health responder a function worker reports, the runner in front of a
-command) are never counted.
+health responder a function worker reports) are never counted.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from ..outcome import StopOutcome
 from ..policy import LimitTracker
 from ..snapshot import label_environment
 from .backoff import Policy, Record
+from .command_health import command_health
 from .logs import WorkerOutput
 from .procscan import TreeSample, TreeSampler
 from .states import WorkerState, check_transition
@@ -110,6 +114,7 @@ class Worker:
         self.want_start = False  # waiting for dependencies to run
         self.next_start_at: float | None = None  # BACKOFF: when to start again
         self.stop_deadline: float | None = None  # STOPPING: when to SIGKILL the group
+        self.term_at: float | None = None  # STOPPING after a drain: when to send SIGTERM
         #: The stop the supervisor decided for the current process (None: it asked for none).
         self.asked: StopOutcome | None = None
         self.killed_after_grace = False  # SIGKILLed at stop_deadline
@@ -138,8 +143,13 @@ class Worker:
 
     @property
     def via_runner(self) -> bool:
-        """True when the worker runs under ``procguard run`` (function mode, or a health port to serve)."""
-        return self.config.run is not None or self.config.limits.health_port is not None
+        """True when the worker runs under ``procguard run`` (function mode); commands run directly."""
+        return self.config.run is not None
+
+    @property
+    def supervisor_serves_health(self) -> bool:
+        """True for a command with a health port: the supervisor answers on that port itself."""
+        return self.config.run is None and self.config.limits.health_port is not None
 
     @property
     def supervised_from_outside(self) -> bool:
@@ -161,8 +171,6 @@ class Worker:
             return [*self.procguard, "run", self.config.run, "--name", self.instance_name]
         assert self.config.command is not None
         command = [*self.config.command, *self.config.args]
-        if self.via_runner:
-            return [*self.procguard, "run", "--name", self.instance_name, "--", *command]
         return command
 
     def environment(self, link_fd: int) -> dict[str, str]:
@@ -245,6 +253,7 @@ class Worker:
         self.probe_detail = ""
         self.probed = False
         self.stop_deadline = None
+        self.term_at = None
         self.asked = None
         self._cpu_seen = None
         self.sampler = TreeSampler(proc.pid, cpu_window_s=self.config.limits.cpu_window_s)
@@ -313,6 +322,7 @@ class Worker:
         self.sampler = None
         self.tracker = None
         self.next_sample_at = None
+        self.term_at = None
         self._cpu_seen = None
 
     def observe(
@@ -358,15 +368,18 @@ class Worker:
             "mode": self.config.mode,
             "runner": self.via_runner,
             "health_port": self.config.limits.health_port,
-            "health": self._health_text(),
+            "health": self._health_text(now),
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
             ),
         }
 
-    def _health_text(self) -> str | None:
+    def _health_text(self, now: float) -> str | None:
         if self.config.limits.health_port is None or not self.state.has_process:
             return None
+        if self.supervisor_serves_health:  # what its port answers now (the supervisor serves it)
+            health = command_health(self, now)
+            return "HTTP 200" if health.is_healthy else f"HTTP 503: {health.reason}"
         if self.probe_failures:
             return f"failing ({self.probe_failures}): {self.probe_detail}"
         return self.probe_detail or "unknown"

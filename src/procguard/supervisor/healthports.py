@@ -1,0 +1,141 @@
+"""The supervisor's own HTTP thread: the status page and every command worker's health port.
+
+Under ``procguard up`` a ``command =`` worker with a ``health_port`` is
+spawned directly (no ``procguard run`` in front of it) and the supervisor
+answers its /health, /ready and /metrics itself (:mod:`.command_health`
+says what). One :class:`~procguard.health.loop.HttpLoop` in one daemon
+thread serves every port (the status page's too), with the health servers'
+request parsing and limits: at most ``MAX_CONNECTIONS`` connections per
+loop (the oldest one still sending its head is dropped for a new one), a
+request head and its answer within ``REQUEST_TIMEOUT_S``, 405 for methods
+other than GET and HEAD, and the status page's ``Host`` check (a page on
+another origin that re-resolves its name to 127.0.0.1 gets 403).
+``PROCGUARD_HEALTH_TOKEN`` (the worker's ``env`` first, then the
+supervisor's environment) guards /metrics as it does for ``procguard run``.
+
+When a port is bound and released (:meth:`HealthPorts.reconcile`):
+
+- bound right before the worker's process is spawned; a port that cannot
+  be bound (taken, no permission) fails that start like any failed start
+  (one log line naming the port and the worker, then backoff);
+- kept open while the worker is meant to run: starting, running, stopping,
+  and in backoff between two processes, so a probe reads 503 "not running"
+  rather than "connection refused" while the worker restarts;
+- released once the worker is stopped or fatal (``procguard stop``,
+  ``down``, a restart policy that leaves it stopped, the start limit), and
+  when the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from ..health.endpoints import TOKEN_ENV, Endpoints
+from ..health.listen import bind_listener
+from ..health.loop import HttpLoop
+from .command_health import command_snapshot
+from .states import WorkerState
+from .statuspage import HostCheck
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+S = WorkerState
+
+#: At most this many connections at once on the supervisor's HTTP loop.
+MAX_CONNECTIONS = 256
+#: A request head must arrive, and its response be read, within this many seconds.
+REQUEST_TIMEOUT_S = 5.0
+
+#: The states in which a worker's health port stays bound.
+HELD_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.BACKOFF})
+
+
+class ServingThread:
+    """One :class:`HttpLoop` in one daemon thread, started on first use; ports come and go."""
+
+    def __init__(self) -> None:
+        self._loop: HttpLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def loop(self) -> HttpLoop:
+        if self._loop is None:
+            self._loop = HttpLoop(
+                None,
+                max_connections=MAX_CONNECTIONS,
+                request_timeout=REQUEST_TIMEOUT_S,
+                name="procguard up's HTTP server",
+            )
+            self._thread = threading.Thread(target=self._loop.serve, name="procguard-http", daemon=True)
+            self._thread.start()
+        return self._loop
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._loop = None
+        self._thread = None
+
+
+class HealthPorts:
+    """The health ports the supervisor holds for its command workers (used by the event loop only)."""
+
+    def __init__(
+        self,
+        serving: ServingThread,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._serving = serving
+        self._clock = clock
+        self._wall = wall_clock
+        self._held: dict[str, socket.socket] = {}
+
+    def held(self, name: str) -> bool:
+        return name in self._held
+
+    def open(self, worker: Worker) -> None:
+        """Bind ``worker``'s health port if not held yet; UsageError (one line) when it cannot be."""
+        if worker.name in self._held or not worker.supervisor_serves_health:
+            return
+        limits = worker.config.limits
+        assert limits.health_port is not None
+        listener = bind_listener(limits.health_host, limits.health_port)
+        listener.set_inheritable(False)
+        token = worker.config.env.get(TOKEN_ENV, os.environ.get(TOKEN_ENV, ""))
+        clock, wall = self._clock, self._wall
+        endpoints = Endpoints(
+            lambda: command_snapshot(worker, clock(), wall()),
+            token or None,
+            allow_host=HostCheck(limits.health_host).allows,
+        )
+        self._held[worker.name] = listener
+        self._serving.loop().add_listener(listener, endpoints.handle)
+        logger.info("%s: health on %s:%s (served by the supervisor)", worker.name, limits.health_host,
+                    listener.getsockname()[1])
+
+    def reconcile(self, workers: Iterable[Worker]) -> None:
+        """Release the ports of workers that are no longer meant to run (stopped, fatal)."""
+        if not self._held:
+            return
+        for worker in workers:
+            if worker.name in self._held and worker.state not in HELD_STATES:
+                self.close(worker.name)
+
+    def close(self, name: str) -> None:
+        listener = self._held.pop(name, None)
+        if listener is not None:
+            self._serving.loop().remove_listener(listener)
+            logger.debug("%s: health port released", name)
+
+    def close_all(self) -> None:
+        for name in list(self._held):
+            self.close(name)
