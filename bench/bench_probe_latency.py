@@ -20,6 +20,12 @@ run in rounds, each round with its own baseline, and the loop-rate figure is
 the median over rounds of rate / that round's baseline, so drift of a shared
 machine does not land on one configuration.
 
+``--supervised``: a command worker's /health answered by ``procguard up``
+itself while it supervises 50 workers (``--workers``), all with a memory
+limit (so every one is sampled), ten of them with a health port; probes go
+to one of those ports every 20 ms. Its own section
+(``<!-- bench:probe_latency_supervised -->``).
+
 Writes a section of docs/benchmarks.md (between ``<!-- bench:probe_latency -->``
 markers) unless ``--no-write``. The worker side is also used by
 bench.bench_health_throughput (``--worker MODE``).
@@ -251,6 +257,146 @@ def render(rows: list[dict[str, object]], seconds: float, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- supervised
+
+
+IDLE = "import time\nwhile True:\n    time.sleep(3600)\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def supervised(workers: int, with_port: int, seconds: float, warmup: float) -> dict[str, object]:
+    """Probe a command worker's /health (and /metrics) served by ``procguard up`` with ``workers`` workers."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="pg-probe-"))
+    state = work / "state"
+    state.mkdir(mode=0o700)
+    (work / "idle.py").write_text(IDLE)
+    ports = [_free_port() for _ in range(with_port)]
+    lines = ["[project]", 'name = "probebench"', "", "[defaults]", 'memory_limit = "200MB"', 'grace = "5s"']
+    for i in range(workers):
+        lines += ["", f"[workers.w{i:02d}]", f"command = [{json.dumps(sys.executable)}, {json.dumps(str(work / 'idle.py'))}]"]
+        if i < with_port:
+            lines.append(f"health_port = {ports[i]}")
+    config = work / "procguard.toml"
+    config.write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PROCGUARD_STATE_DIR=str(state), PROCGUARD_LOG_LEVEL="WARNING")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    up = subprocess.Popen([sys.executable, "-m", "procguard", "up", "-c", str(config)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    health: list[float] = []
+    metrics: list[float] = []
+    rss_kb = helpers_kb = 0
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                probe(ports[0], "/health", timeout=1.0)
+                break
+            except (OSError, RuntimeError):
+                if time.monotonic() > deadline or up.poll() is not None:
+                    raise SystemExit("bench: the supervised worker's /health never answered 200") from None
+                time.sleep(0.1)
+        time.sleep(warmup)
+        end = time.monotonic() + seconds
+        turn = 0
+        while time.monotonic() < end:
+            turn += 1
+            if turn % 10 == 0:
+                metrics.append(probe(ports[1 % with_port], "/metrics?format=prometheus"))
+            else:
+                health.append(probe(ports[0], "/health"))
+            time.sleep(0.02)
+        rss_kb = _rss_kb(up.pid)
+        helpers_kb = sum(_rss_kb(pid) for pid in _tree(up.pid)[1:] if not _is_idle_worker(pid))
+    finally:
+        up.terminate()
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"health": health, "metrics": metrics, "rss_mb": rss_kb / 1024, "helpers_mb": helpers_kb / 1024}
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, through the kernel's children lists."""
+    found, index = [root], 0
+    while index < len(found):
+        pid = found[index]
+        index += 1
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def _is_idle_worker(pid: int) -> bool:
+    """The worker program itself (not a procguard process in front of it, not the watchdog)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 1 and argv[1].endswith(b"idle.py")
+
+
+def render_supervised(result: dict[str, object], workers: int, with_port: int, seconds: float) -> str:
+    health = [x * 1000 for x in result["health"]]  # type: ignore[attr-defined]
+    metrics = [x * 1000 for x in result["metrics"]]  # type: ignore[attr-defined]
+    p99 = percentile(health, 99)
+    lines = [
+        "## Probe latency of a command worker served by `procguard up`",
+        "",
+        "Under `procguard up` a `command =` worker with a `health_port` runs without any `procguard run` in "
+        "front of it: the supervisor binds the port itself and answers /health, /ready and /metrics from its "
+        "own samples of the worker's tree, on the one HTTP thread that also serves the status page "
+        "(a selector loop, the health servers' limits).",
+        "",
+        f"`python -m bench.bench_probe_latency --supervised` — {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. The supervisor supervises {workers} idle "
+        f"command workers, each with a memory limit (all sampled), {with_port} of them with a health port; "
+        f"a probe every 20 ms on a fresh connection for {seconds:g} s (every tenth one a Prometheus scrape "
+        f"of another worker's /metrics). RSS at the end: supervisor {result['rss_mb']:.1f} MB, every other "
+        f"procguard process under it (watchdog, runners if any) {result['helpers_mb']:.1f} MB (the "
+        "supervisor's includes prometheus_client, loaded by the first Prometheus scrape as its status "
+        "page's /metrics does; about 20 MB before any). "
+        f"Load average (1 min) at start / end: {LOAD[0]} / {load_average()}.",
+        "",
+        "| path | probes | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+        f"| /health | {len(health)} | {statistics.median(health):.2f} | {p99:.2f} | {max(health):.2f} |",
+        f"| /metrics?format=prometheus | {len(metrics)} | {statistics.median(metrics):.2f} | "
+        f"{percentile(metrics, 99):.2f} | {max(metrics):.2f} |",
+        "",
+        f"Goal p99 < 10 ms for /health while the supervisor supervises {workers} workers: "
+        f"**{'met' if p99 < 10 else 'not met'}** ({p99:.2f} ms).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_probe_latency", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per configuration and round")
@@ -258,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--pin", action="store_true", help="worker on CPU 0, everything else on CPU 1")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--supervised", action="store_true",
+                        help="only the command worker served by procguard up (its own section)")
+    parser.add_argument("--workers", type=int, default=50, help="with --supervised: workers supervised")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -266,6 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     PINNED[0] = args.pin
     LOAD[0] = load_average()
+    if args.supervised:
+        seconds = max(args.seconds, 20.0)
+        with_port = min(10, args.workers)
+        result = supervised(args.workers, with_port, seconds, args.warmup)
+        text = render_supervised(result, args.workers, with_port, seconds)
+        print(text)
+        if not args.no_write:
+            write_section("probe_latency_supervised", text)
+        return 0
     if args.pin:
         pin(os.getpid(), OTHER_CPU)
     plan: list[tuple[str, str | None]] = [
