@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -280,10 +281,11 @@ def _cmdline_has(proc: psutil.Process, *parts: str) -> bool:
 
 
 def test_sigkill_of_the_supervisor_leaves_no_survivors(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
-    pidfile, ticks = tmp_path / "mp", tmp_path / "ticks"
+    pidfile, ticks, port = tmp_path / "mp", tmp_path / "ticks", free_port()
     stack = make_stack(tmp_path, state_dir, spawn, {
         "mp": {"command": worker_cmd("mpworker.py", pidfile, 4)},
-        "ticker": {"command": worker_cmd("ticker.py", ticks)},
+        # a command with a health port: the supervisor answers on it, no runner beside the worker
+        "ticker": {"command": worker_cmd("ticker.py", ticks), "health_port": port},
     })
     proc = stack.up()
     family = [int(p) for p in wait_for_file(pidfile, proc=proc).split()]
@@ -296,6 +298,8 @@ def test_sigkill_of_the_supervisor_leaves_no_survivors(tmp_path: Path, state_dir
     everyone = [*family, ticker, *watchdogs]
     wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=15,
              message=lambda: f"no survivors; alive: {[pid for pid in everyone if alive(pid)]}")
+    with pytest.raises(ConnectionRefusedError):  # the port went with the supervisor
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_up_cleans_up_stale_workers_of_a_dead_supervisor(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
