@@ -65,6 +65,7 @@ from ..errors import UsageError
 from ..health.server import HealthServer, serve_health
 from ..instances.lock import InstanceLock
 from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
+from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import ParentLink, stop_for_signal
 from ..policy import LimitTracker, LimitVerdict, next_sample_delay, runtime_deadline
@@ -124,8 +125,11 @@ class CommandSupervisor:
     ``lock`` (the held instance lock, optional) gets the child's PID and the
     health port written into its record. ``marker`` is the
     ``PROCGUARD_INSTANCE`` value the command and its descendants carry.
-    ``keep_pids`` are the runner's own helpers (the guardian): never
-    counted as leftovers of the command. ``notifier`` (from
+    ``keep_pids`` are the runner's own helpers (the watchdog): never
+    counted as leftovers of the command. ``watchdog_fd`` (a standalone
+    runner's, :func:`procguard.instances.watchdog.start_watchdog`) is told
+    the command's process group, so a SIGKILLed runner's command tree is
+    stopped. ``notifier`` (from
     :meth:`SystemdNotifier.from_env`, None outside systemd) gets ``READY=1``,
     ``WATCHDOG=1`` and ``STOPPING=1``; the supervisor closes it when done.
     ``link`` (under ``procguard up``) hears the command's pid and the outcome,
@@ -143,12 +147,14 @@ class CommandSupervisor:
         clock: Callable[[], float] = time.monotonic,
         notifier: SystemdNotifier | None = None,
         link: ParentLink | None = None,
+        watchdog_fd: int | None = None,
     ) -> None:
         self.options = options
         self.limits = options.limits
         self.notifier = notifier
         self.link = link
         self.marker = marker
+        self.watchdog_fd = watchdog_fd
         self.lock = lock
         self.keep_pids = frozenset(keep_pids)
         self.sample_interval_s = sample_interval_s
@@ -271,6 +277,8 @@ class CommandSupervisor:
                 )
             self.child = self._spawn()
             self._running = True
+            if self.watchdog_fd is not None:
+                tell(self.watchdog_fd, f"+{self.child.pid}")  # it leads its own session and group
             if self.link is not None:
                 self.link.report_worker_pid(self.child.pid)
             self._notify_ready(self.child)
@@ -509,6 +517,8 @@ class CommandSupervisor:
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
                 pass
             child.close()
+            if self.watchdog_fd is not None:
+                tell(self.watchdog_fd, f"-{child.pid}")  # gone: its number may be reused
         reap_children()
         capture.close()
         if self.notifier is not None:
