@@ -17,7 +17,7 @@ from pathlib import Path
 
 from procguard.runner.tree import TreeSampler, kill_tree, stop_pids, tree_pids
 
-from .helpers import PYTHON, python_env, wait_for
+from .helpers import PROCGUARD, PYTHON, python_env, wait_for
 
 #: Modules a standalone runner has no use for (each is hundreds of kB of RSS).
 HEAVY = ("psutil", "shutil", "asyncio", "socket", "http.server", "procguard.health.server",
@@ -69,6 +69,45 @@ def test_a_sync_function_worker_loads_no_asyncio(tmp_path: Path) -> None:
                              tmp_path, **env)
     assert status == 0
     assert "asyncio" in loaded  # an async target still gets its loop
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_standalone_runner_costs_little_beside_its_command(spawn, tmp_path: Path) -> None:
+    """Everything of ``procguard run -- sleep`` that is not ``sleep``, against a bare idle interpreter.
+
+    A Python guardian beside the runner once made it 23 MB over a bare interpreter; the runner
+    plus its /bin/sh watchdog are now about 9 MB over it.
+    """
+    bare = spawn([PYTHON, "-c", "import time; time.sleep(600)"])
+    runner = spawn([*PROCGUARD, "run", "--name", "leanrss", "--health-port", "0", "--", "sleep", "600"],
+                   env=python_env(PROCGUARD_STATE_DIR=str(tmp_path / "state")))
+
+    def family() -> list[int]:
+        return tree_pids(runner.pid)
+
+    wait_for(lambda: any(_comm(pid) == "sleep" for pid in family()), message="the command started")
+    assert any(_comm(pid) == "sh" for pid in family()), "the watchdog runs beside the runner"
+
+    def over_bare() -> float:
+        return sum(_rss_mb(pid) for pid in family() if _comm(pid) != "sleep") - _rss_mb(bare.pid)
+
+    # The runner trims its heap once the command runs: wait for the figure to settle under the bound.
+    wait_for(lambda: over_bare() < 11.0, timeout=10, message=lambda: f"{over_bare():.1f} MB over a bare python")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 
 
 FAMILY = """

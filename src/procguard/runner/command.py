@@ -59,6 +59,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..heap import release_memory
 from ..instances.lock import InstanceLock
 from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
 from ..instances.watchdog import tell
@@ -300,6 +301,7 @@ class CommandSupervisor:
                     health_port=self.health.port if self.health else None,
                     marker=self.marker,
                 )
+            release_memory()  # start-up is over: the runner lives at this size for as long as the command
             returncode = self._watch(self.child, capture)
             self._running = False
             return self._result(returncode)
