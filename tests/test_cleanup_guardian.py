@@ -209,3 +209,42 @@ def test_watchdog_of_a_run_covers_every_generation(spawn, tmp_path: Path) -> Non
         _kill_all(pids)
     assert_untouched(other, log)
     assert_untouched(twin, twin_log)
+
+
+#: Forks a child that leads its own group and exits at once; never reaps it (a zombie until we exit).
+ZOMBIE_PARENT = r"""
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_zombie_counts_as_gone(spawn) -> None:
+    """What is left of a group after SIGTERM may be a zombie whose adopter has not reaped it yet:
+    the watchdog must not wait out its whole grace for it."""
+    from procguard.instances.watchdog import release, start_watchdog, tell
+
+    parent = spawn([PYTHON, "-c", ZOMBIE_PARENT])
+    assert parent.stdout is not None
+    zombie = int(parent.stdout.readline())
+    wait_for(lambda: _state(zombie) == "Z", message="the child is a zombie")
+    pid, fd = start_watchdog("", kill_after_s=30.0)
+    assert tell(fd, f"+{zombie}")
+    started = time.monotonic()
+    release(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert time.monotonic() - started < 10.0  # not the 30 s grace
+    assert parent.poll() is None  # and nothing else of ours was touched
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b") ", 1)[1][:1].decode()
+    except OSError:
+        return ""

@@ -13,7 +13,8 @@ OOM killer included -- the watchdog sends SIGTERM to every group still
 listed and to every process still carrying a marker that matches its
 pattern (a grandchild that left its group with ``setsid`` kept the marker in
 its environment), waits up to its grace for them to go, SIGKILLs what is
-left, then looks once more for anything forked meanwhile. After a clean
+left (a zombie, exited and waiting to be reaped by whoever adopted it,
+counts as gone), then looks once more for anything forked meanwhile. After a clean
 shutdown the list is empty and nothing carries the marker any more, so it
 just exits.
 
@@ -61,13 +62,28 @@ while IFS= read -r line; do
     -*) case "$groups" in *" $pg "*) groups="${groups%%" $pg "*} ${groups#*" $pg "}" ;; esac ;;
   esac
 done
+gone() {
+  kill -0 "$1" 2>/dev/null || return 0
+  case "$1" in
+    -*) g=${1#-}
+        for s in /proc/[0-9]*/stat; do
+          { read -r l < "$s"; } 2>/dev/null || continue
+          set -- ${l##*) }
+          [ "$1" != Z ] && [ "$3" = "$g" ] && return 1
+        done
+        return 0 ;;
+  esac
+  { read -r l < "/proc/$1/stat"; } 2>/dev/null || return 0
+  case "${l##*) }" in Z*|X*) return 0 ;; esac
+  return 1
+}
 stop() {
   [ $# -eq 0 ] && return 0
   for t; do kill -15 "$t" 2>/dev/null; done
   i=0
   while [ $i -lt "$steps" ]; do
     left=""
-    for t; do kill -0 "$t" 2>/dev/null && left="$left $t"; done
+    for t; do gone "$t" || left="$left $t"; done
     [ -z "$left" ] && return 0
     sleep 0.05
     i=$((i + 1))
