@@ -183,3 +183,25 @@ def test_check_command_finds_programs_like_a_shell(tmp_path: Path, monkeypatch) 
         except UsageError:
             continue
         raise AssertionError(f"{bad} accepted")
+
+
+def test_a_running_sync_function_worker_holds_no_psutil(spawn, tmp_path: Path) -> None:
+    """psutil (with what it imports, about 2 MB) is loaded only when a sample needs it, not to watch
+    the worker's own memory and CPU from /proc."""
+    (tmp_path / "idlefn.py").write_text("def work():\n    pass\n")
+    env = python_env(PROCGUARD_STATE_DIR=str(tmp_path / "state"),
+                     PYTHONPATH=os.pathsep.join([str(tmp_path), python_env()["PYTHONPATH"]]))
+    worker = spawn([*PROCGUARD, "run", "idlefn:work", "--name", "idlefn", "--health-port", "0", "--interval", "0.05"],
+                   env=env)
+
+    def threads() -> int:
+        try:
+            return len(os.listdir(f"/proc/{worker.pid}/task"))
+        except OSError:
+            return 0
+
+    wait_for(lambda: threads() >= 2 or worker.poll() is not None, message="the manager's monitor thread runs")
+    assert worker.poll() is None
+    with open(f"/proc/{worker.pid}/maps") as handle:
+        maps = handle.read()
+    assert "_psutil" not in maps and "_asyncio" not in maps and "_ssl" not in maps
