@@ -196,6 +196,31 @@ def footprint(tmp: Path, *, health_port: bool) -> tuple[dict[str, float], float,
     return roles, cpu_pct, command_mb
 
 
+def function_footprint(tmp: Path) -> dict[str, float]:
+    """{role: RSS MB} of ``procguard run idle_target:work`` (no health port): the worker, which is the
+    runner itself, and its watchdog. The target is a module of its own that imports nothing (this
+    bench module would bring psutil and argparse into the worker)."""
+    (tmp / "idle_target.py").write_text("def work():\n    pass\n")
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp), env["PYTHONPATH"]])
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "procguard", "run", "idle_target:work", "--state-dir",
+         str(tmp / "state"), "--name", "bench-fn", "--health-port", "0", "--interval", "1"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and psutil.Process(runner.pid).num_threads() < 2:
+            time.sleep(0.05)  # until the manager's monitor thread runs
+        time.sleep(2.0)  # let start-up allocations settle
+        roles = {("worker" if p.pid == runner.pid else _role(p, runner.pid)): p.memory_info().rss / MB
+                 for p in _tree(runner.pid, set())}
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=30)
+    return roles
+
+
 def _cpu_ns(pid: int) -> int:
     """CPU time of ``pid``'s threads in nanoseconds (schedstat: clock ticks would round an idle runner to 0)."""
     total = 0
@@ -236,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         bare_sleep = bare_rss(["sleep", "60"])
         bare_python = bare_rss([sys.executable, "-c", "import time; time.sleep(60)"])
         rows = [(label, *footprint(tmp, health_port=port)) for label, port in (("no", False), ("on", True))]
+        function_roles = function_footprint(tmp)
     overhead_mb = sum(rows[0][1].values())
     goal = "met" if overhead_mb <= GOAL_MB else f"not met ({overhead_mb - GOAL_MB:.1f} MB over)"
     footprint_rows = "\n".join(
@@ -275,6 +301,10 @@ run a bare `sleep` uses {bare_sleep:.1f} MB and a bare idle `python` {bare_pytho
 {footprint_rows}
 
 The runner samples the command once a second (4 times a second near its memory limit) from /proc.
+
+A trivial function worker (`procguard run idle_target:work --health-port 0`, a sync function that
+does nothing, in a module that imports nothing; the runner is the worker) uses {sum(function_roles.values()):.1f} MB in all
+({", ".join(f"{role} {mb:.1f} MB" for role, mb in function_roles.items())}), against the bare idle `python` above.
 """
     print(text)
     if not args.no_write:
