@@ -18,9 +18,10 @@ Run: ``python -m bench.bench_runner [--runs N] [--no-write]``.
    Reported: time from first crossing to SIGTERM, and peak RSS; ratio to the
    baseline.
 
-2. Footprint. RSS of the ``procguard run`` process tree with an idle child
-   (runner, its health responder and its guardian; the child excluded), next
-   to a bare idle ``python`` measured in the same run.
+2. Footprint. The overhead of ``procguard run -- sleep 60``: RSS of every
+   process of its tree that is not the command (the runner and its /bin/sh
+   watchdog), without and with a health port, next to a bare ``sleep`` and a
+   bare idle ``python`` measured in the same run.
 """
 
 from __future__ import annotations
@@ -148,22 +149,29 @@ def _tree(pid: int, exclude: set[int]) -> list[psutil.Process]:
 def _role(proc: psutil.Process, runner_pid: int) -> str:
     if proc.pid == runner_pid:
         return "runner"
-    cmdline = " ".join(proc.cmdline())
-    return "guardian" if "guardian" in cmdline else "health responder" if "responder" in cmdline else proc.name()
+    cmdline = proc.cmdline()
+    return "watchdog" if "procguard-watchdog" in cmdline[3:4] else (
+        "health responder" if "responder" in " ".join(cmdline) else proc.name())
 
 
 FOOTPRINT_WINDOW_S = 10.0
+#: What a standalone runner may add beside its command (no health port), MB of RSS.
+GOAL_MB = 15.0
 
 
-def footprint(tmp: Path) -> tuple[dict[str, float], float, float]:
-    """({role: RSS MB} of the procguard run tree without the child, its CPU %, bare idle python RSS MB)."""
-    with socket.socket() as sock:  # a free port for the runner's health server
+def _free_port() -> int:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        return int(sock.getsockname()[1])
+
+
+def footprint(tmp: Path, *, health_port: bool) -> tuple[dict[str, float], float, float]:
+    """({role: RSS MB} of every process of a ``procguard run -- sleep 60`` that is not the command,
+    their CPU %, the command's own RSS MB)."""
+    port = str(_free_port()) if health_port else "0"
     runner = subprocess.Popen(
         [sys.executable, "-m", "procguard", "run", "--state-dir", str(tmp / "state"), "--name", "bench-idle",
-         "--health-port", str(port), "--", "sleep", "60"],
+         "--health-port", port, "--", "sleep", "60"],
         env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -172,18 +180,65 @@ def footprint(tmp: Path) -> tuple[dict[str, float], float, float]:
         while time.monotonic() < deadline and not sleeper:
             sleeper = [c for c in psutil.Process(runner.pid).children() if c.name() == "sleep"]
             time.sleep(0.05)
+        if not sleeper:
+            msg = "the runner never started its command"
+            raise RuntimeError(msg)
         time.sleep(2.0)  # let start-up allocations settle
         tree = _tree(runner.pid, {c.pid for c in sleeper})
-        cpu_before = sum(sum(p.cpu_times()[:2]) for p in tree)
+        cpu_before = sum(_cpu_ns(p.pid) for p in tree)
         time.sleep(FOOTPRINT_WINDOW_S)
-        cpu_pct = (sum(sum(p.cpu_times()[:2]) for p in tree) - cpu_before) / FOOTPRINT_WINDOW_S * 100
+        cpu_pct = (sum(_cpu_ns(p.pid) for p in tree) - cpu_before) / 1e9 / FOOTPRINT_WINDOW_S * 100
         roles = {_role(p, runner.pid): p.memory_info().rss / MB for p in tree}
-        bare_mb = psutil.Process(bare.pid).memory_info().rss / MB
+        command_mb = sleeper[0].memory_info().rss / MB
     finally:
-        for proc in (runner, bare):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-    return roles, cpu_pct, bare_mb
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=30)
+    return roles, cpu_pct, command_mb
+
+
+def function_footprint(tmp: Path) -> dict[str, float]:
+    """{role: RSS MB} of ``procguard run idle_target:work`` (no health port): the worker, which is the
+    runner itself, and its watchdog. The target is a module of its own that imports nothing (this
+    bench module would bring psutil and argparse into the worker)."""
+    (tmp / "idle_target.py").write_text("def work():\n    pass\n")
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp), env["PYTHONPATH"]])
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "procguard", "run", "idle_target:work", "--state-dir",
+         str(tmp / "state"), "--name", "bench-fn", "--health-port", "0", "--interval", "1"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and psutil.Process(runner.pid).num_threads() < 2:
+            time.sleep(0.05)  # until the manager's monitor thread runs
+        time.sleep(2.0)  # let start-up allocations settle
+        roles = {("worker" if p.pid == runner.pid else _role(p, runner.pid)): p.memory_info().rss / MB
+                 for p in _tree(runner.pid, set())}
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=30)
+    return roles
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of ``pid``'s threads in nanoseconds (schedstat: clock ticks would round an idle runner to 0)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+            total += int(handle.read().split()[0])
+    return total
+
+
+def bare_rss(argv: list[str]) -> float:
+    """RSS MB of ``argv`` run bare (idle), measured in the same run."""
+    proc = subprocess.Popen(argv)
+    try:
+        time.sleep(2.0)
+        return psutil.Process(proc.pid).memory_info().rss / MB
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _median_range(values: list[float], fmt: str) -> str:
@@ -203,9 +258,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(name)
         pg = [run_procguard(tmp, seed) for seed in range(args.runs)]
         base = [run_baseline(tmp, seed) for seed in range(args.runs)]
-        roles, cpu_pct, bare_mb = footprint(tmp)
-    runner_mb = sum(roles.values())
-    parts = ", ".join(f"{role} {mb:.1f} MB" for role, mb in roles.items())
+        bare_sleep = bare_rss(["sleep", "60"])
+        bare_python = bare_rss([sys.executable, "-c", "import time; time.sleep(60)"])
+        rows = [(label, *footprint(tmp, health_port=port)) for label, port in (("no", False), ("on", True))]
+        function_roles = function_footprint(tmp)
+    overhead_mb = sum(rows[0][1].values())
+    goal = "met" if overhead_mb <= GOAL_MB else f"not met ({overhead_mb - GOAL_MB:.1f} MB over)"
+    footprint_rows = "\n".join(
+        f"| {label} | **{sum(roles.values()):.1f} MB** | "
+        + ", ".join(f"{role} {mb:.1f} MB" for role, mb in roles.items())
+        + f" | {command_mb:.1f} MB | {cpu_pct:.2f} % |"
+        for label, roles, cpu_pct, command_mb in rows
+    )
     pg_lat, pg_peak = [p[0] for p in pg], [p[1] for p in pg]
     base_lat, base_peak = [b[0] for b in base], [b[1] for b in base]
     lat_ratio = statistics.median(pg_lat) / statistics.median(base_lat)
@@ -227,9 +291,20 @@ supervisord + memmon on TICK_5 does).
 
 Every procguard run ended with a graceful stop (the program's SIGTERM handler ran; exit status 82).
 
-Footprint with an idle child (`sleep`), health server on, over {FOOTPRINT_WINDOW_S:g} s: the `procguard run`
-tree without the child uses {runner_mb:.1f} MB RSS ({parts}) and {cpu_pct:.2f} % of one CPU
-(sampling the child once a second, 4 times a second near its memory limit); a bare idle `python` in the same run uses {bare_mb:.1f} MB.
+Footprint of a standalone `procguard run -- sleep 60` (idle command), over {FOOTPRINT_WINDOW_S:g} s: overhead =
+total RSS of the runner's processes minus the command's (the runner, its /bin/sh orphan watchdog, and a
+health responder if there were one). Goal: <= {GOAL_MB:g} MB without a health port: **{goal}**. In the same
+run a bare `sleep` uses {bare_sleep:.1f} MB and a bare idle `python` {bare_python:.1f} MB.
+
+| health port | overhead | of which | the command (`sleep`) | CPU of the overhead (from schedstat, ns) |
+|---|---|---|---|---|
+{footprint_rows}
+
+The runner samples the command once a second (4 times a second near its memory limit) from /proc.
+
+A trivial function worker (`procguard run idle_target:work --health-port 0`, a sync function that
+does nothing, in a module that imports nothing; the runner is the worker) uses {sum(function_roles.values()):.1f} MB in all
+({", ".join(f"{role} {mb:.1f} MB" for role, mb in function_roles.items())}), against the bare idle `python` above.
 """
     print(text)
     if not args.no_write:

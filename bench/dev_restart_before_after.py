@@ -16,7 +16,7 @@ The dev script starts 3 workers; each holds ~25 MB and has a forked
 A sampler thread watches the process table every 20 ms during the whole run
 and records the most workers ever alive at once. Process counts and memory
 (RSS) are printed after each restart; procguard's own processes (the
-runners and their guardians) are counted separately, so the overhead is
+runners and their watchdogs) are counted separately, so the overhead is
 visible. Everything started is stopped at the end (``procguard cleanup
 NAME`` for the "after" stack, by PID for the "before" one). Writes its
 figures into docs/benchmarks.md between ``<!-- bench:dev_restart -->`` markers.
@@ -94,7 +94,7 @@ def census(token: str, *, pss: bool = False) -> Census:
             rows[proc.info["pid"]] = (proc.info["ppid"], cmd, size)
     c = Census()
     for ppid, cmd, rss in rows.values():
-        if "procguard" in cmd or "procguard.instances.guardian" in cmd:
+        if "procguard" in cmd:  # runners, and their watchdogs (argv[0] procguard-watchdog)
             c.procguard += 1
             c.procguard_rss += rss
         elif ppid in rows and rows[ppid][1] == cmd:
@@ -219,7 +219,7 @@ def render(b: list[Census], b_max: int, a: list[Census], a_max: int, restarts: i
         "",
         f"A dev script starting {WORKERS} workers (each ~25 MB plus a forked multiprocessing child with ~15 MB), "
         f"restarted {restarts} times. Before: workers backgrounded, old ones left running. After: each worker "
-        f"started as `procguard run --name NAME --replace -- ...` (3 runners and 3 guardians of its own). Memory is PSS "
+        f"started as `procguard run --name NAME --replace -- ...` (3 runners and 3 watchdogs of its own). Memory is PSS "
         f"(shared pages split between the processes sharing them). Machine: {machine()}.",
         "",
         "| after restart | before: workers | before: processes | before: memory | after: workers | "
@@ -238,7 +238,7 @@ def render(b: list[Census], b_max: int, a: list[Census], a_max: int, restarts: i
         f"Most workers alive at once (sampled every 20 ms during all restarts): before {b_max}, after {a_max}. "
         f"After {restarts} restarts: {last_b.processes} vs {last_a.processes} processes "
         f"({last_b.processes / max(1, last_a.processes):.1f}x), {last_b.worker_rss / MB:.0f} MB vs "
-        f"{total_a / MB:.0f} MB including procguard's runners and guardians "
+        f"{total_a / MB:.0f} MB including procguard's runners and watchdogs "
         f"({last_b.worker_rss / max(1, total_a):.1f}x).",
     ]
     return "\n".join(lines)

@@ -125,7 +125,7 @@ def test_cleanup_replace_and_ps_stay_in_their_state_directory(tmp_path: Path, sp
     dry = cli("cleanup", "same", "--dry-run", "--json", state_dir=b)
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
-    b_tree = tree(runner_b.pid)  # the runner, its command and its guardian
+    b_tree = tree(runner_b.pid)  # the runner, its command and its watchdog
     assert child_b in b_tree and len(b_tree) == 3
     assert {p["pid"] for p in report["processes"]} == b_tree
     spared = {s["pid"]: s["reason"] for s in report["spared"]}

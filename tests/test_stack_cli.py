@@ -324,11 +324,6 @@ def test_parsing_any_command_line_loads_no_shutil() -> None:
         "from procguard.cli.main import COMMANDS, build_parser\n"
         "for name in COMMANDS:\n"
         "    build_parser(name)[0].format_help()\n"
-        "from procguard.instances import guardian\n"
-        "try:\n"
-        "    guardian.main([])\n"  # refused (no --pid): its parser was built and printed its usage
-        "except SystemExit as stop:\n"
-        "    assert stop.code == 2, stop.code\n"
         "print(sorted(m for m in ('shutil', 'bz2', 'lzma') if m in sys.modules))\n"
     )
     result = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True, timeout=60,

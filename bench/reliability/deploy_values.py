@@ -64,7 +64,7 @@ from .harness import RowResult, Tally, family_of, kill_all, one_line
 
 ENGINES = ("systemd", "supervisor", "kubernetes")
 IMAGE = "registry.example/evil:1"
-#: Programs per supervisord run (each is a procguard run with its guardian and the dumping program).
+#: Programs per supervisord run (each is a procguard run with its watchdog and the dumping program).
 SUPERVISORD_BATCH = 30
 VALUES = [*HOSTILE, *CONTROL]
 

@@ -156,9 +156,9 @@ def _real_record(scene: Scene, name: str) -> int:
         pid = runner.pid
         runner.kill()
         runner.wait(timeout=30)
-        # its guardian stops the command; wait for that so nothing of it is left to clean up
+        # its watchdog stops the command; wait for that so nothing of it is left to clean up
         wait_for(lambda: not [p for p in find_marked(name, namespace=namespace) if alive(p)], timeout=30,
-                 message=f"the guardian of {name} to stop its command")
+                 message=f"the watchdog of {name} to stop its command")
         return pid
     finally:
         stop(runner)

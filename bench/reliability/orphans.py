@@ -67,8 +67,8 @@ def _what(proc: psutil.Process, labels: dict[int, str]) -> str:
     joined = " ".join(cmdline)
     if "resource_tracker" in joined:
         return "resource tracker"
-    if "procguard.instances.guardian" in joined:
-        return "guardian"
+    if "procguard-watchdog" in cmdline[3:4]:
+        return "watchdog"
     if cmdline[1:3] == ["-I", "-c"]:
         return "health responder"
     return "procguard helper" if "procguard" in joined else "process"

@@ -138,7 +138,7 @@ class ProcessManager:
     - ``single_instance`` [True] / ``state_dir`` [None]: with a ``name``,
       :meth:`start` takes the instance lock (refusing a second instance).
     - ``helper_pids`` [()]: procguard's own processes beside the worker
-      (``procguard run``'s guardian), never counted in its figures.
+      (``procguard run``'s watchdog), never counted in its figures.
     """
 
     # Slots keep attribute access on the hot path specialised: with more than
@@ -881,7 +881,7 @@ class ProcessManager:
             log.warning("%s (pid %d): %s failed", self._label, self._pid, callable_name(fn), exc_info=True)
 
     def _helper_pids(self) -> set[int]:
-        """procguard's processes beside the worker (guardian, health responder); new ones are reported."""
+        """procguard's processes beside the worker (watchdog, health responder); new ones are reported."""
         helpers = set(self._helpers)
         responder = getattr(self._health_server, "responder_pid", None)
         if responder:

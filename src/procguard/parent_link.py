@@ -32,11 +32,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .outcome import StopOutcome
 from .reasons import Ender, StopReason, signal_name
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class ParentLink:
 
     def _pump(self) -> None:
         """Read every message waiting from the supervisor (never blocks)."""
+        import socket
+
         while True:
             try:
                 data = self._sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
@@ -128,6 +132,8 @@ class ParentLink:
         self._send(OUTCOME, outcome.to_json())
 
     def _send(self, kind: str, value: Any) -> None:
+        import socket
+
         if os.getpid() != self._pid:
             return  # a forked child: the link belongs to the parent
         try:
@@ -172,6 +178,8 @@ def claim() -> ParentLink | None:
     if not text.isdigit():
         return None
     fd = int(text)
+    import socket  # here: a standalone runner has no link and never loads socket
+
     try:
         sock = socket.socket(fileno=fd)
     except OSError:

@@ -3,12 +3,12 @@
 Every part of procguard that looks at another process on Linux needs a few
 fields of that line: the sampler and the supervisor's tree scan (CPU times,
 resident pages, threads, parent), the identity checks (start time in clock
-ticks, which a wall-clock step cannot move), the guardian and the subreaper
+ticks, which a wall-clock step cannot move), the runner's tree and the subreaper
 (has it exited?). They all read it here, so the parsing rule -- the command
 name sits in parentheses and may itself contain spaces or ``)``, so fields
 are counted after the *last* ``)`` -- is written once.
 
-Standard library only, and nothing heavy: the guardian and the supervisor
+Standard library only, and nothing heavy: the runner and the supervisor
 import this module, and both are measured against small RSS budgets.
 """
 

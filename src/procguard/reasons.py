@@ -93,7 +93,7 @@ _BY_SIGNAL = -1
 class ReasonInfo(NamedTuple):
     """What one reason means: its exit status, whether it is a planned recycle, plain words.
 
-    (A NamedTuple, not a dataclass: this module is imported by the guardian and
+    (A NamedTuple, not a dataclass: this module is imported by the runner and
     the supervisor, which are measured against small RSS budgets.)
     """
 

@@ -4,7 +4,7 @@ argparse builds a help formatter on every ``add_argument`` (to check the
 metavar), and a formatter given no width asks ``shutil.get_terminal_size``,
 whose import brings ``bz2`` and ``lzma`` with their C libraries: 0.7 MB of
 RSS in every procguard process that parses a command line, the long-lived
-supervisor and each runner and guardian included, for help text that is
+supervisor and each runner included, for help text that is
 almost never printed. :func:`sized` hands argparse the same width it
 would have found: ``$COLUMNS``, else the terminal's, else 80, minus 2.
 """

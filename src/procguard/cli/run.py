@@ -140,13 +140,18 @@ def run_run(args: argparse.Namespace) -> int:
     )
     try:
         helpers: set[int] = set()
+        watchdog_fd: int | None = None
         if link is None:
-            from ..instances.guardian import start_guardian
+            from ..instances.marker import exact_pattern
+            from ..instances.watchdog import start_watchdog
 
-            # Should this runner be SIGKILLed, the guardian stops whatever carries the marker.
-            # Under a supervisor there is none: the supervisor's own watchdog and leftover
-            # sweep do that job for every worker.
-            helpers.add(start_guardian(marker, grace_s=options.limits.grace_s).pid)
+            # Should this runner be SIGKILLed, the watchdog (a small /bin/sh script) stops the
+            # command's process group and whatever carries the marker. Under a supervisor there
+            # is none: the supervisor's own watchdog and leftover sweep do that job for every worker.
+            watchdog_pid, watchdog_fd = start_watchdog(
+                exact_pattern(marker), kill_after_s=options.limits.grace_s
+            )
+            helpers.add(watchdog_pid)
         if func is None:
             from ..health.notify import SystemdNotifier
             from ..runner.command import CommandSupervisor
@@ -154,7 +159,8 @@ def run_run(args: argparse.Namespace) -> int:
             # Under a Type=notify unit the runner is the main process: it tells systemd.
             notifier = SystemdNotifier.from_env()
             return CommandSupervisor(
-                options, marker=marker, lock=lock, keep_pids=helpers, notifier=notifier, link=link
+                options, marker=marker, lock=lock, keep_pids=helpers, notifier=notifier, link=link,
+                watchdog_fd=watchdog_fd,
             ).run()
         from ..manager import ProcessManager
         from ..runner.function import FunctionLoop

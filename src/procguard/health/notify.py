@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+    from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class SystemdNotifier:
         )
         self._clock = clock
         self._last_watchdog: float | None = None
+        import socket  # here: a runner outside systemd never needs it
+
         self._sock: socket.socket | None = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
         )

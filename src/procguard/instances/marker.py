@@ -12,8 +12,7 @@ existed) names no state directory: nothing that acts on one state
 directory's processes (``cleanup NAME``, the stale sweep of ``up``,
 ``--replace``) ever signals it.
 
-Standard library only: the guardian reads markers too, and it must start
-in milliseconds and stay a few MB.
+Standard library only, and light: a standalone runner imports it and must stay a few MB.
 """
 
 from __future__ import annotations
@@ -97,6 +96,17 @@ def run_pattern(project: str, namespace: str, run: str) -> str:
             msg = f"{part!r} cannot be part of a marker pattern"
             raise ValueError(msg)
     return f"^{MARKER_ENV}={project}\\.[^:]*:{namespace}-{run}"
+
+
+def exact_pattern(marker: str) -> str:
+    """A grep (basic regex, one NUL-separated environment entry per line) that matches exactly the
+    environment entry of ``marker``: one start of one instance, its descendants included."""
+    parsed = parse_marker(marker)
+    if parsed is None or not re.fullmatch(r"[0-9a-zA-Z_-]+", parsed.ident):
+        msg = f"{marker!r} is not a marker"
+        raise ValueError(msg)
+    escaped = "".join("\\" + c if c in ".[]*^$\\" else c for c in marker)
+    return f"^{MARKER_ENV}={escaped}$"
 
 
 def parse_marker(value: str) -> Marker | None:

@@ -12,7 +12,7 @@ nothing of procguard. The runner:
   faster still while its memory strikes are counted
   (:func:`procguard.policy.next_sample_delay`), so an idle command costs
   little to watch and a leak is still stopped gracefully
-  (:class:`~procguard.sampler.ResourceSampler`), and applies the same rules
+  (:mod:`procguard.runner.tree`, straight from /proc), and applies the same rules
   as the in-process manager (:mod:`procguard.policy`, the same
   :class:`~procguard.limits.WorkerLimits`): memory over the limit for
   ``memory_strikes`` consecutive samples or CPU over the limit averaged over
@@ -52,31 +52,29 @@ import dataclasses
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-import psutil
-
 from ..errors import UsageError
-from ..health.server import HealthServer, serve_health
+from ..heap import release_memory
 from ..instances.lock import InstanceLock
 from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
+from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import ParentLink, stop_for_signal
 from ..policy import LimitTracker, LimitVerdict, next_sample_delay, runtime_deadline
-from ..proctree import process_tree, stop_processes
 from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
-from ..sampler import ResourceSample, ResourceSampler
 from ..signals import SignalCapture
 from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
 from .options import RunOptions
+from .tree import TreeReading, TreeSampler, kill_tree, stop_pids, tree_pids
 
 if TYPE_CHECKING:
     from ..health.notify import SystemdNotifier
+    from ..health.server import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ def check_command(argv: tuple[str, ...] | list[str]) -> str:
     or a lock record behind for a moment.
     """
     program = argv[0]
-    path = shutil.which(program) if os.sep not in program else program
+    path = _which(program) if os.sep not in program else program
     if path is None or not os.path.exists(path):
         msg = f"command {program!r} not found (give a program on PATH or a path to one)"
         raise UsageError(msg)
@@ -103,6 +101,15 @@ def check_command(argv: tuple[str, ...] | list[str]) -> str:
         msg = f"command {program!r} is not an executable file"
         raise UsageError(msg)
     return path
+
+
+def _which(program: str) -> str | None:
+    """The first executable ``program`` on PATH, as a shell finds it (shutil.which without shutil)."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or os.curdir, program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def _status_of(returncode: int) -> int:
@@ -124,8 +131,11 @@ class CommandSupervisor:
     ``lock`` (the held instance lock, optional) gets the child's PID and the
     health port written into its record. ``marker`` is the
     ``PROCGUARD_INSTANCE`` value the command and its descendants carry.
-    ``keep_pids`` are the runner's own helpers (the guardian): never
-    counted as leftovers of the command. ``notifier`` (from
+    ``keep_pids`` are the runner's own helpers (the watchdog): never
+    counted as leftovers of the command. ``watchdog_fd`` (a standalone
+    runner's, :func:`procguard.instances.watchdog.start_watchdog`) is told
+    the command's process group, so a SIGKILLed runner's command tree is
+    stopped. ``notifier`` (from
     :meth:`SystemdNotifier.from_env`, None outside systemd) gets ``READY=1``,
     ``WATCHDOG=1`` and ``STOPPING=1``; the supervisor closes it when done.
     ``link`` (under ``procguard up``) hears the command's pid and the outcome,
@@ -143,12 +153,14 @@ class CommandSupervisor:
         clock: Callable[[], float] = time.monotonic,
         notifier: SystemdNotifier | None = None,
         link: ParentLink | None = None,
+        watchdog_fd: int | None = None,
     ) -> None:
         self.options = options
         self.limits = options.limits
         self.notifier = notifier
         self.link = link
         self.marker = marker
+        self.watchdog_fd = watchdog_fd
         self.lock = lock
         self.keep_pids = frozenset(keep_pids)
         self.sample_interval_s = sample_interval_s
@@ -161,7 +173,7 @@ class CommandSupervisor:
         self.child: ChildHandle | None = None
         self._labels = metric_labels(options.name)
         # Written by the watch loop, read by the health thread (whole-object swaps).
-        self._sample: ResourceSample | None = None
+        self._sample: TreeReading | None = None
         self._asked: StopOutcome | None = None  # the stop the runner decided, once
         self._stop_asked_at: float | None = None  # when the command got its stop signal (grace from here)
         self._forced = False
@@ -210,7 +222,7 @@ class CommandSupervisor:
             stop_reason=asked.reason.value if asked is not None else None,
         )
 
-    def _health(self, now: float, sample: ResourceSample | None) -> HealthStatus:
+    def _health(self, now: float, sample: TreeReading | None) -> HealthStatus:
         """Healthy = running, not stopping, and the last sample within the limits."""
         if not self._running:
             return HealthStatus(False, "not running" if self.child else "starting")
@@ -264,6 +276,8 @@ class CommandSupervisor:
             check_command(self.options.command)
             lim = self.limits
             if lim.health_port:
+                from ..health.server import serve_health  # only with a port: no HTTP code otherwise
+
                 # The runner's own thread never runs user code, so it answers
                 # probes promptly from a thread: no responder process needed.
                 self.health = serve_health(
@@ -271,6 +285,8 @@ class CommandSupervisor:
                 )
             self.child = self._spawn()
             self._running = True
+            if self.watchdog_fd is not None:
+                tell(self.watchdog_fd, f"+{self.child.pid}")  # it leads its own session and group
             if self.link is not None:
                 self.link.report_worker_pid(self.child.pid)
             self._notify_ready(self.child)
@@ -285,6 +301,7 @@ class CommandSupervisor:
                     health_port=self.health.port if self.health else None,
                     marker=self.marker,
                 )
+            release_memory()  # start-up is over: the runner lives at this size for as long as the command
             returncode = self._watch(self.child, capture)
             self._running = False
             return self._result(returncode)
@@ -305,11 +322,8 @@ class CommandSupervisor:
             raise UsageError(msg) from None
         return ChildHandle(proc)
 
-    def _sampler(self, pid: int) -> ResourceSampler | None:
-        try:
-            return ResourceSampler(pid, include_children=True, cpu_window_s=self.limits.cpu_window_s)
-        except psutil.Error:  # the command exited at once
-            return None
+    def _sampler(self, pid: int) -> TreeSampler:
+        return TreeSampler(pid, cpu_window_s=self.limits.cpu_window_s, clock=self._clock)
 
     def _watch(self, child: ChildHandle, capture: SignalCapture) -> int:
         """The watch loop: returns the command's return code once it has exited."""
@@ -358,10 +372,9 @@ class CommandSupervisor:
                         by=Ender.PROCGUARD,
                     ),
                 )
-            if sampler is not None and now >= next_sample:
-                try:
-                    sample = sampler.sample()
-                except psutil.Error:
+            if now >= next_sample:
+                sample = sampler.sample()
+                if sample is None:
                     continue  # exiting: the next turn sees it
                 previous = self._sample
                 self._sample = sample
@@ -455,11 +468,7 @@ class CommandSupervisor:
     def _kill_tree(self, child: ChildHandle) -> None:
         self._forced = True
         self._forward_at = None
-        for proc in process_tree(child.pid):
-            try:
-                proc.kill()  # psutil checks (pid, start time) first: never a recycled PID
-            except psutil.Error:
-                continue
+        kill_tree(child.pid)  # through pidfds opened after a start-time check: never a recycled PID
 
     def _result(self, returncode: int) -> StopOutcome:
         """How the command ended, with the runner's exit status in it; logged and reported."""
@@ -489,26 +498,24 @@ class CommandSupervisor:
         if self.health is not None:
             self.health.close()
         child = self.child
-        leftovers: list[psutil.Process] = []
-        try:
-            leftovers = psutil.Process().children(recursive=True)
-        except psutil.Error:
-            pass
-        leftovers = [p for p in leftovers if p.pid not in self.keep_pids]
+        # Our descendants (orphans adopted as subreaper included), our own helpers' subtrees left out.
+        leftovers = tree_pids(os.getpid(), excluded=self.keep_pids)[1:]
         if child is not None:
-            leftovers = [p for p in leftovers if p.pid != child.pid]
+            leftovers = [pid for pid in leftovers if pid != child.pid]
             if child.is_alive():  # only on an error inside the loop
-                leftovers = process_tree(child.pid) + leftovers
+                leftovers = [child.pid, *leftovers]
         if leftovers:
             log.info("%s: stopping %d leftover process(es) of the command: %s", self.options.name,
-                     len(leftovers), ", ".join(str(p.pid) for p in leftovers))
-            stop_processes(leftovers, self.limits.grace_s)
+                     len(leftovers), ", ".join(str(pid) for pid in leftovers))
+            stop_pids(leftovers, self.limits.grace_s)
         if child is not None:
             try:
                 child.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
                 pass
             child.close()
+            if self.watchdog_fd is not None:
+                tell(self.watchdog_fd, f"-{child.pid}")  # gone: its number may be reused
         reap_children()
         capture.close()
         if self.notifier is not None:

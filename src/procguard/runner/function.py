@@ -18,7 +18,6 @@ manager stops the worker with ``iteration_failures`` after
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import logging
@@ -147,6 +146,8 @@ class FunctionLoop:
             if self.on_started is not None:
                 self.on_started()
             if is_async(self.func):
+                import asyncio  # only for async targets: it loads ssl and more (about 3 MB RSS)
+
                 asyncio.run(self._run_async())
             else:
                 self._run_sync()
@@ -165,6 +166,8 @@ class FunctionLoop:
             try:
                 result = self._call()
                 if inspect.isawaitable(result):  # a sync wrapper around a coroutine
+                    import asyncio
+
                     asyncio.run(_as_coroutine(result))
             except Exception as error:
                 self._failed(error)

@@ -1,6 +1,6 @@
 """Start this runner again with the instance marker in its own environment.
 
-Why: should a standalone ``procguard run`` be SIGKILLed, its guardian finds
+Why: should a standalone ``procguard run`` be SIGKILLed, its watchdog finds
 what to stop by the marker in ``/proc/PID/environ``. That file shows the
 environment a process was *executed* with. Setting ``os.environ`` later
 reaches the programs a worker execs, but not the children it only forks

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..config import StackConfig, start_order
 from ..errors import PATH_SHOWN_MAX, UsageError, shown
+from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
 from ..instances.statedir import namespace_of
@@ -452,19 +453,3 @@ class Supervisor:
         self.history.close()
         self._selector.close()
 
-
-def release_memory() -> None:
-    """Give the start-up garbage back to the OS (the supervisor lives for days at its low-water mark).
-
-    Config parsing, the stale-process scan and 50 spawns leave freed heap
-    pages behind; glibc keeps them unless asked (``malloc_trim``).
-    """
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

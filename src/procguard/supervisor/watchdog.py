@@ -1,32 +1,15 @@
-"""The orphan guard: a tiny process that kills the workers if the supervisor dies.
+"""The supervisor's orphan guard: the shared /bin/sh watchdog, fed the workers' process groups.
 
-Why it exists: a parent-death signal reaches only the supervisor's direct
-children, and a worker that dies by it leaves its own children
-(``multiprocessing`` workers, ``daemon=True`` or not) running: measured,
-every peer leaves the worker *and* 4 of 4 grandchildren alive when it is
-SIGKILLed. Each worker leads its own process group; the
-supervisor tells this watchdog every group it creates (``+PGID``) and
-every group that is gone (``-PGID``), one per line, over a pipe. When that
-pipe reaches end-of-file -- the supervisor exited, however it died -- the
-watchdog sends SIGTERM to every group still listed, waits up to
-:data:`KILL_AFTER_S` for them to go, SIGKILLs what is left. A normal
-shutdown has emptied the list first.
-
-Along with those groups, however the supervisor ended, it stops every
-process still carrying a marker that supervisor gave out (the pattern of
-:func:`procguard.instances.marker.run_pattern`, passed at its start): a
-grandchild that left its worker's process group with ``setsid`` is in no
-group the list names, but it kept the marker in its environment. A second
-look afterwards catches what was forked meanwhile. The pattern names one
-run of one supervisor (a random run id is part of every marker it gives
-out), so a stack started again at once is never touched.
-
-It is a POSIX shell script (``/bin/sh``, its builtins and one ``grep`` at the
-end, in its own session so a terminal's Ctrl-C does not reach it): about
-1 MB of RSS where a Python interpreter would add 9 MB beside a supervisor
-whose whole budget is supervisord's 25 MB. It ignores everything that is
-not ``+N``/``-N`` with N > 1, so it can never be told to signal init or
-every process.
+Each worker leads its own process group; the supervisor tells the watchdog
+(:mod:`procguard.instances.watchdog`, the same script a standalone
+``procguard run`` uses) every group it creates and every group that is
+gone. If the supervisor dies however it dies, the watchdog stops the
+groups still listed and every process still carrying a marker of this
+supervisor's run (the pattern of
+:func:`procguard.instances.marker.run_pattern`, given at its start: a
+grandchild that left its worker's group with ``setsid`` kept the marker),
+SIGKILLing after :data:`KILL_AFTER_S`. A normal shutdown has emptied the
+list first.
 """
 
 from __future__ import annotations
@@ -37,62 +20,11 @@ import logging
 import os
 import subprocess
 
-from ..instances.marker import MARKER_ENV
+from ..instances.watchdog import KILL_AFTER_S, NAME, SCRIPT, watchdog_argv, watchdog_env
+
+__all__ = ["KILL_AFTER_S", "NAME", "SCRIPT", "WatchdogLink", "start_watchdog", "watchdog_argv"]
 
 logger = logging.getLogger(__name__)
-
-#: How long the groups get between SIGTERM and SIGKILL after the supervisor died.
-KILL_AFTER_S = 1.0
-
-#: ``sh -c SCRIPT procguard-watchdog PATTERN``; groups are kept as " 12 34 " in one variable.
-SCRIPT = """\
-trap '' INT HUP
-pattern=$1
-groups=" "
-while IFS= read -r line; do
-  pg=${line#?}
-  case "$pg" in ''|*[!0-9]*) continue ;; esac
-  [ "$pg" -gt 1 ] || continue
-  case "$line" in
-    +*) case "$groups" in *" $pg "*) ;; *) groups="$groups$pg " ;; esac ;;
-    -*) case "$groups" in *" $pg "*) groups="${groups%%" $pg "*} ${groups#*" $pg "}" ;; esac ;;
-  esac
-done
-stop() {
-  [ $# -eq 0 ] && return 0
-  for t; do kill -15 "$t" 2>/dev/null; done
-  i=0
-  while [ $i -lt STEPS ]; do
-    left=""
-    for t; do kill -0 "$t" 2>/dev/null && left="$left $t"; done
-    [ -z "$left" ] && return 0
-    sleep 0.05
-    i=$((i + 1))
-  done
-  for t; do kill -9 "$t" 2>/dev/null; done
-}
-marked() {
-  [ -n "$pattern" ] || return 0
-  for f in $(grep -l -a -z -e "$pattern" /proc/[0-9]*/environ 2>/dev/null); do
-    p=${f#/proc/}
-    p=${p%/environ}
-    case "$p" in ''|*[!0-9]*) continue ;; esac
-    [ "$p" -gt 1 ] && [ "$p" -ne $$ ] && printf ' %s' "$p"
-  done
-}
-targets=$(marked)
-for pg in $groups; do targets="$targets -$pg"; done
-stop $targets
-stop $(marked)
-exit 0
-""".replace("STEPS", str(int(KILL_AFTER_S / 0.05)))
-
-#: ``argv[0]`` of the watchdog as ``ps`` shows it.
-NAME = "procguard-watchdog"
-
-
-def watchdog_argv(shell: str = "/bin/sh", pattern: str = "") -> list[str]:
-    return [shell, "-c", SCRIPT, NAME, pattern]
 
 
 def start_watchdog(shell: str = "/bin/sh", pattern: str = "") -> subprocess.Popen[bytes]:
@@ -105,7 +37,7 @@ def start_watchdog(shell: str = "/bin/sh", pattern: str = "") -> subprocess.Pope
     """
     return subprocess.Popen(
         watchdog_argv(shell, pattern),
-        env={key: value for key, value in os.environ.items() if key != MARKER_ENV},
+        env=watchdog_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,

@@ -14,7 +14,7 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
   in-process manager (limits, heartbeat, health server, stop outcomes). Its
   settings reach it as a value through the worker's link
   (:mod:`.worker_link`), not as command-line text. It is the worker itself
-  (no guardian under ``procguard up``: the supervisor's watchdog covers it).
+  (no watchdog of its own under ``procguard up``: the supervisor's covers it).
 - ``command = ...`` workers, with a ``health_port`` or not, are spawned
   directly and watched from outside by the supervisor (tree memory/CPU with
   :mod:`.procscan`, limits with :class:`procguard.policy.LimitTracker`,
