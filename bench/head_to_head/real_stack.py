@@ -46,12 +46,17 @@ PROGRAMS = ("http", "job", "cmd")
 
 @dataclass(frozen=True)
 class StackSettings:
-    """Sizes (copies of the three programs), settle time and samples."""
+    """Sizes (copies of the three programs), settle time and samples.
+
+    The sampling window (``samples`` x ``sample_every_s``) spans 60 s, so it
+    holds one of memmon's TICK_60 checks and two of PM2's 30 s checks: a
+    shorter one could miss the peers' periodic work entirely.
+    """
 
     sizes: tuple[int, ...] = (1, 10, 50)
     limit_mib: int = 200
     settle_s: float = 5.0
-    samples: int = 10
+    samples: int = 61
     sample_every_s: float = 1.0
 
 
@@ -195,6 +200,7 @@ def measure(adapter: Adapter, size: int, settings: StackSettings) -> dict[str, A
         "workers": {p: len(v) for p, v in workers.items()},
         "ready_s": ready_s,
         "samples": len(manager_rss),
+        "window_s": window,
         "http_answered": [answered(http_ports, "/"), len(http_ports)],
     }
     if stack.health_ports and adapter.name == "procguard":

@@ -467,7 +467,8 @@ def render(results: dict[str, Any]) -> str:
         "Figures are medians with (min-max) over repetitions; a ratio is the peer's figure divided by "
         "procguard's (above 1x: procguard is lower). Reproduce with `make bench-peers` (installs the "
         "peers into `bench/.peers/` by package name, then runs `python -m bench.head_to_head`; "
-        "`--quick`, `--only SCENARIO`).", "")
+        "`--quick`, `--only SCENARIO[,SCENARIO...]`). The real stack and the memory guard run after run "
+        "(scenarios 8 and 9) have their own section below.", "")
     if quick:
         sec.add("**These figures come from a `--quick` run** (fewer repetitions, shorter windows).", "")
     summary_at = len(sec.lines)

@@ -76,6 +76,10 @@ def _real_stack(sec: Section, data: dict[str, Any]) -> None:
         row.append(fmt_ratio(ratio(last["manager_rss"], sd_last)) if ok and sd_last else "—")
         rows.append(row)
     sec.table(header, rows)
+    windows = [e["window_s"] for e in data.values() if "window_s" in e]
+    if windows:
+        sec.add(f"Sampling window: {min(windows):.0f} s per run (memmon checks once a minute at TICK_60, PM2 "
+                "every 30 s at its defaults: a window under a minute can miss their periodic work).", "")
 
     if sizes:
         parts = []
@@ -223,7 +227,7 @@ SCENARIOS = [
      "at its defaults; supervisord runs in the foreground with superlance's memmon (`-p`/`-g` per program, "
      "TICK_60 as recommended); PM2 uses `max_memory_restart` at its defaults. Once every program is ready and "
      "the stack has settled, the RSS of every process the tool runs that is not a program is summed, sampled "
-     "every second (median, with the range when it moved). A process that logged itself ready is a program: a "
+     "every second over a window (median, with the range when it moved; the window is given below). A process that logged itself ready is a program: a "
      "function worker's process is the worker, while a `procguard run` wrapping a command, a watchdog, memmon "
      "or PM2's daemon is the manager's. CPU: the manager side's time on CPU over the sampling window, in the "
      "scheduler's nanoseconds (/proc/PID/task/TID/schedstat), not clock ticks.", _real_stack),
