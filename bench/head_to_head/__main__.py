@@ -133,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = previous.get("scenarios", {})
     run_root = tools.run_root
     started = time.monotonic()
+    commit = _commit()  # the code that runs is the code checked out now, whatever is committed meanwhile
     try:
         for name in wanted:
             t0 = time.monotonic()
+            date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             log.info("scenario %s ...", name)
             if name == "footprint":
                 data = scenarios.footprint(adapters, settings)
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and name in results:  # keep the other tools' figures of an earlier run
                 data = {**results[name]["data"], **data}
             results[name] = {"data": data, "seconds": time.monotonic() - t0, "quick": args.quick,
-                             "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                             "commit": commit, "date": date}
             log.info("scenario %s done in %.0f s", name, time.monotonic() - t0)
             _save(tools, adapters, results, settings)
     finally:
