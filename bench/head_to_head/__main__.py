@@ -7,19 +7,23 @@ bench/results/head_to_head.json and the section between the
 per scenario under docs/img/.
 
 Options: ``--quick`` (fewer repetitions, shorter windows), ``--only
-SCENARIO`` (repeatable; earlier results of the other scenarios are kept from
-the JSON file), ``--tools`` (subset of managers), ``--no-report``.
+SCENARIO[,SCENARIO...]`` (repeatable; earlier results of the other scenarios
+are kept from the JSON file), ``--tools`` (subset of managers),
+``--no-report``. Each scenario's results record the commit and date they
+were measured on.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,18 +38,31 @@ log = logging.getLogger("bench.head_to_head")
 REPO = Path(__file__).resolve().parents[2]
 PEERS = REPO / "bench" / ".peers"
 RESULTS = REPO / "bench" / "results" / "head_to_head.json"
-SCENARIOS = ("footprint", "restart", "memory", "orphans", "stop", "storm", "probe")
+SCENARIOS = ("footprint", "restart", "memory", "orphans", "stop", "storm", "probe", "real_stack", "memory_guard")
+
+
+def _scenario_list(text: str) -> list[str]:
+    """``--only real_stack,memory_guard``: known scenario names, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        msg = f"unknown scenario {', '.join(unknown) or repr(text)} (use: {', '.join(SCENARIOS)})"
+        raise argparse.ArgumentTypeError(msg)
+    return names
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.head_to_head", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter windows")
-    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)")
+    parser.add_argument("--only", action="append", type=_scenario_list, metavar="SCENARIO[,SCENARIO...]",
+                        help=f"run only these scenarios (repeatable; of: {', '.join(SCENARIOS)})")
     parser.add_argument("--tools", default=",".join(ADAPTERS), help="comma-separated managers (default: all)")
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--report-only", action="store_true",
                         help="only re-render docs/benchmarks.md and the plots from the saved results")
     args = parser.parse_args(argv)
+    if args.only:
+        args.only = list(dict.fromkeys(name for names in args.only for name in names))
     unknown = [t for t in args.tools.split(",") if t not in ADAPTERS]
     if unknown:
         parser.error(f"unknown tool(s) {', '.join(unknown)} (use: {', '.join(ADAPTERS)})")
@@ -116,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = previous.get("scenarios", {})
     run_root = tools.run_root
     started = time.monotonic()
+    commit = _commit()  # the code that runs is the code checked out now, whatever is committed meanwhile
     try:
         for name in wanted:
             t0 = time.monotonic()
+            date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             log.info("scenario %s ...", name)
             if name == "footprint":
                 data = scenarios.footprint(adapters, settings)
@@ -130,13 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                 data = scenarios.orphans(adapters, settings)
             elif name == "stop":
                 data = scenarios.stop_time(adapters, settings)
+            elif name == "real_stack":
+                data = scenarios.real_stack(adapters, settings)
+            elif name == "memory_guard":
+                data = scenarios.memory_guard_rounds(adapters, settings)
             elif name == "storm":
                 data = scenarios.duplicate_storm(adapters, settings, tools.python, run_root)
             else:
                 data = scenarios.probe_latency(settings, tools.python, run_root, REPO)
             if args.only and name in results:  # keep the other tools' figures of an earlier run
                 data = {**results[name]["data"], **data}
-            results[name] = {"data": data, "seconds": time.monotonic() - t0, "quick": args.quick}
+            results[name] = {"data": data, "seconds": time.monotonic() - t0, "quick": args.quick,
+                             "commit": commit, "date": date}
             log.info("scenario %s done in %.0f s", name, time.monotonic() - t0)
             _save(tools, adapters, results, settings)
     finally:
@@ -158,8 +182,18 @@ def _save(tools: Tools, adapters: list[Adapter], results: dict[str, Any], settin
             versions[adapter.name] = adapter.version()
         except (OSError, ValueError) as error:
             versions[adapter.name] = f"unknown ({error})"
-    payload = {"machine": _machine(), "versions": versions, "settings": settings.__dict__, "scenarios": results}
+    payload = {"machine": _machine(), "versions": versions, "settings": dataclasses.asdict(settings),
+               "scenarios": results}
     RESULTS.write_text(json.dumps(payload, indent=1, default=str))
+
+
+def _commit() -> str:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), for the report."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+    commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 if __name__ == "__main__":

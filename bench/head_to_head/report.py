@@ -467,7 +467,8 @@ def render(results: dict[str, Any]) -> str:
         "Figures are medians with (min-max) over repetitions; a ratio is the peer's figure divided by "
         "procguard's (above 1x: procguard is lower). Reproduce with `make bench-peers` (installs the "
         "peers into `bench/.peers/` by package name, then runs `python -m bench.head_to_head`; "
-        "`--quick`, `--only SCENARIO`).", "")
+        "`--quick`, `--only SCENARIO[,SCENARIO...]`). The real stack and the memory guard run after run "
+        "(scenarios 8 and 9) have their own section below.", "")
     if quick:
         sec.add("**These figures come from a `--quick` run** (fewer repetitions, shorter windows).", "")
     summary_at = len(sec.lines)
@@ -501,21 +502,42 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(sec.lines) + "\n"
 
 
-def replace_section(document: str, section: str) -> str:
-    """``document`` with its head-to-head section replaced by ``section`` (appended if absent)."""
-    start, end = document.find(BEGIN), document.find(END)
+def replace_section(document: str, section: str, begin: str = BEGIN, end_marker: str = END,
+                    after: str | None = None) -> str:
+    """``document`` with the section between ``begin`` and ``end_marker`` replaced by ``section``.
+
+    An absent section goes right after the ``after`` marker when the document
+    has it, else at the end.
+    """
+    start, end = document.find(begin), document.find(end_marker)
     if start != -1 and end != -1 and end > start:
-        return document[:start] + section.rstrip("\n") + document[end + len(END):]
+        return document[:start] + section.rstrip("\n") + document[end + len(end_marker):]
+    anchor = document.find(after) if after else -1
+    if anchor != -1:
+        cut = anchor + len(after or "")
+        return document[:cut] + "\n\n" + section.rstrip("\n") + document[cut:]
     if document and not document.endswith("\n"):
         document += "\n"
     return document + ("\n" if document else "") + section
 
 
 def publish(results: dict[str, Any], repo: Path, peers: Path) -> None:
-    """Write the section into docs/benchmarks.md and the plots into docs/img/."""
+    """Write the sections whose scenarios ``results`` holds into docs/benchmarks.md, the plots into docs/img/.
+
+    A section none of whose scenarios were measured is left as it is, so a
+    ``--only`` run on a checkout without earlier results does not blank the
+    figures published before.
+    """
+    from . import report_real
+
     doc = repo / "docs" / "benchmarks.md"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    doc.write_text(replace_section(text, render(results)))
+    measured = set(results.get("scenarios", {}))
+    if measured & {key for key, _, _, _ in SCENARIOS}:
+        text = replace_section(text, render(results))
+    if measured & set(report_real.KEYS):
+        text = replace_section(text, report_real.render(results), report_real.BEGIN, report_real.END, after=END)
+    doc.write_text(text)
     log.info("wrote %s", doc)
     python = peers / "venv" / "bin" / "python"
     if not python.exists():

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import psutil
 from . import procs
 from .adapters import Adapter, ProcguardAdapter
 from .events import read_events, ready_children, ready_workers
+from .real_stack import TOOLS as REAL_STACK_TOOLS
+from .real_stack import StackSettings, measure
 from .stack import Guard, GuardMode, Layout, Stack, WorkerSpec
 from .stats import percentile, summarize
 
@@ -56,6 +58,11 @@ class Settings:
     storm_starts: int = 10
     storm_workers: int = 3
     probe_requests: int = 300
+    #: the memory-guard rounds: how many, and which tool at which setting (interleaved, one run each per round)
+    guard_rounds: int = 12
+    guard_round_tools: tuple[tuple[str, GuardMode], ...] = (
+        ("procguard", "defaults"), ("pm2", "tight"), ("supervisord", "tight"))
+    real_stack: StackSettings = field(default_factory=StackSettings)
 
     def reps_for(self, mode: str) -> int:
         return (self.guard_reps or {"tight": 3, "defaults": 2})[mode]
@@ -63,7 +70,8 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls(footprint_window_s=10.0, restarts=4, guard_reps={"tight": 1, "defaults": 1},
-                   guard_budget_s=40.0, stop_reps=1, storm_starts=10, probe_requests=100)
+                   guard_budget_s=40.0, stop_reps=1, storm_starts=10, probe_requests=100, guard_rounds=2,
+                   real_stack=StackSettings(sizes=(1, 10), settle_s=3.0, samples=3))
 
 
 def _guarded(adapter: Adapter, part: Callable[[], Result]) -> Result:
@@ -254,7 +262,7 @@ def memory_guard(adapters: list[Adapter], settings: Settings) -> Result:
 
 def _one_leak(adapter: Adapter, mode: GuardMode, settings: Settings) -> Result:
     guard = Guard(mode=mode)
-    spec = WorkerSpec(guard.program, "leaker", args=(
+    spec = WorkerSpec(guard.programs[0], "leaker", args=(
         "--limit-mb", str(guard.limit_mib), "--delay-max", str(settings.guard_delay_max_s),
         "--step-mb", "2", "--step-s", "0.1", "--cap-mb", "3072", "--stop-s", "0.2"))
     adapter.start(Stack(workers=(spec,), guard=guard))
@@ -316,6 +324,28 @@ def _summarize_leaks(runs: list[Result], budget_s: float) -> Result:
         "budget_s": budget_s,
         "errors": errors,
     }
+
+
+def memory_guard_rounds(adapters: list[Adapter], settings: Settings) -> Result:
+    """The memory guard again, ``settings.guard_rounds`` times per tool, the tools interleaved.
+
+    Each round runs every (tool, setting) of ``settings.guard_round_tools``
+    once, so a slow stretch of the machine hits them alike; the leak starts
+    after a random delay each time (the phase against each tool's timer).
+    """
+    by_name = {adapter.name: adapter for adapter in adapters}
+    pairs = [(by_name[tool], mode) for tool, mode in settings.guard_round_tools if tool in by_name]
+    runs: dict[str, list[Result]] = {f"{adapter.name}@{mode}": [] for adapter, mode in pairs}
+    for round_no in range(settings.guard_rounds):
+        for adapter, mode in pairs:
+            def part(adapter: Adapter = adapter, mode: GuardMode = mode) -> Result:
+                return _one_leak(adapter, mode, settings)
+            run = _guarded(adapter, part)
+            log.info("memory_guard round %d %s@%s: %s", round_no + 1, adapter.name, mode,
+                     f"{run['act_s'] * 1000:.0f} ms" if "act_s" in run else run)
+            runs[f"{adapter.name}@{mode}"].append(run)
+    return {key: {**_summarize_leaks(values, settings.guard_budget_s), "limit_mib": Guard(mode="defaults").limit_mib}
+            for key, values in runs.items()}
 
 
 # -- 4. orphans -------------------------------------------------------------------------------
@@ -429,6 +459,24 @@ def _storm_count(events_dir: Path, codes: list[int]) -> Result:
     others = [pid for pid in everything if pid not in set(workers)]
     return {"processes": len(everything), "workers": len(workers), "rss": procs.rss_of(everything),
             "start_codes": codes, "names": _describe(others)}
+
+
+# -- 8. real stack ----------------------------------------------------------------------------
+def real_stack(adapters: list[Adapter], settings: Settings) -> Result:
+    """The manager side's RSS (and CPU) beside 1, 10 and 50 copies of a three-program stack."""
+    results: Result = {}
+    for size in settings.real_stack.sizes:
+        for adapter in adapters:
+            if adapter.name not in REAL_STACK_TOOLS:
+                continue
+
+            def part(adapter: Adapter = adapter, size: int = size) -> Result:
+                return measure(adapter, size, settings.real_stack)
+            results[f"{adapter.name}@{size}"] = entry = _guarded(adapter, part)
+            log.info("real_stack %s@%d: %s", adapter.name, size,
+                     f"{entry['manager_rss'] / 2**20:.1f} MB in {entry['manager_processes']} processes"
+                     if "manager_rss" in entry else entry)
+    return results
 
 
 # -- 7. probe latency -------------------------------------------------------------------------

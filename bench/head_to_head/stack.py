@@ -14,12 +14,22 @@ WORKERS_DIR = Path(__file__).resolve().parent / "workers"
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """One program: ``count`` copies of ``workers/<script>.py`` with ``args``."""
+    """One program: ``count`` copies of ``workers/<script>.py`` with ``args``.
+
+    ``function`` names a function of the script that procguard runs as a
+    function worker (``run = "script:function"``, called every
+    ``interval_s``); the peers, which have no such mode, run the script's own
+    loop, given ``--interval``. ``health`` asks procguard to serve a health
+    port for each copy (the ports are in :attr:`Stack.health_ports`).
+    """
 
     name: str
     script: str
     args: tuple[str, ...] = ()
     count: int = 1
+    function: str | None = None
+    interval_s: float = 1.0
+    health: bool = False
 
     def instance_names(self) -> list[str]:
         """``idle`` for a single copy, ``idle-00`` .. ``idle-49`` for many."""
@@ -30,20 +40,29 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Guard:
-    """A memory limit enforced by each tool's own documented mechanism."""
+    """A memory limit on ``programs``, enforced by each tool's own documented mechanism."""
 
     mode: GuardMode
     limit_mib: int = 200
-    program: str = "leak"
+    programs: tuple[str, ...] = ("leak",)
+
+    def covers(self, spec: WorkerSpec) -> bool:
+        return spec.name in self.programs
 
 
 @dataclass(frozen=True)
 class Stack:
-    """The workers of one scenario, plus an optional memory guard."""
+    """The workers of one scenario, plus an optional memory guard.
+
+    ``health_ports``: instance name -> the port procguard serves that
+    instance's health on (free ports the scenario picked; peers have no
+    per-worker health port and ignore it).
+    """
 
     workers: tuple[WorkerSpec, ...]
     guard: Guard | None = None
     env: dict[str, str] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,8 +79,9 @@ class Layout:
 
     def argv(self, spec: WorkerSpec, instance: str) -> list[str]:
         """The full command line of one worker instance."""
+        loop = ("--interval", f"{spec.interval_s:g}") if spec.function else ()
         return [self.python, str(self.workers_dir / f"{spec.script}.py"),
-                "--events", str(self.events_dir), "--name", instance, *spec.args]
+                "--events", str(self.events_dir), "--name", instance, *loop, *spec.args]
 
     def command(self, spec: WorkerSpec, instance: str) -> str:
         """The same, as one shell-quoted string (for config files)."""

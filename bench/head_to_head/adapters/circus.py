@@ -54,12 +54,15 @@ class CircusAdapter(Adapter):
                 f"working_dir = {run}",
                 "copy_env = True",
             ]
-        if stack.guard is not None:
+        guarded = [spec.name for spec in stack.workers if stack.guard is not None and stack.guard.covers(spec)]
+        for watcher in guarded:  # one resource_watcher per watcher: the plugin watches one
+            assert stack.guard is not None
+            suffix = "" if len(guarded) == 1 else f"_{watcher}"
             lines += [
                 "",
-                "[plugin:resource_watcher]",
+                f"[plugin:resource_watcher{suffix}]",
                 "use = circus.plugins.resource_watcher.ResourceWatcher",
-                f"watcher = {stack.guard.program}",
+                f"watcher = {watcher}",
                 f"max_mem = {stack.guard.limit_mib}M",
             ]
             lines += [f"{key} = {value}" for key, value in GUARD[stack.guard.mode].items()]

@@ -50,7 +50,7 @@ class PM2Adapter(Adapter):
                     "cwd": str(self.layout.run_dir),
                     "autorestart": True,
                 }
-                if stack.guard is not None and spec.name == stack.guard.program:
+                if stack.guard is not None and stack.guard.covers(spec):
                     app["max_memory_restart"] = f"{stack.guard.limit_mib}M"
                 apps.append(app)
         return {"ecosystem.json": json.dumps({"apps": apps}, indent=2) + "\n"}

@@ -10,7 +10,7 @@ import json
 import subprocess
 
 from .. import procs
-from ..stack import Stack
+from ..stack import Stack, WorkerSpec
 from .base import Adapter
 
 #: The supervisor samples every worker's process tree every 2 s (every 0.25 s
@@ -54,13 +54,24 @@ class ProcguardAdapter(Adapter):
         lines += [f"{key} = {value}" for key, value in self.defaults.items()]
         for spec in stack.workers:
             for instance in spec.instance_names():
-                argv = self.layout.argv(spec, instance)
-                lines += ["", f"[workers.{instance}]",
-                          "command = [" + ", ".join(_toml_str(a) for a in argv) + "]",
+                lines += ["", f"[workers.{instance}]", *self._program(spec, instance),
                           f"cwd = {_toml_str(str(self.layout.run_dir))}"]
-                if stack.guard is not None and spec.name == stack.guard.program:
+                if instance in stack.health_ports:
+                    lines.append(f"health_port = {stack.health_ports[instance]}")
+                if stack.guard is not None and stack.guard.covers(spec):
                     lines.append(f'memory_limit = "{stack.guard.limit_mib}MB"')
         return {"procguard.toml": "\n".join(lines) + "\n"}
+
+    def _program(self, spec: WorkerSpec, instance: str) -> list[str]:
+        """A command worker's ``command``, or a function worker's ``run``, ``interval`` and ``env``."""
+        if spec.function is None:
+            argv = self.layout.argv(spec, instance)
+            return ["command = [" + ", ".join(_toml_str(a) for a in argv) + "]"]
+        env = {"BENCH_EVENTS": str(self.layout.events_dir), "BENCH_NAME": instance,
+               "PYTHONPATH": str(self.layout.workers_dir)}
+        return [f"run = {_toml_str(f'{spec.script}:{spec.function}')}",
+                f'interval = "{spec.interval_s:g}s"',
+                "env = { " + ", ".join(f"{k} = {_toml_str(v)}" for k, v in env.items()) + " }"]
 
     def prepare(self, stack: Stack) -> None:
         self._guard_mode = stack.guard.mode if stack.guard is not None else None

@@ -72,7 +72,10 @@ class SupervisordAdapter(Adapter):
             lines += [
                 "",
                 "[eventlistener:memmon]",
-                f"command={self.tools.venv_bin}/memmon -p {stack.guard.program}={stack.guard.limit_mib}MB",
+                f"command={self.tools.venv_bin}/memmon " + " ".join(
+                    # -p names one process; -g covers every process of a numprocs group
+                    f"{'-p' if spec.count == 1 else '-g'} {spec.name}={stack.guard.limit_mib}MB"
+                    for spec in stack.workers if stack.guard.covers(spec)),
                 f"events={TICKS[stack.guard.mode]}",
                 f"stderr_logfile={run}/logs/memmon.log",
             ]
