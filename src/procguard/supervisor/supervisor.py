@@ -184,7 +184,7 @@ class Supervisor:
         self._commands.release_waiters()
 
     def view(self) -> View:
-        """The latest published state (safe to call from any thread)."""
+        """The latest published state (safe to call from any thread; published while the status page runs)."""
         return self._view
 
     def run(self, names: Sequence[str] | None = None, *, on_ready: Callable[[], None] | None = None) -> int:
@@ -402,6 +402,8 @@ class Supervisor:
     def _publish(self, now: float) -> None:
         self._next_publish = now + PUBLISH_INTERVAL_S
         self._publish_pending = False
+        if self.status_server is None:
+            return  # the status page is the view's only reader: without it there is nothing to build
         self._view = build_view(self.project, os.getpid(), self.workers.values(), now, self._wall())
 
     def _close(self) -> None:
