@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..instances.spawn import direct_children
+from ..policy import GrowthBase
 from ..procstat import CLOCK_TICKS, ProcStat, parse_stat, read_stat
 
 #: At most this many processes of one tree keep their files open between samples
@@ -138,6 +139,9 @@ class TreeSampler:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._excluded: frozenset[int] = frozenset()
         self._open: dict[int, _ProcFiles] = {}  # pid -> its files, for the processes of the last sample
+        self._growth = GrowthBase()
+        #: ``(time, memory bytes)`` of the earlier sample the last one's growth is measured from.
+        self.growth_from: tuple[float, int] | None = None
 
     def set_excluded(self, pids: frozenset[int] | set[int]) -> None:
         """Leave these descendants (and theirs) out of the figures, e.g. procguard's own helpers.
@@ -171,6 +175,7 @@ class TreeSampler:
         if count == 0:
             return None
         now = self._clock()
+        self.growth_from = self._growth.push(now, memory)
         cpu = _percent(self._last, now, ticks)
         self._last = (now, ticks)
         window = self._window
@@ -185,6 +190,11 @@ class TreeSampler:
             cpu_window_s=now - window[0][0],
             cpu_seconds=ticks / CLOCK_TICKS,
         )
+
+    @property
+    def taken_at(self) -> float | None:
+        """When the last sample was taken (the sampler's clock), None before the first."""
+        return None if self._last is None else self._last[0]
 
     def close(self) -> None:
         """Close the files kept open between samples (the sampler can still sample: they reopen)."""
