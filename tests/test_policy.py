@@ -133,7 +133,7 @@ APPROACH = policy.APPROACH_SAMPLE_INTERVAL_S
 @pytest.mark.parametrize(
     ("memory_mib", "strikes", "previous", "expected"),
     [
-        (10, 0, None, policy.GROWTH_SPAN_S),  # a first sample: the next one soon, to learn the growth
+        (10, 0, None, 2.0),  # far from the limit: the regular pace
         (10, 0, (0.0, 10), 2.0),  # idle: the regular pace
         (70, 0, None, policy.NEAR_LIMIT_SAMPLE_INTERVAL_S),  # at 70 % of it: near
         (40, 0, (0.0, 10), 1.0),  # growing 30 MiB/s: reaches it in 2 s, next sample halfway
@@ -205,9 +205,8 @@ def test_a_leak_is_confirmed_within_a_tenth_of_a_second_of_the_crossing(phase: f
 def test_an_idle_worker_costs_one_sample_per_regular_period() -> None:
     times, _crossed, verdict = _watch(lambda t: 12.0 + (t % 3) * 0.01, regular_s=2.0, until=60.0)
     assert verdict is None
-    # After the first sample the pace relaxes: 0.25, 0.5, 1 s, then the regular 2 s.
-    assert [round(b - a, 3) for a, b in itertools.pairwise(times)][:5] == [0.25, 0.5, 1.0, 2.0, 2.0]
-    assert len(times) == 3 + 30  # 0, 0.25, 0.75, then every 2 s from 1.75 to 59.75
+    assert {round(b - a, 3) for a, b in itertools.pairwise(times)} == {2.0}
+    assert len(times) == 30
 
 
 def test_a_worker_steady_near_its_limit_is_watched_at_the_near_pace() -> None:

@@ -114,14 +114,14 @@ def test_at_default_settings_the_sigterm_comes_just_after_the_crossing(
 ) -> None:
     """The samples close in on the crossing and the strikes are counted tens of ms apart.
 
-    Three leaks (60 MB, then 20 MB/s against 100 MB, stopping at SIGTERM): each is a graceful
+    Three leaks (20 MB, then 20 MB/s against 100 MB, stopping at SIGTERM): each is a graceful
     memory_limit recycle, and the median time from the worker's first RSS over the limit to
     its SIGTERM is well under the near-limit pace (0.25 s) that bounded it before. The tight
     figures (<= 100 ms, peak <= 1.02 x) are measured by bench/bench_supervisor_guard.py.
     """
     record = tmp_path / "leak"
     config = write_config(tmp_path, {
-        "leaker": {"command": worker_cmd("leaker.py", record, 60, 20, 0, 100), "memory_limit": "100MB",
+        "leaker": {"command": worker_cmd("leaker.py", record, 20, 20, 0, 100), "memory_limit": "100MB",
                    "start_limit": 10},
     })
     stack = Stack(config, state_dir, spawn)

@@ -247,7 +247,6 @@ def next_sample_delay(
 
     - no memory limit: ``regular_s`` (``rest_s`` if given);
     - over the limit, or strikes pending: the strike pace;
-    - a first sample (no ``previous``): :data:`GROWTH_SPAN_S`, to learn the growth;
     - growing: half the time the growth needs to reach the limit, no less
       than the approach pace (the samples close in on the crossing);
     - at :data:`CLOSE_WATCH_FRACTION` of the limit or more: the near-limit pace;
@@ -270,11 +269,7 @@ def next_sample_delay(
     elif rest_s is not None and previous is not None:
         room_s = (close - memory_bytes) / REST_LEAK_RATE_BYTES_S  # a fast leak's time to close watch
         delay = max(regular_s, min(rest_s, room_s))
-    if previous is None:
-        # A first sample says nothing of growth, and a process that just started often grows fast:
-        # the next comes soon, so a growth rate is known early.
-        return min(delay, GROWTH_SPAN_S)
-    if now <= previous[0]:
+    if previous is None or now <= previous[0]:
         return delay
     then, before = previous
     span = now - then

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from ..outcome import StopOutcome, outcome_of_exit
-from ..policy import GROWTH_SPAN_S, next_sample_delay
+from ..policy import next_sample_delay
 from ..reasons import Ender, StopReason
 from .backoff import Action, decide
 from .history import Event, History
@@ -146,7 +146,6 @@ class Lifecycle:
             self._account(worker, outcome, pid=None, wall=wall, runtime_s=0.0, peak=None)
             self._after_exit(worker, outcome, 0.0, now)
             return
-        worker.next_sample_at = now + GROWTH_SPAN_S  # its growth is learnt from its first samples
         self._on_spawned(worker)
         self._watchdog.watch(pid)
         self._on_changed()
