@@ -1,11 +1,15 @@
 """``procguard up`` against supervisord and a bare Popen loop, measured in one run.
 
-Run: ``python -m bench.bench_supervisor [--workers 50] [--seconds 60] [--no-write]``
+Run: ``python -m bench.bench_supervisor [--workers 50] [--seconds 60] [--baseline SRC]
+[--footprint-only] [--no-write]``
 
-1. **Footprint**: the supervisor's RSS and CPU while it supervises N idle
-   workers for ``--seconds`` (its memory/CPU sampling of every worker on, at
-   the default 2 s), side by side with supervisord (``supervisor`` from PyPI,
-   in this environment) supervising the same N programs (in the foreground: see "How" in the section it writes).
+1. **Footprint**: the supervisor's RSS and CPU (nanoseconds, from the
+   scheduler) while it supervises N idle workers for ``--seconds``, its
+   memory/CPU sampling of every worker on: once at the default memory limit,
+   once with a 200 MB limit each; side by side in the same window with
+   supervisord (``supervisor`` from PyPI, in this environment) supervising
+   the same N programs (in the foreground: see "How" in the section it
+   writes), and with ``--baseline``, a procguard from another source tree.
 2. **Restart latency** after a crash: from the worker's last words (a
    timestamp written just before ``exit(1)``) to the replacement's first
    (a timestamp written first thing), for a *first* crash (each run outlives
@@ -44,6 +48,9 @@ from bench.bench_hotloop import machine, write_section
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 BIN = Path(PY).parent
+
+#: A second procguard in the footprint run gives every idle worker this (small) memory limit.
+SMALL_LIMIT = "200MB"
 
 IDLE = "import time\nwhile True:\n    time.sleep(3600)\n"
 CRASHY = textwrap.dedent("""
@@ -84,9 +91,9 @@ MPWORKER = textwrap.dedent("""
 """)
 
 
-def env(state: Path) -> dict[str, str]:
+def env(state: Path, src: Path = ROOT / "src") -> dict[str, str]:
     result = dict(os.environ)
-    result["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), result.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result["PYTHONPATH"] = os.pathsep.join([str(src), result.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     result["PROCGUARD_STATE_DIR"] = str(state)
     result["PROCGUARD_LOG_LEVEL"] = "WARNING"
     return result
@@ -129,8 +136,9 @@ def kill_tree(pid: int) -> None:
 class Procguard:
     """A stack under ``procguard up`` (foreground process, so we hold its pid)."""
 
-    def __init__(self, work: Path, programs: dict[str, list[str]], **worker_keys: str) -> None:
-        self.dir = work / "procguard"
+    def __init__(self, work: Path, programs: dict[str, list[str]], *, src: Path = ROOT / "src",
+                 label: str = "procguard", **worker_keys: str) -> None:
+        self.dir = work / label
         self.dir.mkdir()
         lines = ['[project]', 'name = "bench"', '', '[defaults]', 'grace = "10s"']
         lines += [f'{key} = "{value}"' for key, value in worker_keys.items()]
@@ -139,7 +147,7 @@ class Procguard:
             lines += ["", f"[workers.{name}]", f"command = [{quoted}]"]
         self.config = self.dir / "procguard.toml"
         self.config.write_text("\n".join(lines) + "\n")
-        self.env = env(self.dir / "state")
+        self.env = env(self.dir / "state", src)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -223,32 +231,71 @@ class Supervisord:
 # -- measurements --------------------------------------------------------------------------
 
 
-def footprint(work: Path, workers: int, seconds: float) -> dict[str, float]:
+def footprint(work: Path, workers: int, seconds: float, baseline: Path | None = None) -> dict[str, float]:
+    """RSS and CPU of each supervisor over the same window, side by side.
+
+    ``procguard``: every worker at the default memory limit (memory sampled: a limit is on
+    unless a worker sets 0); ``procguard_small``: the same with a 200 MB limit, where idle
+    workers have less room and are sampled at the regular pace; ``baseline``: a procguard
+    from another source tree, at the default limit.
+    """
     idle = work / "idle.py"
     idle.write_text(IDLE)
     programs = {f"w{i:02d}": [PY, str(idle)] for i in range(workers)}
-    pg, sd = Procguard(work, programs), Supervisord(work, programs)
+    stacks = {
+        "procguard": Procguard(work, programs),
+        "procguard_small": Procguard(work, programs, label="small", memory_limit=SMALL_LIMIT),
+    }
+    if baseline is not None:
+        stacks["baseline"] = Procguard(work, programs, src=baseline, label="baseline")
+    sd = Supervisord(work, programs)
     try:
-        pg_pid, sd_pid = pg.up(), sd.up()
-        wait(lambda: pg.running(workers) and sd.running(workers), 120, "all workers running")
+        procs = {name: stack.up() for name, stack in stacks.items()}
+        procs["supervisord"] = sd.up()
+        wait(lambda: sd.running(workers) and all(stack.running(workers) for stack in stacks.values()),
+             240, "all workers running")
         time.sleep(3)  # let start-up garbage settle before the window opens
-        procs = {"procguard": psutil.Process(pg_pid), "supervisord": psutil.Process(sd_pid)}
-        watchdog = pg.watchdog_pid()
+        watchdog = stacks["procguard"].watchdog_pid()
         if watchdog:
-            procs["watchdog"] = psutil.Process(watchdog)
-        before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+            procs["watchdog"] = watchdog
+        before = {name: cpu_ns(pid) for name, pid in procs.items()}
         started = time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - started
         result = {}
-        for name, proc in procs.items():
-            result[f"{name}_cpu_percent"] = (sum(proc.cpu_times()[:2]) - before[name]) / elapsed * 100
-            result[f"{name}_rss_mb"] = proc.memory_info().rss / 2**20
-            result[f"{name}_anon_mb"] = anon_mb(proc.pid)
+        for name, pid in procs.items():
+            used = cpu_ns(pid) - before[name]
+            result[f"{name}_cpu_ms"] = used / 1e6
+            result[f"{name}_cpu_percent"] = used / 1e9 / elapsed * 100
+            result[f"{name}_rss_mb"] = psutil.Process(pid).memory_info().rss / 2**20
+            result[f"{name}_anon_mb"] = anon_mb(pid)
+        reference = max(result["supervisord_cpu_ms"], 1e-9)
+        result["cpu_ratio"] = (result["procguard_cpu_ms"] + result.get("watchdog_cpu_ms", 0.0)) / reference
+        for name in stacks:
+            result[f"{name}_cpu_ratio"] = result[f"{name}_cpu_ms"] / reference
         return result
     finally:
-        pg.stop()
+        for stack in stacks.values():
+            stack.stop()
         sd.stop()
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in nanoseconds (the scheduler's own count).
+
+    The first field of ``/proc/PID/task/TID/schedstat`` is the time each thread
+    spent on a CPU, kept in nanoseconds; the user/system times psutil reports
+    advance in 10 ms clock ticks, which at a few tenths of a percent over a
+    minute is mostly rounding.
+    """
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as handle:
+                total += int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
 
 
 def anon_mb(pid: int) -> float:
@@ -347,7 +394,7 @@ def survivors(work: Path, workers: int = 10) -> dict[str, float]:
 
 
 def render(workers: int, seconds: float, fp: dict[str, float], rl: dict[str, float], dt: dict[str, float],
-           sv: dict[str, float]) -> str:
+           sv: dict[str, float], baseline_name: str = "--baseline") -> str:
     pg_rss = fp["procguard_rss_mb"]
     wd_rss = fp.get("watchdog_rss_mb", 0.0)
     ratio = rl["procguard_ms"] / rl["bare_ms"]
@@ -361,7 +408,8 @@ def render(workers: int, seconds: float, fp: dict[str, float], rl: dict[str, flo
     |---|---|---|---|
     | RSS, {workers} idle workers | {pg_rss:.1f} MB (+ watchdog {wd_rss:.1f} MB) | {fp['supervisord_rss_mb']:.1f} MB | <= supervisord |
     | of which private (RssAnon) | {fp['procguard_anon_mb']:.1f} MB (+ watchdog {fp.get('watchdog_anon_mb', 0.0):.1f} MB) | {fp['supervisord_anon_mb']:.1f} MB | |
-    | CPU, {workers} idle workers, {seconds:g} s, sampling every 2 s | {fp['procguard_cpu_percent']:.2f} % (watchdog {fp.get('watchdog_cpu_percent', 0.0):.2f} %) | {fp['supervisord_cpu_percent']:.2f} % | <= 1 % of a core |
+    | CPU, {workers} idle workers, {seconds:g} s, default memory limit (2 GiB) | {_cpu(fp, 'procguard')} (watchdog {fp.get('watchdog_cpu_ms', 0.0):.1f} ms) | {_cpu(fp, 'supervisord')} | <= supervisord: **{fp['cpu_ratio']:.2f}x** |
+    | CPU, the same with a 200 MB memory limit each | {_cpu(fp, 'procguard_small')} | | **{fp['procguard_small_cpu_ratio']:.2f}x** |
     | restart after a first crash (exit -> replacement running), median of {rl['samples']:.0f} | {rl['procguard_ms']:.1f} ms (p90 {rl['procguard_p90_ms']:.1f} ms) | | <= 2x bare Popen loop: {rl['bare_ms']:.1f} ms -> **{ratio:.2f}x** |
     | stop {workers} workers that take 0.5 s each (`down` / `stop all`) | {dt['procguard_s']:.2f} s | {dt['supervisord_s']:.2f} s | <= 1 s |
     | survivors 2 s after SIGKILL of the supervisor (10 workers x 4 mp children) | {sv['procguard_survivors']:.0f} of {sv['procguard_processes']:.0f} | {sv['supervisord_survivors']:.0f} of {sv['supervisord_processes']:.0f} (stopasgroup, killasgroup) | 0 |
@@ -373,10 +421,26 @@ def render(workers: int, seconds: float, fp: dict[str, float], rl: dict[str, flo
     until it touches them again: about 6 MB less RSS for the same private memory, which is why an
     earlier head-to-head run showed supervisord at 18.5 MB; bench/head_to_head now runs it with `-n` too.
     RSS is the supervisor process alone; the watchdog (a `/bin/sh` script in its own session that
-    kills the workers' process groups if the supervisor dies) is listed beside it. CPU is user+system
-    time over the window. Idle command workers are spawned directly (no `procguard run`
-    per worker) and sampled through `/proc/PID/task/*/children`, not a scan of all of /proc.
+    kills the workers' process groups if the supervisor dies) is listed beside it. CPU is the time
+    every thread of the process spent on a CPU over the window, in nanoseconds
+    (`/proc/PID/task/*/schedstat`; user+system times come in 10 ms ticks, mostly rounding at these
+    levels); all the supervisors run side by side in the same window. Idle command workers are
+    spawned directly (no `procguard run` per worker) and sampled through their kept-open
+    `/proc/PID/stat` and children list, not a scan of all of /proc. Under the default 2 GiB limit an
+    idle worker is sampled every 10 s (a 50 MB/s leak would still be seen long before 60 % of its
+    limit); under 200 MB it is sampled every 2 s, so the cost of each sample shows.{_baseline(fp, baseline_name)}
     """)
+
+
+def _cpu(fp: dict[str, float], name: str) -> str:
+    return f"{fp[name + '_cpu_percent']:.3f} % ({fp[name + '_cpu_ms']:.1f} ms)"
+
+
+def _baseline(fp: dict[str, float], name: str) -> str:
+    if "baseline_cpu_ms" not in fp:
+        return ""
+    return (f" In the same window, procguard {name} (default limit) used {_cpu(fp, 'baseline')}:"
+            f" **{fp['baseline_cpu_ratio']:.2f}x** supervisord.")
 
 
 def _supervisord_version() -> str:
@@ -390,14 +454,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="footprint window (default 60)")
     parser.add_argument("--restarts", type=int, default=15, help="restart samples (default 15)")
     parser.add_argument("--no-write", action="store_true", help="print, do not update docs/benchmarks.md")
+    parser.add_argument("--baseline", type=Path, metavar="SRC",
+                        help="also run a procguard from this source tree (e.g. an earlier commit's src/, "
+                             "exported with git archive) in the footprint window")
+    parser.add_argument("--baseline-name", default="--baseline", metavar="TEXT",
+                        help="what the baseline is, in the report (e.g. 'before abc1234')")
+    parser.add_argument("--footprint-only", action="store_true",
+                        help="measure the footprint (RSS, CPU) alone and print it (implies --no-write)")
     args = parser.parse_args(argv)
     if not (BIN / "supervisord").exists():
         raise SystemExit("bench: supervisord not found next to this Python (pip install supervisor)")
     work = Path(tempfile.mkdtemp(prefix="pg-bench-sup-"))
     try:
         print("footprint ...", flush=True)
-        fp = footprint(work / "fp", args.workers, args.seconds) if (work / "fp").mkdir() is None else {}
+        (work / "fp").mkdir()
+        fp = footprint(work / "fp", args.workers, args.seconds, args.baseline and args.baseline.resolve())
         print(fp, flush=True)
+        if args.footprint_only:
+            return 0
         print("restart latency ...", flush=True)
         (work / "rl").mkdir()
         rl = restart_latency(work / "rl", args.restarts)
@@ -412,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sv, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = render(args.workers, args.seconds, fp, rl, dt, sv)
+    text = render(args.workers, args.seconds, fp, rl, dt, sv, args.baseline_name)
     print(text)
     if not args.no_write:
         write_section("supervisor", text)

@@ -106,3 +106,44 @@ def test_the_hard_ceiling_still_kills_a_worker_that_keeps_leaking_while_stopping
     # at once the first time, counted towards the start limit like a crash.
     worker = stack.wait_state("leaker", "starting", "running", "backoff")
     assert worker["restarts"] >= 1 and worker["last_exit"]["reason"] == "hard_memory_limit"
+
+
+@pytest.mark.slow
+def test_at_default_settings_the_sigterm_comes_just_after_the_crossing(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    """The samples close in on the crossing and the strikes are counted tens of ms apart.
+
+    Three leaks (20 MB, then 20 MB/s against 100 MB, stopping at SIGTERM): each is a graceful
+    memory_limit recycle, and the median time from the worker's first RSS over the limit to
+    its SIGTERM is well under the near-limit pace (0.25 s) that bounded it before. The tight
+    figures (<= 100 ms, peak <= 1.02 x) are measured by bench/bench_supervisor_guard.py.
+    """
+    record = tmp_path / "leak"
+    config = write_config(tmp_path, {
+        "leaker": {"command": worker_cmd("leaker.py", record, 20, 20, 0, 100), "memory_limit": "100MB",
+                   "start_limit": 10},
+    })
+    stack = Stack(config, state_dir, spawn)
+    stack.env.pop(TUNING_ENV, None)
+    stack.up()
+
+    def events(kind: str) -> dict[int, float]:
+        return {int(p[1]): float(p[2]) for p in (ln.split() for ln in lines(record)) if p[0] == kind}
+
+    def three_stopped() -> bool:
+        if stack.proc is not None and stack.proc.poll() is not None:
+            raise AssertionError(f"procguard up exited {stack.proc.returncode}: {stack.output()[-3000:]}")
+        return len(_runs(record)[1]) >= 3
+
+    wait_for(three_stopped, timeout=60, interval=0.1,
+             message=lambda: f"three recycles; record={lines(record)}; {stack.output()[-3000:]}")
+    crossed, termed = events("cross"), events("sigterm")
+    started, graceful = _runs(record)
+    first = started[:3]
+    delays = sorted(termed[pid] - crossed[pid] for pid in first)
+    assert all(d >= 0 for d in delays), delays
+    assert delays[1] < 0.15, f"SIGTERM after crossing: {delays}"
+    assert all(graceful[pid] <= 110 * MIB for pid in first), [graceful[pid] / MIB for pid in first]
+    stops = _stops(stack)[:3]
+    assert [(s.pid, s.reason) for s in stops] == [(pid, "memory_limit") for pid in first]

@@ -226,6 +226,84 @@ def test_tree_sampler_leaves_excluded_subtrees_out(spawn: Any) -> None:
     assert abs(again.memory_bytes - whole.memory_bytes) < 8 * mb
 
 
+# A root that starts and stops 20 MB children on request (one line on stdin each), from its main
+# thread or from a second thread that stays alive ("thread"): such a child is in that thread's
+# children list, not the main thread's.
+ROOT = """
+import subprocess, sys, threading, time
+kids = []
+def start():
+    kid = subprocess.Popen([sys.executable, "-c", "import time; b = b'x' * (20 << 20); print('ok', flush=True); time.sleep(120)"],
+                           stdout=subprocess.PIPE)
+    kid.stdout.readline()
+    kids.append(kid)
+for line in sys.stdin:
+    word = line.strip()
+    if word == "start":
+        start()
+    elif word == "thread":
+        threading.Thread(target=lambda: (start(), time.sleep(120)), daemon=True).start()
+        while len(kids) < 1:
+            time.sleep(0.01)
+    elif word == "stop":
+        kid = kids.pop()
+        kid.kill()
+        kid.wait()
+    print(" ".join(str(k.pid) for k in kids), flush=True)
+"""
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _ask(proc: subprocess.Popen[bytes], word: str) -> list[int]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(word.encode() + b"\n")
+    proc.stdin.flush()
+    return [int(pid) for pid in proc.stdout.readline().split()]
+
+
+def test_tree_sampler_follows_children_that_come_and_go_and_gives_its_files_back(spawn: Any) -> None:
+    proc = spawn([PYTHON, "-c", ROOT], stdin=subprocess.PIPE)
+    baseline = _open_fds()
+    sampler = TreeSampler(proc.pid)
+    alone = sampler.sample()
+    assert alone is not None and alone.num_processes == 1
+    assert _open_fds() == baseline + 2  # the root's stat and children, kept open between samples
+    _ask(proc, "start")
+    _ask(proc, "start")
+    both = sampler.sample()
+    assert both is not None and both.num_processes == 3
+    assert both.memory_bytes - alone.memory_bytes >= 40 * 1024 * 1024
+    assert _open_fds() == baseline + 6
+    again = sampler.sample()  # read again through the kept files: the same tree
+    assert again is not None and again.num_processes == 3
+    assert _ask(proc, "stop") != []
+    one = sampler.sample()
+    assert one is not None and one.num_processes == 2
+    assert _open_fds() == baseline + 4  # the stopped child's files are closed
+    sampler.close()
+    assert _open_fds() == baseline
+    assert _ask(proc, "stop") == []  # no orphan of ours outlives the test
+    proc.kill()
+    proc.wait()
+    assert sampler.sample() is None  # reaped: its files no longer read
+    assert _open_fds() == baseline
+
+
+def test_tree_sampler_counts_a_child_started_by_another_thread(spawn: Any) -> None:
+    proc = spawn([PYTHON, "-c", ROOT], stdin=subprocess.PIPE)
+    sampler = TreeSampler(proc.pid)
+    alone = sampler.sample()
+    assert alone is not None and alone.num_processes == 1
+    _ask(proc, "thread")
+    both = sampler.sample()
+    assert both is not None and both.num_processes == 2, "the thread's child was missed"
+    assert both.memory_bytes - alone.memory_bytes >= 20 * 1024 * 1024
+    sampler.close()
+
+
 # -- watchdog ------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ Rules (see docs/PROCESS_LIFECYCLE_MANAGEMENT.md):
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,14 +36,23 @@ if TYPE_CHECKING:
 
 _MB = 1024 * 1024
 
-#: How often a watcher samples a worker that is near its memory limit (or growing
-#: towards it), so the crossing is seen within a fraction of a second.
+#: How often a watcher samples a worker that holds much of its memory limit without
+#: growing (a leak may start at any moment), so the approach is seen early.
 NEAR_LIMIT_SAMPLE_INTERVAL_S = 0.25
 #: How often a worker is sampled while its memory strikes are being counted (over the
-#: limit): the strikes confirm a real breach within a tenth of a second, not seconds.
-STRIKE_SAMPLE_INTERVAL_S = 0.05
-#: From this fraction of its memory limit on, a worker is sampled at the near-limit pace.
+#: limit): the strikes confirm a real breach within tens of milliseconds, not seconds.
+STRIKE_SAMPLE_INTERVAL_S = 0.025
+#: The fastest pace of a worker growing towards its limit: the sample that sees the
+#: crossing comes at most this long after it.
+APPROACH_SAMPLE_INTERVAL_S = 0.025
+#: From this fraction of its memory limit on, a worker is sampled at least at the near-limit pace.
 CLOSE_WATCH_FRACTION = 0.6
+#: A growth rate is measured over at least this long when samples allow (see :class:`GrowthBase`).
+GROWTH_SPAN_S = 0.25
+#: A worker at rest (not growing, far below its limit) may be sampled less often than
+#: the regular pace, but never so rarely that a leak this fast, starting just after a
+#: sample, could bring it to CLOSE_WATCH_FRACTION of its limit unseen.
+REST_LEAK_RATE_BYTES_S = 50 * _MB
 
 
 class SampleLike(Protocol):
@@ -209,11 +219,14 @@ def grace_exceeded(now: float, stop_asked_at: float | None, grace_s: float) -> b
 # at a regular pace that keeps idle workers almost free to watch, but the
 # memory limit is confirmed over consecutive samples (one spike does not
 # recycle a worker) and the hard ceiling is only a margin above the limit.
-# A leak crossing the limit between two slow samples would reach the ceiling
-# and be killed instead of recycled. So a worker near its limit, or growing
-# towards it, is sampled at the near-limit pace *before* the crossing, and a
-# worker over its limit at the strike pace until the strikes are counted.
-# The in-process manager follows the same rule with its own regular pace.
+# A leak crossing the limit between two slow samples would be seen late and
+# grow past the limit meanwhile. So the growth between samples predicts when
+# the limit will be reached, and the next sample is taken halfway there: the
+# samples close in on the crossing (down to APPROACH_SAMPLE_INTERVAL_S), so the
+# first sample over the limit comes just after it, and the strikes are then
+# counted at the strike pace. Only a worker that is growing towards its limit
+# (or sits close to it) pays for this; an idle one is sampled at the regular
+# pace. The in-process manager follows the same rule with its own regular pace.
 
 
 def next_sample_delay(
@@ -224,27 +237,80 @@ def next_sample_delay(
     previous: tuple[float, int] | None,
     now: float,
     regular_s: float,
+    rest_s: float | None = None,
 ) -> float:
-    """Seconds until this worker's next sample: ``regular_s``, the near-limit or the strike pace.
+    """Seconds until this worker's next sample: ``regular_s``, less near the limit, more at rest.
 
-    ``previous`` is ``(monotonic time, memory bytes)`` of the sample before
-    this one (None for a worker's first sample); growth is projected
-    ``regular_s`` ahead.
+    ``previous`` is ``(monotonic time, memory bytes)`` of an earlier sample
+    (None for a worker's first): the last one, or better the one
+    :class:`GrowthBase` picks, so that growth in steps is still growth.
+
+    - no memory limit: ``regular_s`` (``rest_s`` if given);
+    - over the limit, or strikes pending: the strike pace;
+    - growing: half the time the growth needs to reach the limit, no less
+      than the approach pace (the samples close in on the crossing);
+    - at :data:`CLOSE_WATCH_FRACTION` of the limit or more: the near-limit pace;
+    - at rest (``rest_s`` given, not growing towards the limit): up to
+      ``rest_s``, as long as a leak of :data:`REST_LEAK_RATE_BYTES_S` would
+      still be seen before it reached :data:`CLOSE_WATCH_FRACTION` of the limit;
+    - never more than twice the time since ``previous``: after fast samples the
+      pace relaxes step by step (a leak growing in steps shows no growth between
+      two close samples, and must not then wait a whole regular period).
     """
     soft = limits.memory_limit_bytes
     if not soft:
-        return regular_s
+        return max(regular_s, rest_s or 0.0)
     if strikes > 0 or memory_bytes > soft:
         return min(regular_s, STRIKE_SAMPLE_INTERVAL_S)
-    near = min(regular_s, NEAR_LIMIT_SAMPLE_INTERVAL_S)
-    if memory_bytes >= soft * CLOSE_WATCH_FRACTION:
-        return near
-    if previous is None:
-        return regular_s
+    delay = regular_s
+    close = soft * CLOSE_WATCH_FRACTION
+    if memory_bytes >= close:
+        delay = min(delay, NEAR_LIMIT_SAMPLE_INTERVAL_S)
+    elif rest_s is not None and previous is not None:
+        room_s = (close - memory_bytes) / REST_LEAK_RATE_BYTES_S  # a fast leak's time to close watch
+        delay = max(regular_s, min(rest_s, room_s))
+    if previous is None or now <= previous[0]:
+        return delay
     then, before = previous
-    if now <= then:
-        return regular_s
-    rate = (memory_bytes - before) / (now - then)
-    if rate > 0 and memory_bytes + rate * regular_s >= soft:
-        return near
-    return regular_s
+    span = now - then
+    delay = min(delay, max(2 * span, APPROACH_SAMPLE_INTERVAL_S))
+    growth = memory_bytes - before
+    if growth > 0:
+        reach_s = (soft - memory_bytes) * span / growth  # time to the limit at this growth
+        delay = min(delay, max(reach_s / 2, APPROACH_SAMPLE_INTERVAL_S))
+    return delay
+
+
+class GrowthBase:
+    """Which earlier sample a worker's growth is measured from: the newest at least
+    :data:`GROWTH_SPAN_S` old (or the oldest there is).
+
+    Why: a program that allocates in steps (a buffer every 100 ms) shows no
+    growth between two samples taken 25 ms apart; measured over a quarter of a
+    second it shows its real rate. Feed it every sample, in time order.
+
+    >>> base = GrowthBase()
+    >>> base.push(0.0, 100) is None
+    True
+    >>> base.push(0.1, 100), base.push(0.2, 150), base.push(0.3, 150)
+    ((0.0, 100), (0.0, 100), (0.0, 100))
+    >>> base.push(0.6, 200)
+    (0.3, 150)
+    """
+
+    __slots__ = ("_points",)
+
+    def __init__(self) -> None:
+        self._points: collections.deque[tuple[float, int]] = collections.deque()
+
+    def push(self, now: float, memory_bytes: int) -> tuple[float, int] | None:
+        """Record the sample taken at ``now``; return the one to measure its growth from."""
+        points = self._points
+        base = None
+        while points and points[0][0] <= now - GROWTH_SPAN_S:
+            base = points.popleft()
+        if base is not None:
+            points.appendleft(base)  # the newest one old enough
+        found = points[0] if points else None
+        points.append((now, memory_bytes))
+        return found

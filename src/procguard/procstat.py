@@ -62,7 +62,7 @@ def parse_stat(data: bytes) -> ProcStat | None:
     end = data.rfind(b")")
     if end < 0:
         return None
-    fields = data[end + 2 :].split()
+    fields = data[end + 2 :].split(None, 22)  # up to rss (index 21): the rest is never read
     try:
         return ProcStat(
             state=fields[0].decode("ascii", "replace"),

@@ -357,24 +357,27 @@ class Lifecycle:
     def sample(self, worker: Worker, now: float, wall: float, *, regular: bool = True) -> None:
         """Read the worker's tree; recycle a directly run command at its memory/CPU/runtime limit.
 
-        ``regular`` is False for the extra samples of a closely watched worker;
-        after each sample ``worker.next_sample_at`` says when it is due again
-        (:func:`procguard.policy.next_sample_delay`: the regular pace, faster
-        near the memory limit, faster still while its strikes are counted). A
+        ``regular`` is False for the extra samples of a closely watched worker
+        (they stay out of the chart); after each sample ``worker.next_sample_at``
+        says when it is due again (:func:`procguard.policy.next_sample_delay`:
+        the regular pace, closing in on the limit while it grows towards it,
+        fast while its strikes are counted, less often at rest; never after its
+        max runtime). A
         limit verdict is a graceful recycle (SIGTERM, then grace); the hard
         ceiling kills, even during a stop already under way.
         """
         if not worker.state.has_process or worker.sampler is None:
             worker.next_sample_at = None
             return
-        sample = worker.sampler.sample()
+        sampler = worker.sampler
+        sample = sampler.sample()
         if sample is None:
             worker.next_sample_at = None
             return
-        previous = worker.observe(sample, now, wall, chart=regular)
+        worker.observe(sample, now, wall, chart=regular)
         tracker = worker.tracker
-        if tracker is None:
-            worker.next_sample_at = None  # a runner watches this one closely itself
+        if tracker is None:  # a runner watches this one closely itself: sampled for its figures
+            worker.next_sample_at = now + self.settings.sample_interval_s
             return
         limits = worker.config.limits
         if worker.state is S.STOPPING:
@@ -391,14 +394,19 @@ class Lifecycle:
             worker.next_sample_at = now + self.settings.fast_sample_interval_s
             return
         verdict = tracker.observe(LimitSample(sample), now)
-        worker.next_sample_at = now + next_sample_delay(
+        delay = next_sample_delay(
             sample.memory_bytes,
             limits=limits,
             strikes=tracker.memory_strikes,
-            previous=previous,
-            now=now,
+            previous=sampler.growth_from,
+            now=sampler.taken_at or now,
             regular_s=self.settings.sample_interval_s,
+            rest_s=self.settings.rest_sample_interval_s,
         )
+        runtime = limits.max_runtime_s
+        if runtime is not None and worker.started_at is not None:
+            delay = min(delay, max(0.0, worker.started_at + runtime - now))  # the recycle comes on time
+        worker.next_sample_at = now + delay
         if verdict is not None:
             why = StopOutcome.decided(
                 verdict.reason, verdict.detail, by=Ender.PROCGUARD, figures=verdict.figures
@@ -408,7 +416,6 @@ class Lifecycle:
             else:
                 self.request_stop(worker, now, why)
             return
-        runtime = limits.max_runtime_s
         if runtime is not None and worker.started_at is not None and now - worker.started_at >= runtime:
             self.request_stop(
                 worker,

@@ -21,10 +21,12 @@ class Settings:
     """Knobs of the supervisor itself (not of a worker); tests shorten them."""
 
     start_period_s: float = 1.0  # alive this long after spawn -> RUNNING
-    # memory/CPU sampling of every worker; one near its memory limit (or growing
-    # towards it) is sampled faster (procguard.policy.next_sample_delay), so the limit
-    # is confirmed before the hard ceiling.
+    # memory/CPU sampling of every worker; one growing towards its memory limit (or
+    # near it) is sampled faster, so the crossing is seen within tens of milliseconds,
+    # and one at rest with much room below its limit only every rest_sample_periods
+    # sampling periods (procguard.policy.next_sample_delay).
     sample_interval_s: float = 2.0
+    rest_sample_periods: int = 5
     fast_sample_interval_s: float = 0.25  # a worker being stopped (watching for the hard ceiling)
     probe_delay_s: float = 10.0  # first health probe this long after spawn
     probe_period_s: float = 5.0
@@ -55,10 +57,15 @@ class Settings:
                     value.strip().lower() in ("1", "true", "yes")
                     if key == "watchdog"
                     else int(value)
-                    if key == "probe_failure_threshold"
+                    if key in ("probe_failure_threshold", "rest_sample_periods")
                     else float(value)
                 )
             except ValueError:
                 msg = f"{TUNING_ENV}: {key}={value!r} is not a number"
                 raise UsageError(msg) from None
         return cls(**values)
+
+    @property
+    def rest_sample_interval_s(self) -> float:
+        """The longest time between two samples of a worker (one at rest, with much room)."""
+        return self.sample_interval_s * max(1, self.rest_sample_periods)

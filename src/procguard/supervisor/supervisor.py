@@ -11,9 +11,11 @@ over events), so no worker state is ever shared between threads:
   (it is a child subreaper, so orphaned grandchildren are reaped too);
 - timers (backoff, stop deadlines, start period, sampling) are computed
   from the workers' fields at each turn, with :func:`time.monotonic`;
-  sampling has a regular tick for every worker and, only while some worker
-  is near or over its memory limit (:func:`procguard.policy.next_sample_delay`),
-  extra ticks for those.
+  each worker is due for its next sample when
+  :func:`procguard.policy.next_sample_delay` says (every 2 s, up to 10 s at
+  rest, down to 25 ms while it grows towards its memory limit); the workers
+  at the regular pace or slower are sampled together on a 2 s tick, and
+  nothing wakes the loop when no worker is due.
 
 What happens to a worker is :mod:`.lifecycle`'s; stopping the whole stack
 is :mod:`.shutdown`'s; control requests are :mod:`.commands`'; probing is
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import selectors
 import signal
@@ -65,6 +68,8 @@ S = WorkerState
 
 #: The status page's view is refreshed at most this often (and after each sample).
 PUBLISH_INTERVAL_S = 0.25
+#: A worker due for a sample this close after a regular tick is sampled at that tick.
+TICK_SLACK_S = 0.001
 
 __all__ = [
     "PUBLISH_INTERVAL_S",
@@ -190,7 +195,7 @@ class Supervisor:
         self._commands.release_waiters()
 
     def view(self) -> View:
-        """The latest published state (safe to call from any thread)."""
+        """The latest published state (safe to call from any thread; published while the status page runs)."""
         return self._view
 
     def run(self, names: Sequence[str] | None = None, *, on_ready: Callable[[], None] | None = None) -> int:
@@ -270,7 +275,9 @@ class Supervisor:
                 self._health_ports.reconcile(self.workers.values())
 
     def _next_timeout(self, now: float) -> float:
-        deadlines = [self._next_sample]
+        deadlines = []
+        if any(w.next_sample_at is None and w.sampler is not None for w in self.workers.values()):
+            deadlines.append(self._next_sample)  # a worker not sampled yet: at the next tick
         early = self._next_early_sample()
         if early is not None:
             deadlines.append(early)
@@ -282,6 +289,8 @@ class Supervisor:
                 deadlines.append(deadline)
         if self._leftovers:
             deadlines.append(now + 0.05)
+        if not deadlines:  # nothing is due: the loop waits for an event (or the longest sampling period)
+            return self.settings.rest_sample_interval_s
         return max(0.0, min(deadlines) - now)
 
     def _tick(self, now: float) -> None:
@@ -316,23 +325,33 @@ class Supervisor:
             release_memory()
 
     def _next_early_sample(self) -> float | None:
-        """The earliest sample due before the next regular tick (a worker near its memory limit)."""
+        """When the next worker is due for a sample (None: no worker is; nothing wakes the loop for it)."""
         due = [w.next_sample_at for w in self.workers.values() if w.next_sample_at is not None]
         return min(due) if due else None
 
     def _sample(self, now: float, wall: float, *, regular: bool) -> None:
-        """Sample every worker (a regular tick) or only the ones due early (near their memory limit).
+        """Sample the workers that are due: at a regular tick, those due at it (and any not sampled
+        yet); between ticks, the ones paced faster (growing towards their memory limit).
 
         When each worker is due again is :func:`procguard.policy.next_sample_delay`'s rule, applied
-        by the lifecycle after each sample; a stack well under its limits wakes at the regular pace.
+        by the lifecycle after each sample. A worker paced at the regular period or slower is moved
+        onto a tick (rounded down), so the workers at rest are sampled together, in one wake-up.
         """
+        interval = self.settings.sample_interval_s
+        if regular:  # the next tick: the ticks stay on one grid, whatever else wakes the loop
+            self._next_sample += interval * (math.floor((now - self._next_sample) / interval) + 1)
+        tick = self._next_sample
         for worker in self.workers.values():
-            due = worker.next_sample_at is not None and now >= worker.next_sample_at
-            if regular or due:
-                self.lifecycle.sample(worker, now, wall, regular=regular)
-        if regular:
-            self._next_sample = now + self.settings.sample_interval_s
-        else:
+            due = worker.next_sample_at
+            if due is None and not regular:
+                continue
+            if due is not None and now < due - TICK_SLACK_S:
+                continue
+            self.lifecycle.sample(worker, now, wall, regular=regular)
+            due = worker.next_sample_at
+            if due is not None and due > tick and due - now >= interval - TICK_SLACK_S:
+                worker.next_sample_at = tick + math.floor((due - tick) / interval) * interval
+        if not regular:
             self._publish_pending = True  # published at the view's own pace, not every fast tick
 
     def _handle_signals(self) -> None:
@@ -429,6 +448,8 @@ class Supervisor:
     def _publish(self, now: float) -> None:
         self._next_publish = now + PUBLISH_INTERVAL_S
         self._publish_pending = False
+        if self.status_server is None:
+            return  # the status page is the view's only reader: without it there is nothing to build
         self._view = build_view(self.project, os.getpid(), self.workers.values(), now, self._wall())
 
     def _close(self) -> None:

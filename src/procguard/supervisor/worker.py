@@ -279,6 +279,7 @@ class Worker:
         if link.worker_pid is not None and sampler.root_pid != link.worker_pid:
             # procguard run reports its command: the command's tree is the worker's.
             window = self.config.limits.cpu_window_s
+            sampler.close()
             self.sampler = sampler = TreeSampler(link.worker_pid, cpu_window_s=window)
             self._cpu_seen = None
         sampler.set_excluded(link.helpers)
@@ -319,6 +320,8 @@ class Worker:
             self.link = None
         self.proc = None
         self.pid = None
+        if self.sampler is not None:
+            self.sampler.close()  # its files stay open between samples
         self.sampler = None
         self.tracker = None
         self.next_sample_at = None
