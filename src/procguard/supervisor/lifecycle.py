@@ -149,6 +149,9 @@ class Lifecycle:
         try:
             self._open_health(worker)
             pid = worker.spawn(now, wall)
+            # First sample one regular period in: a ProcessManager inside the worker (sampling every
+            # 0.25 s) decides its own limits first and writes its own last line, as in production.
+            worker.next_sample_at = now + self.settings.sample_interval_s
         except (OSError, UsageError) as error:
             why = str(error) if isinstance(error, UsageError) else error.strerror or str(error)
             logger.error("%s: cannot start: %s", worker.name, why)
