@@ -24,7 +24,10 @@ machine does not land on one configuration.
 itself while it supervises 50 workers (``--workers``), all with a memory
 limit (so every one is sampled), ten of them with a health port; probes go
 to one of those ports every 20 ms. Its own section
-(``<!-- bench:probe_latency_supervised -->``).
+(``<!-- bench:probe_latency_supervised -->``). ``--supervised --function``:
+the ten workers with a health port are function workers (``run =``, one
+process each, no responder): the supervisor answers their ports from the
+snapshots they publish (``<!-- bench:probe_latency_supervised_function -->``).
 
 Writes a section of docs/benchmarks.md (between ``<!-- bench:probe_latency -->``
 markers) unless ``--no-write``. The worker side is also used by
@@ -261,6 +264,8 @@ def render(rows: list[dict[str, object]], seconds: float, rounds: int) -> str:
 
 
 IDLE = "import time\nwhile True:\n    time.sleep(3600)\n"
+#: The function workers' target (``--function``): an iteration that does nothing.
+IDLE_TARGET = "def idle():\n    pass\n"
 
 
 def _free_port() -> int:
@@ -269,8 +274,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def supervised(workers: int, with_port: int, seconds: float, warmup: float) -> dict[str, object]:
-    """Probe a command worker's /health (and /metrics) served by ``procguard up`` with ``workers`` workers."""
+def supervised(
+    workers: int, with_port: int, seconds: float, warmup: float, *, function: bool = False
+) -> dict[str, object]:
+    """Probe a worker's /health (and /metrics) served by ``procguard up`` with ``workers`` workers.
+
+    ``function``: the workers with a port are function workers (``run =``), else commands.
+    """
     import shutil
     import tempfile
 
@@ -278,10 +288,15 @@ def supervised(workers: int, with_port: int, seconds: float, warmup: float) -> d
     state = work / "state"
     state.mkdir(mode=0o700)
     (work / "idle.py").write_text(IDLE)
+    (work / "probe_idle.py").write_text(IDLE_TARGET)
     ports = [_free_port() for _ in range(with_port)]
     lines = ["[project]", 'name = "probebench"', "", "[defaults]", 'memory_limit = "200MB"', 'grace = "5s"']
     for i in range(workers):
-        lines += ["", f"[workers.w{i:02d}]", f"command = [{json.dumps(sys.executable)}, {json.dumps(str(work / 'idle.py'))}]"]
+        lines += ["", f"[workers.w{i:02d}]"]
+        if function and i < with_port:
+            lines += ['run = "probe_idle:idle"', 'interval = "1s"', f"cwd = {json.dumps(str(work))}"]
+        else:
+            lines.append(f"command = [{json.dumps(sys.executable)}, {json.dumps(str(work / 'idle.py'))}]")
         if i < with_port:
             lines.append(f"health_port = {ports[i]}")
     config = work / "procguard.toml"
@@ -360,24 +375,41 @@ def _is_idle_worker(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return len(argv) > 1 and argv[1].endswith(b"idle.py")
+    return len(argv) > 1 and (argv[1].endswith(b"idle.py") or b"probe_idle:idle" in argv)
 
 
-def render_supervised(result: dict[str, object], workers: int, with_port: int, seconds: float) -> str:
+def render_supervised(
+    result: dict[str, object], workers: int, with_port: int, seconds: float, *, function: bool = False
+) -> str:
     health = [x * 1000 for x in result["health"]]  # type: ignore[attr-defined]
     metrics = [x * 1000 for x in result["metrics"]]  # type: ignore[attr-defined]
     p99 = percentile(health, 99)
+    if function:
+        title = "## Probe latency of a function worker served by `procguard up`"
+        how = (
+            "Under `procguard up` a `run =` worker with a `health_port` is one process, the worker: no "
+            "responder process beside it. The supervisor binds the port itself and answers /health, /ready "
+            "and /metrics from the snapshots the worker publishes a few times a second into a shared mapping "
+            "the supervisor handed it, on the one HTTP thread that also serves the status page."
+        )
+        flags, ported = "--supervised --function", "of them function workers (`run =`, 1 s interval) with a health port"
+    else:
+        title = "## Probe latency of a command worker served by `procguard up`"
+        how = (
+            "Under `procguard up` a `command =` worker with a `health_port` runs without any `procguard run` "
+            "in front of it: the supervisor binds the port itself and answers /health, /ready and /metrics "
+            "from its own samples of the worker's tree, on the one HTTP thread that also serves the status "
+            "page (a selector loop, the health servers' limits)."
+        )
+        flags, ported = "--supervised", "of them with a health port"
     lines = [
-        "## Probe latency of a command worker served by `procguard up`",
+        title,
         "",
-        "Under `procguard up` a `command =` worker with a `health_port` runs without any `procguard run` in "
-        "front of it: the supervisor binds the port itself and answers /health, /ready and /metrics from its "
-        "own samples of the worker's tree, on the one HTTP thread that also serves the status page "
-        "(a selector loop, the health servers' limits).",
+        how,
         "",
-        f"`python -m bench.bench_probe_latency --supervised` — {os.cpu_count()} CPUs, Python "
+        f"`python -m bench.bench_probe_latency {flags}` — {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. The supervisor supervises {workers} idle "
-        f"command workers, each with a memory limit (all sampled), {with_port} of them with a health port; "
+        f"workers, each with a memory limit (all sampled), {with_port} {ported}; "
         f"a probe every 20 ms on a fresh connection for {seconds:g} s (every tenth one a Prometheus scrape "
         f"of another worker's /metrics). RSS at the end: supervisor {result['rss_mb']:.1f} MB, every other "
         f"procguard process under it (watchdog, runners if any) {result['helpers_mb']:.1f} MB (the "
@@ -406,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--supervised", action="store_true",
                         help="only the command worker served by procguard up (its own section)")
+    parser.add_argument("--function", action="store_true",
+                        help="with --supervised: the workers with a port are function workers")
     parser.add_argument("--workers", type=int, default=50, help="with --supervised: workers supervised")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
@@ -418,11 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.supervised:
         seconds = max(args.seconds, 20.0)
         with_port = min(10, args.workers)
-        result = supervised(args.workers, with_port, seconds, args.warmup)
-        text = render_supervised(result, args.workers, with_port, seconds)
+        result = supervised(args.workers, with_port, seconds, args.warmup, function=args.function)
+        text = render_supervised(result, args.workers, with_port, seconds, function=args.function)
         print(text)
         if not args.no_write:
-            write_section("probe_latency_supervised", text)
+            write_section("probe_latency_supervised_function" if args.function else "probe_latency_supervised", text)
         return 0
     if args.pin:
         pin(os.getpid(), OTHER_CPU)

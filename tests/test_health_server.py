@@ -463,3 +463,35 @@ def test_a_responder_that_cannot_run_hands_over_to_a_thread(monkeypatch: pytest.
         wait_for(lambda: server.mode == "thread", message="the switch to thread mode")
         assert server.responder_pid is None
         assert get(server.port, "/health")[0] == 200
+
+
+def test_published_mode_only_publishes_into_the_given_mapping() -> None:
+    """Under procguard up the supervisor holds the port: the worker's server binds nothing, starts no
+    process, and publishes into the mapping it was handed (at start, on refresh, and periodically)."""
+    from procguard.health.shared import PublishedView, SnapshotReader, create_buffer
+
+    from .helpers import free_port
+
+    source = MutableSource()
+    fd, buffer = create_buffer()
+    view = PublishedView(SnapshotReader(buffer))
+    port = free_port()
+    children_before = {p.pid for p in psutil.Process().children()}
+    server = serve_health(source, port=port, mode="published", shared_fd=os.dup(fd), publish_interval_s=0.05)
+    try:
+        assert server.mode == "published" and server.port == port and server.responder_pid is None
+        assert {p.pid for p in psutil.Process().children()} == children_before
+        with socket.socket() as s:  # the port is not ours: still free to bind
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+        assert view.current().iterations == 3  # published at start
+        source.set(ready=HealthStatus(False, "warming up"))
+        server.refresh()
+        assert view.current().ready == HealthStatus(False, "warming up")  # at once on refresh
+        source.set(iterations=42)
+        wait_for(lambda: view.current().iterations == 42, message="a periodic publish")
+    finally:
+        server.close()
+        os.close(fd)
+    with pytest.raises(UsageError, match="shared_fd"):
+        HealthServer(source, mode="published")

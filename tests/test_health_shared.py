@@ -1,4 +1,4 @@
-"""The shared-memory hand-off between a worker and its responder process."""
+"""The shared-memory hand-off between a worker and its reader (responder process or supervisor)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from dataclasses import fields
 
 import pytest
 
-from procguard.health.responder import PublishedView, age_snapshot
 from procguard.health.shared import (
     DEFAULT_SIZE,
+    PublishedView,
     SnapshotPublisher,
     SnapshotReader,
+    age_snapshot,
     decode_snapshot,
     encode_snapshot,
 )

@@ -281,25 +281,30 @@ def _cmdline_has(proc: psutil.Process, *parts: str) -> bool:
 
 
 def test_sigkill_of_the_supervisor_leaves_no_survivors(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
-    pidfile, ticks, port = tmp_path / "mp", tmp_path / "ticks", free_port()
+    pidfile, ticks, port, fn_port = tmp_path / "mp", tmp_path / "ticks", free_port(), free_port()
     stack = make_stack(tmp_path, state_dir, spawn, {
         "mp": {"command": worker_cmd("mpworker.py", pidfile, 4)},
         # a command with a health port: the supervisor answers on it, no runner beside the worker
         "ticker": {"command": worker_cmd("ticker.py", ticks), "health_port": port},
+        # a function worker with a health port: one process, its port the supervisor's too
+        "fn": {"run": "tests.supervisor_workers.targets:idle", "interval": "0.2s", "health_port": fn_port},
     })
     proc = stack.up()
     family = [int(p) for p in wait_for_file(pidfile, proc=proc).split()]
     assert len(family) == 5
     ticker = stack.wait_state("ticker", "running")["pid"]
+    fn = stack.wait_worker("fn", lambda w: w["state"] == "running" and w["health"] == "HTTP 200",
+                           what="running and healthy")["pid"]
     watchdogs = [p.pid for p in psutil.Process(proc.pid).children() if _cmdline_has(p, "procguard-watchdog")]
     assert len(watchdogs) == 1
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    everyone = [*family, ticker, *watchdogs]
+    everyone = [*family, ticker, fn, *watchdogs]
     wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=15,
              message=lambda: f"no survivors; alive: {[pid for pid in everyone if alive(pid)]}")
-    with pytest.raises(ConnectionRefusedError):  # the port went with the supervisor
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    for gone in (port, fn_port):
+        with pytest.raises(ConnectionRefusedError):  # the ports went with the supervisor
+            socket.create_connection(("127.0.0.1", gone), timeout=2).close()
 
 
 def test_up_cleans_up_stale_workers_of_a_dead_supervisor(tmp_path: Path, state_dir: Path, spawn: Any) -> None:

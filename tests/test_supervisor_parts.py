@@ -457,6 +457,59 @@ def test_prober_probes_targets_past_their_delay_and_wakes_the_loop() -> None:
     assert {(r.name, r.generation, r.ok, r.detail) for r in results} == {("up", 3, True, "port 1")}
 
 
+def test_prober_reads_a_targets_own_check_instead_of_asking_http() -> None:
+    """A function worker's port is the supervisor's own: its verdict is read directly, never over HTTP."""
+    from procguard.supervisor.probe import Prober, ProbeResult, ProbeTarget
+    from procguard.supervisor.settings import Settings
+
+    asked: list[int] = []
+
+    def probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
+        asked.append(port)
+        return True, "HTTP 200"
+
+    prober = Prober(Settings(probe_delay_s=0.0, probe_period_s=0.01), wake=lambda: None, clock=lambda: 100.0,
+                    probe=probe)
+    verdict = (False, "HTTP 503: no update from worker for 6.0 s")
+    prober.set_targets({"fn": ProbeTarget("127.0.0.1", 7, 2, 90.0, check=lambda: verdict)})
+    prober.start()
+    try:
+        results: list[ProbeResult] = []
+        wait_for(lambda: results.extend(prober.results()) or results, message="a result")
+    finally:
+        prober.stop()
+        prober.join()
+    assert asked == []
+    assert (results[0].name, results[0].generation, results[0].ok, results[0].detail) == ("fn", 2, *verdict)
+
+
+def test_the_health_mapping_travels_over_the_link_and_is_taken_once() -> None:
+    from procguard.health.shared import create_buffer
+    from procguard.limits import WorkerLimits
+    from procguard.parent_link import HealthMapping, ParentLink
+    from procguard.supervisor.worker_link import WorkerLink
+
+    link = WorkerLink(WorkerLimits())
+    fd, _buffer = create_buffer()
+    child = socket.socket(fileno=os.dup(link.child_fd))
+    try:
+        os.set_inheritable(fd, True)  # as pass_fds leaves it in the worker
+        link.send_health_mapping(HealthMapping(fd, 4096, 8123))
+        worker_end = ParentLink(child)
+        assert worker_end.health_mapping(8124) is None  # a manager serving another port does not take it
+        mapping = worker_end.health_mapping(8123)
+        assert mapping is not None and (mapping.fd, mapping.size, mapping.port) == (fd, 4096, 8123)
+        assert not os.get_inheritable(fd)  # the worker's own children never hold it
+        assert worker_end.health_mapping(8123) is None  # taken once
+    finally:
+        child.close()
+        link.close()
+        os.close(fd)
+    for junk in (None, [], {"fd": 3}, {"fd": -1, "size": 1, "port": 1}, {"fd": True, "size": 1, "port": 1},
+                 {"fd": "3", "size": 1, "port": 1}):
+        assert HealthMapping.from_json(junk) is None, junk
+
+
 def test_supervisors_starting_together_share_one_history_file(tmp_path: Path, spawn: Any) -> None:
     """Two stacks in one state directory open the same history file at the same moment.
 

@@ -412,8 +412,14 @@ class ProcessManager:
             from .health.server import serve_health
 
             token = os.environ.get("PROCGUARD_HEALTH_TOKEN") or None
+            options: dict[str, Any] = {}
+            # Under procguard up the supervisor holds the port and answers from what we publish.
+            mapping = self._link.health_mapping(self.limits.health_port) if self._link is not None else None
+            if mapping is not None:
+                options = {"mode": "published", "shared_fd": mapping.fd, "shared_size": mapping.size}
             self._health_server = serve_health(
-                self.snapshot, host=self.limits.health_host, port=self.limits.health_port, token=token
+                self.snapshot, host=self.limits.health_host, port=self.limits.health_port, token=token,
+                **options,
             )
         if os.environ.get("NOTIFY_SOCKET"):
             try:

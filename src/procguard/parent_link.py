@@ -46,9 +46,36 @@ LINK_ENV = "PROCGUARD_LINK_FD"
 #: Largest message either end sends or reads.
 MAX_MESSAGE = 64 * 1024
 
-SETTINGS, STOP, HELPER, WORKER_PID, STOPPING, OUTCOME = (
-    "settings", "stop", "helper", "worker_pid", "stopping", "outcome"
+SETTINGS, STOP, HELPER, WORKER_PID, STOPPING, OUTCOME, HEALTH = (
+    "settings", "stop", "helper", "worker_pid", "stopping", "outcome", "health"
 )
+
+
+class HealthMapping:
+    """Where to publish health snapshots: descriptor ``fd`` (``size`` bytes) for the port ``port``."""
+
+    __slots__ = ("fd", "port", "size")
+
+    def __init__(self, fd: int, size: int, port: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.port = port
+
+    def to_json(self) -> dict[str, int]:
+        return {"fd": self.fd, "size": self.size, "port": self.port}
+
+    @classmethod
+    def from_json(cls, value: Any) -> HealthMapping | None:
+        if not isinstance(value, dict):
+            return None
+        fields: list[int] = []
+        for key in ("fd", "size", "port"):
+            field = value.get(key)
+            if not isinstance(field, int) or isinstance(field, bool) or field < 0:
+                return None
+            fields.append(field)
+        fd, size, port = fields
+        return cls(fd, size, port)
 
 
 def encode(kind: str, value: Any) -> bytes:
@@ -74,6 +101,8 @@ class ParentLink:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._settings: Any = None
+        self._health: HealthMapping | None = None
+        self._health_taken = False
         self._notes: list[StopOutcome] = []
         self._pid = os.getpid()
 
@@ -96,6 +125,8 @@ class ParentLink:
             kind, value = message
             if kind == SETTINGS:
                 self._settings = value
+            elif kind == HEALTH:
+                self._health = HealthMapping.from_json(value)
             elif kind == STOP:
                 note = StopOutcome.from_json(value)
                 if note is not None:
@@ -105,6 +136,25 @@ class ParentLink:
         """The settings the supervisor sent (the JSON of a WorkerLimits), or None."""
         self._pump()
         return self._settings
+
+    def health_mapping(self, port: int) -> HealthMapping | None:
+        """The mapping to publish health snapshots into when the supervisor serves ``port``, or None.
+
+        Taken once (the first ProcessManager of the process with that port
+        publishes); the descriptor is made non-inheritable, so the worker's
+        own children never hold it.
+        """
+        self._pump()
+        mapping = self._health
+        if mapping is None or self._health_taken or mapping.port != port:
+            return None
+        try:
+            os.set_inheritable(mapping.fd, False)
+        except OSError:
+            log.debug("parent link: health mapping fd %s is not open", mapping.fd)
+            return None
+        self._health_taken = True
+        return mapping
 
     def take_stop_note(self) -> StopOutcome | None:
         """The reason of the stop the supervisor is asking for right now, or None (then a signal

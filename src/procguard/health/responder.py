@@ -8,11 +8,12 @@ about a millisecond whatever the worker does, and the worker pays only for
 publishing its snapshot a few times a second.
 
 What it reports when the worker cannot publish (stuck in C code holding the
-GIL, stopped, swapping): once the latest snapshot is older than
-``stale_after_s``, /health and /ready answer 503 with the reason
-``"no update from worker for N s"`` rather than leaving the socket silent;
-times in /metrics (uptime, heartbeat age, remaining runtime) are advanced by
-the age of the snapshot, so they stay true.
+GIL, stopped, swapping) is :class:`~procguard.health.shared.PublishedView`'s
+verdict: once the latest snapshot is older than ``stale_after_s``, /health
+and /ready answer 503 with the reason ``"no update from worker for N s"``
+rather than leaving the socket silent; times in /metrics are advanced by the
+age of the snapshot. Under ``procguard up`` the supervisor answers from the
+same view and no responder process is started.
 
 Lifetime: the process exits on SIGTERM (sent by ``HealthServer.close()``),
 when its parent dies (parent-death signal when the server was started from
@@ -24,20 +25,19 @@ the health endpoints down while the worker is still draining.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import mmap
 import os
 import signal
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..snapshot import HealthStatus, WorkerSnapshot
 from .endpoints import Endpoints
 from .loop import HttpLoop
-from .shared import SnapshotReader, decode_snapshot
+from .shared import PublishedView, SnapshotReader, age_snapshot
+
+__all__ = ["PublishedView", "age_snapshot", "main", "set_parent_death_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,44 +51,6 @@ def set_parent_death_signal(signum: int) -> bool:
         return int(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
-
-
-class PublishedView:
-    """The snapshot to answer with: the latest published one, aged to now."""
-
-    def __init__(self, reader: SnapshotReader, stale_after_s: float) -> None:
-        self._reader = reader
-        self._stale_after_s = stale_after_s
-        self._sequence = -1
-        self._published_at = 0.0
-        self._snapshot: WorkerSnapshot | None = None
-
-    def current(self) -> WorkerSnapshot:
-        latest = self._reader.read()
-        if latest is not None and latest.sequence != self._sequence:
-            self._snapshot = decode_snapshot(latest.payload)
-            self._sequence = latest.sequence
-            self._published_at = latest.published_at
-        if self._snapshot is None:
-            msg = "no snapshot published yet"
-            raise LookupError(msg)
-        return age_snapshot(self._snapshot, time.monotonic() - self._published_at, self._stale_after_s)
-
-
-def age_snapshot(snap: WorkerSnapshot, age: float, stale_after_s: float) -> WorkerSnapshot:
-    """``snap`` as it stands ``age`` seconds after it was taken (unhealthy once stale)."""
-    if age <= 0:
-        return snap
-    changes: dict[str, Any] = {"uptime_seconds": snap.uptime_seconds + age}
-    if snap.heartbeat_age_seconds is not None:
-        changes["heartbeat_age_seconds"] = snap.heartbeat_age_seconds + age
-    if snap.remaining_seconds is not None:
-        changes["remaining_seconds"] = max(0.0, snap.remaining_seconds - age)
-    if age > stale_after_s:
-        stale = HealthStatus(False, f"no update from worker for {age:.1f} s (hung or holding the GIL)")
-        changes["health"] = stale
-        changes["ready"] = stale
-    return dataclasses.replace(snap, **changes)
 
 
 def main(config: Mapping[str, Any]) -> None:

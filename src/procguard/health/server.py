@@ -1,6 +1,6 @@
 """Serve /health, /ready and /metrics for a worker: :func:`serve_health`.
 
-Two ways to serve, same endpoints (see :mod:`procguard.health.endpoints`):
+Three ways to serve, same endpoints (see :mod:`procguard.health.endpoints`):
 
 ``mode="process"`` (default on Linux)
     A small responder process answers HTTP from snapshots that a daemon
@@ -15,9 +15,16 @@ Two ways to serve, same endpoints (see :mod:`procguard.health.endpoints`):
     The same non-blocking server loop in one daemon thread of the worker,
     calling ``source()`` per request. No extra process, but each answer
     waits for the GIL (tens of ms under a CPU-bound main thread).
+``mode="published"``
+    Someone else holds the port and answers HTTP: ``procguard up`` binds a
+    function worker's health port itself and answers from snapshots the
+    worker publishes into a mapping the supervisor created and handed down
+    (``shared_fd``). Here only the publishing daemon thread runs, as in
+    process mode: no responder process, no socket. The manager picks this
+    mode when its link to the supervisor carries such a mapping.
 
-Either way the listening socket is bound here, before ``start()`` returns,
-so ``.port`` is known at once and a port in use is a
+In the first two modes the listening socket is bound here, before
+``start()`` returns, so ``.port`` is known at once and a port in use is a
 :class:`~procguard.errors.UsageError` naming the port.
 
 Example::
@@ -46,11 +53,19 @@ from ..errors import UsageError
 from ..snapshot import SnapshotSource
 from .endpoints import TOKEN_ENV
 from .listen import bind_listener
-from .shared import DEFAULT_SIZE, SnapshotPublisher, encode_snapshot
+from .shared import (
+    DEFAULT_SIZE,
+    PUBLISH_INTERVAL_S,
+    STALE_AFTER_S,
+    SnapshotPublisher,
+    create_buffer,
+    encode_snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
-ServeMode = Literal["process", "thread"]
+ServeMode = Literal["process", "thread", "published"]
+_MODES = ("process", "thread", "published")
 
 #: Environment variables the responder process keeps; nothing else of the
 #: worker's environment (which may hold secrets) is passed on.
@@ -82,6 +97,8 @@ class HealthServer:
     ``PROCGUARD_HEALTH_TOKEN`` (empty or unset: /metrics is open); ``token=""``
     disables the token whatever the environment says. The token is passed to
     the responder through a pipe, never through its arguments or environment.
+    ``shared_fd``/``shared_size`` (published mode only): the mapping to
+    publish into; the server owns the descriptor from then on and closes it.
     """
 
     def __init__(
@@ -92,13 +109,18 @@ class HealthServer:
         port: int = 0,
         token: str | None = None,
         mode: ServeMode | None = None,
-        publish_interval_s: float = 0.25,
-        stale_after_s: float = 5.0,
+        publish_interval_s: float = PUBLISH_INTERVAL_S,
+        stale_after_s: float = STALE_AFTER_S,
         max_connections: int = 256,
         request_timeout_s: float = 5.0,
+        shared_fd: int | None = None,
+        shared_size: int = DEFAULT_SIZE,
     ) -> None:
-        if mode not in (None, "process", "thread"):
+        if mode not in (None, *_MODES):
             msg = f"health server mode {mode!r} is not known (use 'process' or 'thread')"
+            raise UsageError(msg)
+        if (mode == "published") != (shared_fd is not None):
+            msg = "health server: mode 'published' goes with shared_fd (the mapping to publish into)"
             raise UsageError(msg)
         self._source = source
         self._host = host
@@ -117,7 +139,8 @@ class HealthServer:
         # thread mode
         self._loop: Any = None
         # process mode
-        self._shm_fd = -1
+        self._shm_fd = -1 if shared_fd is None else shared_fd
+        self._shm_size = shared_size
         self._shm: mmap.mmap | None = None
         self._publisher: SnapshotPublisher | None = None
         self._child: subprocess.Popen[bytes] | None = None
@@ -130,7 +153,7 @@ class HealthServer:
 
     @property
     def port(self) -> int:
-        """The bound port (the one picked by the kernel when asked for 0)."""
+        """The bound port (the kernel's pick when asked for 0); published mode: the port served for us."""
         return self._port
 
     @property
@@ -150,7 +173,15 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         """Bind and start serving; returns self. Raises UsageError when the port is taken."""
-        if self._listener is not None:
+        if self._listener is not None or self._publisher is not None:
+            return self
+        if self.mode == "published":
+            try:
+                self._start_published()
+            except BaseException:
+                self.close()
+                raise
+            logger.info("health on %s served by the supervisor (pid %d publishes)", self.url, os.getpid())
             return self
         listener = bind_listener(self._host, self._requested_port)
         self._listener = listener
@@ -173,7 +204,7 @@ class HealthServer:
         return self
 
     def refresh(self) -> None:
-        """Publish a fresh snapshot now (process mode); a no-op in thread mode.
+        """Publish a fresh snapshot now (process and published modes); a no-op in thread mode.
 
         Call it right after a change probes must see at once, e.g. when the
         worker starts draining, so /ready turns 503 before the worker exits.
@@ -183,7 +214,7 @@ class HealthServer:
             self._publish()
 
     def close(self) -> None:
-        """Stop serving and release the port; idempotent."""
+        """Stop serving and release the port (published mode: stop publishing); idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -232,15 +263,23 @@ class HealthServer:
         self._thread = threading.Thread(target=self._loop.serve, name="procguard-health", daemon=True)
         self._thread.start()
 
-    # -- process mode ----------------------------------------------------------
+    # -- process and published modes ----------------------------------------------
 
     def _start_process(self) -> None:
-        self._shm_fd = os.memfd_create("procguard-health", os.MFD_CLOEXEC)
-        os.ftruncate(self._shm_fd, DEFAULT_SIZE)
-        self._shm = mmap.mmap(self._shm_fd, DEFAULT_SIZE)
+        self._shm_fd, self._shm = create_buffer(DEFAULT_SIZE)
         self._publisher = SnapshotPublisher(self._shm)
         self._publish()  # the responder never starts without a snapshot
         self._spawn()
+        self._start_publisher()
+
+    def _start_published(self) -> None:
+        self._port = self._requested_port
+        self._shm = mmap.mmap(self._shm_fd, self._shm_size)
+        self._publisher = SnapshotPublisher(self._shm)
+        self._publish()
+        self._start_publisher()
+
+    def _start_publisher(self) -> None:
         self._thread = threading.Thread(
             target=self._publish_loop, name="procguard-health-publisher", daemon=True
         )
@@ -281,7 +320,7 @@ class HealthServer:
             "pdeathsig": threading.current_thread() is threading.main_thread(),
             "listen_fd": listen_fd,
             "shm_fd": self._shm_fd,
-            "shm_size": DEFAULT_SIZE,
+            "shm_size": self._shm_size,
             "token": self._token,
             "stale_after_s": self._stale_after_s,
             "max_connections": self._max_connections,

@@ -1,11 +1,15 @@
-"""Snapshots handed from the worker to its responder process through shared memory.
+"""Snapshots handed from the worker to whoever answers its HTTP, through shared memory.
 
 The worker's publisher writes the latest :class:`WorkerSnapshot` (as JSON)
-into a small shared mapping a few times a second; the responder process
-reads it on each request. Neither side ever waits for the other: the write
-is guarded by a sequence counter (a seqlock: odd while writing, even when
-done), and a reader that sees the counter odd or changed under it simply
-retries, or keeps the last complete snapshot it read.
+into a small shared mapping a few times a second; the reader answers probes
+from it on each request: the responder process of a standalone worker, or,
+under ``procguard up``, the supervisor itself (which creates the mapping and
+hands it down at spawn). Both read it through :class:`PublishedView`, which
+ages the snapshot to now and reports a worker that stopped publishing.
+Neither side ever waits for the other: the write is guarded by a sequence
+counter (a seqlock: odd while writing, even when done), and a reader that
+sees the counter odd or changed under it simply retries, or keeps the last
+complete snapshot it read.
 
 Layout (little-endian)::
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import mmap
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -35,6 +40,10 @@ HEADER = 32
 DEFAULT_SIZE = 64 * 1024
 #: Longest reason string carried (longer ones are cut).
 MAX_REASON = 500
+#: How often the worker publishes a fresh snapshot (and at once on a state change).
+PUBLISH_INTERVAL_S = 0.25
+#: A snapshot older than this reads as "no update from worker" (503 on /health and /ready).
+STALE_AFTER_S = 5.0
 
 _SEQ = struct.Struct("<Q")
 _META = struct.Struct("<dI")
@@ -58,6 +67,31 @@ def decode_snapshot(payload: bytes) -> WorkerSnapshot:
     fields["health"] = HealthStatus(**fields["health"])
     fields["ready"] = HealthStatus(**fields["ready"])
     return WorkerSnapshot(**fields)
+
+
+def create_buffer(size: int = DEFAULT_SIZE) -> tuple[int, mmap.mmap]:
+    """A new shared mapping with the header written: ``(fd, mapping)``.
+
+    The descriptor is not inheritable (hand it to one child with
+    ``pass_fds``) and belongs to the caller, who closes it once the child
+    has it; the mapping stays valid after that. A memfd where the system
+    has one, else an unlinked temporary file.
+    """
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("procguard-health", os.MFD_CLOEXEC)
+    else:  # pragma: no cover - systems without memfd
+        import tempfile
+
+        with tempfile.TemporaryFile() as backing:
+            fd = os.dup(backing.fileno())
+    try:
+        os.ftruncate(fd, size)
+        buffer = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    buffer[0:4] = MAGIC
+    return fd, buffer
 
 
 class SnapshotPublisher:
@@ -118,3 +152,53 @@ class SnapshotReader:
             if again == seq:
                 return Published(seq, when, payload)
         return None
+
+
+def age_snapshot(snap: WorkerSnapshot, age: float, stale_after_s: float) -> WorkerSnapshot:
+    """``snap`` as it stands ``age`` seconds after it was taken (unhealthy once stale)."""
+    if age <= 0:
+        return snap
+    changes: dict[str, Any] = {"uptime_seconds": snap.uptime_seconds + age}
+    if snap.heartbeat_age_seconds is not None:
+        changes["heartbeat_age_seconds"] = snap.heartbeat_age_seconds + age
+    if snap.remaining_seconds is not None:
+        changes["remaining_seconds"] = max(0.0, snap.remaining_seconds - age)
+    if age > stale_after_s:
+        stale = HealthStatus(False, f"no update from worker for {age:.1f} s (hung or holding the GIL)")
+        changes["health"] = stale
+        changes["ready"] = stale
+    return dataclasses.replace(snap, **changes)
+
+
+class PublishedView:
+    """The snapshot to answer with: the latest published one, aged to now.
+
+    What a reader of the mapping answers when the worker cannot publish
+    (stuck in C code holding the GIL, stopped, swapping): once the latest
+    snapshot is older than ``stale_after_s``, its health and readiness are
+    ``"no update from worker for N s"``, rather than the last verdict the
+    worker published; its times (uptime, heartbeat age, remaining runtime)
+    are advanced by the snapshot's age, so they stay true.
+
+    Safe to call from several threads at once (under ``procguard up`` the
+    HTTP thread and the liveness prober read the same view): the decoded
+    snapshot is kept as one value, swapped whole.
+    """
+
+    def __init__(self, reader: SnapshotReader, stale_after_s: float = STALE_AFTER_S) -> None:
+        self._reader = reader
+        self._stale_after_s = stale_after_s
+        self._decoded: tuple[int, float, WorkerSnapshot] | None = None  # (sequence, published_at, snapshot)
+
+    def current(self) -> WorkerSnapshot:
+        """The latest snapshot aged to now; LookupError when none was published yet."""
+        latest = self._reader.read()
+        decoded = self._decoded
+        if latest is not None and (decoded is None or decoded[0] != latest.sequence):
+            decoded = (latest.sequence, latest.published_at, decode_snapshot(latest.payload))
+            self._decoded = decoded
+        if decoded is None:
+            msg = "no snapshot published yet"
+            raise LookupError(msg)
+        _sequence, published_at, snapshot = decoded
+        return age_snapshot(snapshot, time.monotonic() - published_at, self._stale_after_s)

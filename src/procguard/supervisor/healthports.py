@@ -1,17 +1,20 @@
-"""The supervisor's own HTTP thread: the status page and every command worker's health port.
+"""The supervisor's own HTTP thread: the status page and every worker's health port.
 
-Under ``procguard up`` a ``command =`` worker with a ``health_port`` is
-spawned directly (no ``procguard run`` in front of it) and the supervisor
-answers its /health, /ready and /metrics itself (:mod:`.command_health`
-says what). One :class:`~procguard.health.loop.HttpLoop` in one daemon
-thread serves every port (the status page's too), with the health servers'
-request parsing and limits: at most ``MAX_CONNECTIONS`` connections per
-loop (the oldest one still sending its head is dropped for a new one), a
-request head and its answer within ``REQUEST_TIMEOUT_S``, 405 for methods
-other than GET and HEAD, and the status page's ``Host`` check (a page on
-another origin that re-resolves its name to 127.0.0.1 gets 403).
-``PROCGUARD_HEALTH_TOKEN`` (the worker's ``env`` first, then the
-supervisor's environment) guards /metrics as it does for ``procguard run``.
+Under ``procguard up`` the supervisor binds each worker's ``health_port``
+and answers its /health, /ready and /metrics itself: for a ``command =``
+worker (spawned directly, no ``procguard run`` in front of it) from its own
+facts about it (:mod:`.command_health`), for a ``run =`` worker from the
+snapshots the worker publishes into the mapping the supervisor handed it
+(:mod:`.function_health`; no responder process beside the worker). One
+:class:`~procguard.health.loop.HttpLoop` in one daemon thread serves every
+port (the status page's too), with the health servers' request parsing and
+limits: at most ``MAX_CONNECTIONS`` connections per loop (the oldest one
+still sending its head is dropped for a new one), a request head and its
+answer within ``REQUEST_TIMEOUT_S``, 405 for methods other than GET and
+HEAD, and the status page's ``Host`` check (a page on another origin that
+re-resolves its name to 127.0.0.1 gets 403). ``PROCGUARD_HEALTH_TOKEN`` (the
+worker's ``env`` first, then the supervisor's environment) guards /metrics
+as it does for ``procguard run``.
 
 When a port is bound and released (:meth:`HealthPorts.reconcile`):
 
@@ -39,6 +42,7 @@ from ..health.endpoints import TOKEN_ENV, Endpoints
 from ..health.listen import bind_listener
 from ..health.loop import HttpLoop
 from .command_health import command_snapshot
+from .function_health import function_snapshot
 from .states import WorkerState
 from .statuspage import HostCheck
 from .worker import Worker
@@ -85,7 +89,7 @@ class ServingThread:
 
 
 class HealthPorts:
-    """The health ports the supervisor holds for its command workers (used by the event loop only)."""
+    """The health ports the supervisor holds for its workers (used by the event loop only)."""
 
     def __init__(
         self,
@@ -104,7 +108,7 @@ class HealthPorts:
 
     def open(self, worker: Worker) -> None:
         """Bind ``worker``'s health port if not held yet; UsageError (one line) when it cannot be."""
-        if worker.name in self._held or not worker.supervisor_serves_health:
+        if worker.name in self._held or not worker.holds_health_port:
             return
         limits = worker.config.limits
         assert limits.health_port is not None
@@ -112,8 +116,9 @@ class HealthPorts:
         listener.set_inheritable(False)
         token = worker.config.env.get(TOKEN_ENV, os.environ.get(TOKEN_ENV, ""))
         clock, wall = self._clock, self._wall
+        snapshot = function_snapshot if worker.publishes_health else command_snapshot
         endpoints = Endpoints(
-            lambda: command_snapshot(worker, clock(), wall()),
+            lambda: snapshot(worker, clock(), wall()),
             token or None,
             allow_host=HostCheck(limits.health_host).allows,
         )

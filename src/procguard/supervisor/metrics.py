@@ -16,7 +16,7 @@ has no sample at all, never a placeholder 0.
 ``procguard_worker_cpu_seconds_total``           counter: CPU of the worker's own trees
 ``procguard_worker_start_time_seconds``          gauge: Unix time the current process started
 ``procguard_worker_memory_limit_bytes``          gauge: the configured memory limit
-``procguard_worker_healthy``                     gauge: 1 when its last /health probe passed
+``procguard_worker_healthy``                     gauge: 1 when its /health answers 200
 ================================================ ==========================================
 
 prometheus_client is imported on the first request only (the supervisor's
@@ -78,7 +78,7 @@ class StackCollector:
             "procguard_worker_memory_limit_bytes", "The worker's configured memory limit.", labels=labels
         )
         healthy = GaugeMetricFamily(
-            "procguard_worker_healthy", "1 when the worker's last /health probe passed.", labels=labels
+            "procguard_worker_healthy", "1 when the worker's /health answers 200.", labels=labels
         )
         for figures in self._view.figures:
             values = [stack, figures.name]

@@ -1,10 +1,14 @@
-"""Liveness probing: ``GET /health`` of each worker that serves its own health port, from a side thread.
+"""Liveness probing of the function workers with a health port, from a side thread.
 
-Only function workers (``run =``) are probed: their runner serves their
-health from inside the worker, so a worker that hangs stops answering. A
-command worker's health port is answered by the supervisor itself
-(:mod:`.healthports`), from what it already knows: probing it would ask the
-supervisor about itself.
+Only function workers (``run =``) are probed: their health is decided inside
+the worker, so a worker that hangs stops publishing and its port turns 503
+"no update from worker". Their port is the supervisor's own
+(:mod:`.healthports`), so the probe does not go through HTTP: it reads the
+verdict the port would answer, from the same published snapshot
+(:func:`.function_health.published_verdict`), in microseconds. A target
+without such a check (``check=None``) is asked ``GET /health`` over HTTP
+(:func:`probe_health`). A command worker's port is answered from the
+supervisor's own facts: probing it would ask the supervisor about itself.
 
 The prober thread only asks and reports: every ``probe_period_s`` it probes
 each target that has been up for ``probe_delay_s``, puts a
@@ -30,13 +34,21 @@ from .worker import Worker
 class ProbeTarget:
     """Where to probe one worker, and which spawn of it (plain slots: the supervisor counts its bytes)."""
 
-    __slots__ = ("generation", "host", "port", "started_at")
+    __slots__ = ("check", "generation", "host", "port", "started_at")
 
-    def __init__(self, host: str, port: int, generation: int, started_at: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        generation: int,
+        started_at: float,
+        check: Callable[[], tuple[bool, str]] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.generation = generation
         self.started_at = started_at  # monotonic
+        self.check = check  # the verdict read directly (no HTTP), or None: probe host:port
 
 
 class ProbeResult:
@@ -51,18 +63,34 @@ class ProbeResult:
         self.detail = detail
 
 
-def probe_targets(workers: Iterable[Worker]) -> dict[str, ProbeTarget]:
-    """The workers to probe now: a health port they serve themselves and a live process."""
+def probe_targets(
+    workers: Iterable[Worker], *, wall_clock: Callable[[], float] = time.time
+) -> dict[str, ProbeTarget]:
+    """The function workers to probe now: a health port and a live process."""
+    from .function_health import published_verdict
+
     targets: dict[str, ProbeTarget] = {}
     for worker in workers:
         port = worker.config.limits.health_port
-        if worker.supervisor_serves_health:
+        if not worker.publishes_health or port is None:
             continue
-        if port and worker.state.has_process and worker.started_at is not None:
+        if worker.state.has_process and worker.started_at is not None:
             targets[worker.name] = ProbeTarget(
-                worker.config.limits.health_host, port, worker.generation, worker.started_at
+                worker.config.limits.health_host,
+                port,
+                worker.generation,
+                worker.started_at,
+                check=_verdict_of(worker, published_verdict, wall_clock),
             )
     return targets
+
+
+def _verdict_of(
+    worker: Worker,
+    verdict: Callable[[Worker, float, float], tuple[bool, str]],
+    wall_clock: Callable[[], float],
+) -> Callable[[], tuple[bool, str]]:
+    return lambda: verdict(worker, time.monotonic(), wall_clock())
 
 
 def probe_health(host: str, port: int, timeout: float) -> tuple[bool, str]:
@@ -131,7 +159,10 @@ class Prober:
             for name, target in list(self._targets.items()):
                 if now - target.started_at < settings.probe_delay_s or self._stop.is_set():
                     continue
-                ok, detail = self._probe(target.host, target.port, settings.probe_timeout_s)
+                if target.check is not None:
+                    ok, detail = target.check()
+                else:
+                    ok, detail = self._probe(target.host, target.port, settings.probe_timeout_s)
                 self._results.put(ProbeResult(name, target.generation, ok, detail))
             self._wake()
 

@@ -115,7 +115,7 @@ class Supervisor:
             f"{config.path}: project.status_port" if status_port is None else "--status-port"
         )
         self.status_server: StatusServer | None = None
-        # One HTTP thread for the status page and the command workers' health ports, made on first use.
+        # One HTTP thread for the status page and the workers' health ports, made on first use.
         self._serving: ServingThread | None = None
         self._health_ports: HealthPorts | None = None
         self._clock = clock
@@ -431,8 +431,8 @@ class Supervisor:
         return self._serving
 
     def _open_health(self, worker: Worker) -> None:
-        """Bind the health port the supervisor serves for a command worker (before its spawn)."""
-        if not worker.supervisor_serves_health:
+        """Bind the health port the supervisor serves for a worker (before its spawn)."""
+        if not worker.holds_health_port:
             return
         if self._health_ports is None:
             from .healthports import HealthPorts
@@ -441,7 +441,7 @@ class Supervisor:
         self._health_ports.open(worker)
 
     def _probe_targets_changed(self) -> None:
-        self._prober.set_targets(probe_targets(self.workers.values()))
+        self._prober.set_targets(probe_targets(self.workers.values(), wall_clock=self._wall))
 
     # -- publication and the way out ---------------------------------------------------
 

@@ -73,6 +73,10 @@ def worker_figures(worker: Worker, now: float, wall: float) -> WorkerFigures:
     healthy = None
     if running and worker.supervisor_serves_health:
         healthy = command_health(worker, now).is_healthy  # what its port answers
+    elif running and worker.publishes_health:
+        from .function_health import published_verdict
+
+        healthy = published_verdict(worker, now, wall)[0]  # what its port answers (the supervisor's too)
     elif running and worker.probed:
         healthy = worker.probe_failures == 0
     return WorkerFigures(

@@ -11,10 +11,15 @@ How a worker is run (the design choice, measured in bench/bench_supervisor.py):
 
 - ``run = "pkg.mod:fn"`` workers run as ``procguard run pkg.mod:fn``: the
   function must live in a Python process anyway, and the runner gives it the
-  in-process manager (limits, heartbeat, health server, stop outcomes). Its
-  settings reach it as a value through the worker's link
-  (:mod:`.worker_link`), not as command-line text. It is the worker itself
-  (no watchdog of its own under ``procguard up``: the supervisor's covers it).
+  in-process manager (limits, heartbeat, stop outcomes). Its settings reach
+  it as a value through the worker's link (:mod:`.worker_link`), not as
+  command-line text. It is the worker itself (no watchdog of its own under
+  ``procguard up``: the supervisor's covers it). With a ``health_port`` the
+  supervisor binds the port and answers it (:mod:`.healthports`) from the
+  snapshots the worker publishes into a shared mapping the supervisor
+  creates before each spawn and hands down (:mod:`.function_health`): no
+  health responder process per worker (~14.5 MB each), and a worker that
+  hangs reads 503 "no update from worker" as it would standalone.
 - ``command = ...`` workers, with a ``health_port`` or not, are spawned
   directly and watched from outside by the supervisor (tree memory/CPU with
   :mod:`.procscan`, limits with :class:`procguard.policy.LimitTracker`,
@@ -36,8 +41,8 @@ link, and gets SIGTERM if the supervisor dies (parent-death signal); the
 watchdog kills its whole group, then whatever still carries a marker of that
 run (a grandchild that left the group with ``setsid``).
 The figures shown for a worker (status, page, metrics, history, limits) are
-those of the worker's own process tree: procguard's helpers beside it (the
-health responder a function worker reports) are never counted.
+those of the worker's own process tree: procguard's helpers beside it (a
+helper process the worker reports over its link) are never counted.
 """
 
 from __future__ import annotations
@@ -49,15 +54,18 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import WorkerConfig
+from ..health.shared import DEFAULT_SIZE, PublishedView, SnapshotReader, create_buffer
 from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..outcome import StopOutcome
+from ..parent_link import HealthMapping
 from ..policy import LimitTracker
 from ..snapshot import label_environment
 from .backoff import Policy, Record
@@ -105,6 +113,8 @@ class Worker:
         self.pid: int | None = None
         self.marker: str | None = None
         self.link: WorkerLink | None = None
+        #: A function worker's published snapshots (its health port's answers), per process.
+        self.published: PublishedView | None = None
         self.generation = 0  # spawn counter: stale probe results are ignored
         self.restarts = 0
         #: Stops by reason token, counted by the supervisor: they survive every restart.
@@ -147,9 +157,19 @@ class Worker:
         return self.config.run is not None
 
     @property
+    def holds_health_port(self) -> bool:
+        """True with a health port: the supervisor binds it and answers on it, whatever the worker's kind."""
+        return self.config.limits.health_port is not None
+
+    @property
     def supervisor_serves_health(self) -> bool:
-        """True for a command with a health port: the supervisor answers on that port itself."""
+        """True for a command with a health port: its answers are built from the supervisor's own facts."""
         return self.config.run is None and self.config.limits.health_port is not None
+
+    @property
+    def publishes_health(self) -> bool:
+        """True for a function with a health port: its answers are the snapshots it publishes."""
+        return self.config.run is not None and self.config.limits.health_port is not None
 
     @property
     def supervised_from_outside(self) -> bool:
@@ -216,7 +236,17 @@ class Worker:
         read_fd, write_fd = os.pipe()
         self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
         link = WorkerLink(self.config.limits)
+        pass_fds = [link.child_fd]
+        shared_fd, published = -1, None
         try:
+            if self.publishes_health:
+                # A fresh mapping per process: a new publisher's sequence never meets an old one.
+                shared_fd, buffer = create_buffer(DEFAULT_SIZE)
+                published = PublishedView(SnapshotReader(buffer))
+                port = self.config.limits.health_port
+                assert port is not None
+                link.send_health_mapping(HealthMapping(shared_fd, DEFAULT_SIZE, port))
+                pass_fds.append(shared_fd)
             proc = spawn_process(
                 self.argv(),
                 marker=self.marker,
@@ -225,7 +255,7 @@ class Worker:
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
-                pass_fds=(link.child_fd,),
+                pass_fds=tuple(pass_fds),
             )
         except BaseException:
             os.close(read_fd)
@@ -233,7 +263,10 @@ class Worker:
             raise
         finally:
             os.close(write_fd)
+            if shared_fd >= 0:
+                os.close(shared_fd)  # the worker has its copy; our mapping stays valid
         link.started()
+        self.published = published
         os.set_blocking(read_fd, False)
         self.output_fd = read_fd
         self.link = link
@@ -318,6 +351,7 @@ class Worker:
         if self.link is not None:
             self.link.close()
             self.link = None
+        self.published = None  # not closed: the HTTP thread may be reading it (freed with its last reference)
         self.proc = None
         self.pid = None
         if self.sampler is not None:
@@ -383,6 +417,10 @@ class Worker:
         if self.supervisor_serves_health:  # what its port answers now (the supervisor serves it)
             health = command_health(self, now)
             return "HTTP 200" if health.is_healthy else f"HTTP 503: {health.reason}"
+        if self.publishes_health:  # the same, from the snapshot the worker published
+            from .function_health import published_verdict
+
+            return published_verdict(self, now, time.time())[1]
         if self.probe_failures:
             return f"failing ({self.probe_failures}): {self.probe_detail}"
         return self.probe_detail or "unknown"

@@ -2,7 +2,8 @@
 
 One socket pair per started process: the supervisor sends the worker's
 settings before it starts (``procguard run`` takes its
-:class:`~procguard.limits.WorkerLimits` from them) and a stop note right
+:class:`~procguard.limits.WorkerLimits` from them), for a function worker
+with a health port the shared mapping it publishes its snapshots into, and a stop note right
 before each SIGTERM it decides; it reads what the worker reports -- its
 helper processes, the process that is really the worker, its stop outcome
 -- as the messages arrive (the loop selects on :meth:`WorkerLink.fileno`)
@@ -19,6 +20,7 @@ from typing import Any
 from ..limits import WorkerLimits
 from ..outcome import StopOutcome
 from ..parent_link import (
+    HEALTH,
     HELPER,
     LINK_ENV,
     MAX_MESSAGE,
@@ -27,6 +29,7 @@ from ..parent_link import (
     STOP,
     STOPPING,
     WORKER_PID,
+    HealthMapping,
     decode,
     encode,
 )
@@ -60,6 +63,10 @@ class WorkerLink:
     def started(self) -> None:
         """The worker has its end now: ours of it is closed."""
         self._child.close()
+
+    def send_health_mapping(self, mapping: HealthMapping) -> None:
+        """Where the worker publishes its health snapshots (sent before it starts; ``fd`` passed down)."""
+        self._send(HEALTH, mapping.to_json())
 
     def send_stop_note(self, outcome: StopOutcome) -> None:
         """Why the SIGTERM that follows is sent (the worker logs and reports this reason)."""
