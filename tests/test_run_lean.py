@@ -15,7 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from procguard.runner.tree import TreeSampler, kill_tree, stop_pids, tree_pids
+from procguard.instances.spawn import tree_pids
+from procguard.runner.tree import TreeSampler, kill_tree, stop_pids
 
 from .helpers import PROCGUARD, PYTHON, python_env, wait_for
 

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from procguard.instances.marker import MARKER_ENV, new_marker, new_run, run_pattern
+from procguard.instances.spawn import tree_pids
 from procguard.supervisor import control
 from procguard.supervisor.history import Event, History, read_events
 from procguard.supervisor.logs import LineSplitter, RotatingFile, WorkerOutput, follow, tail
-from procguard.supervisor.procscan import TreeSampler, tree_pids
+from procguard.supervisor.procscan import TreeSampler
 from procguard.supervisor.watchdog import KILL_AFTER_S, watchdog_argv
 
 from .helpers import PYTHON, python_env, wait_for, wait_for_file

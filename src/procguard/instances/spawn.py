@@ -317,3 +317,23 @@ class ChildHandle:
             self.close()
         except Exception:
             pass
+
+
+#: At most this many processes are read in one worker's tree (a fork bomb is not walked forever).
+MAX_TREE = 10_000
+
+
+def tree_pids(root: int, excluded: Collection[int] = ()) -> list[int]:
+    """``root`` and all its live descendants (root first; empty if root is gone).
+
+    A pid in ``excluded`` is left out together with its own descendants. Shared by the
+    supervisor's tree sampler and the command runner's.
+    """
+    if not os.path.exists(f"/proc/{root}"):
+        return []
+    pids = [root]
+    index = 0
+    while index < len(pids) and len(pids) < MAX_TREE:
+        pids.extend(child for child in direct_children(pids[index]) if child not in excluded)
+        index += 1
+    return pids

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 from ..heap import release_memory
 from ..instances.lock import InstanceLock
-from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process
+from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process, tree_pids
 from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import ParentLink, stop_for_signal
@@ -70,7 +70,7 @@ from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
 from ..signals import SignalCapture
 from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
 from .options import RunOptions
-from .tree import TreeReading, TreeSampler, kill_tree, stop_pids, tree_pids
+from .tree import TreeReading, TreeSampler, kill_tree, stop_pids
 
 if TYPE_CHECKING:
     from ..health.notify import SystemdNotifier

@@ -4,7 +4,7 @@ Why not :class:`procguard.sampler.ResourceSampler` and :mod:`procguard.proctree`
 both stand on psutil, which with what it imports adds about 3 MB to a runner
 whose whole budget beside the command is 15 MB. The tree is walked through
 the kernel's ``/proc/PID/task/TID/children`` lists
-(:func:`procguard.instances.spawn.direct_children`), each process read from
+(:func:`procguard.instances.spawn.tree_pids`), each process read from
 its ``/proc/PID/stat`` (:mod:`procguard.procstat`), and every signal goes
 through a pidfd opened after the process's start time was checked, so a
 recycled PID is never signalled. Limit decisions stay
@@ -19,14 +19,11 @@ import select
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from ..instances.spawn import direct_children
+from ..instances.spawn import tree_pids
 from ..procstat import CLOCK_TICKS, read_stat
-
-#: Stop walking a tree this big (a fork bomb must not hang the watch loop).
-MAX_TREE = 10_000
 
 
 class TreeReading(NamedTuple):
@@ -46,16 +43,6 @@ class TreeReading(NamedTuple):
     num_children: int
 
 
-def tree_pids(root: int, excluded: Collection[int] = ()) -> list[int]:
-    """``root`` and its live descendants, root first ([] if it is gone); ``excluded`` subtrees left out."""
-    if read_stat(root) is None:
-        return []
-    pids = [root]
-    index = 0
-    while index < len(pids) and len(pids) < MAX_TREE:
-        pids.extend(child for child in direct_children(pids[index]) if child not in excluded)
-        index += 1
-    return pids
 
 
 def _total_ram() -> int:

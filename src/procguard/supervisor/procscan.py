@@ -30,31 +30,16 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..instances.spawn import direct_children
+from ..instances.spawn import MAX_TREE, direct_children
 from ..policy import GrowthBase
 from ..procstat import CLOCK_TICKS, ProcStat, parse_stat, read_stat
 
 #: At most this many processes of one tree keep their files open between samples
 #: (two descriptors each); the others are opened, read and closed at each sample.
 MAX_OPEN_PER_TREE = 16
-#: A tree walk stops after this many processes (a fork bomb is not sampled forever).
-MAX_TREE = 10_000
 _READ = 4096
 
 
-def tree_pids(root: int, excluded: frozenset[int] = frozenset()) -> list[int]:
-    """``root`` and all its live descendants (root first; empty if root is gone).
-
-    A pid in ``excluded`` is left out together with its own descendants.
-    """
-    if not os.path.exists(f"/proc/{root}"):
-        return []
-    pids = [root]
-    index = 0
-    while index < len(pids) and len(pids) < MAX_TREE:
-        pids.extend(child for child in direct_children(pids[index]) if child not in excluded)
-        index += 1
-    return pids
 
 
 def _open(path: str) -> int | None:
