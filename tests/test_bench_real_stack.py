@@ -187,7 +187,7 @@ def test_real_stack_verdict_is_read_from_the_figures():
     assert "holds 15.0 MB more than the same loop" in text  # the function worker's own weight is shown
     fixed = json.loads(json.dumps(RESULTS))
     fixed["scenarios"]["real_stack"]["data"]["procguard@50"] = _entry(45.0, [["python -m procguard up", 1, 45 * MIB]])
-    assert "Met at every measured size." in report_real.render(fixed)
+    assert "Met at every measured size (1, 50 copies)." in report_real.render(fixed)
     assert "**real stack**" not in report_real.render(fixed)
 
 

@@ -139,11 +139,15 @@ def _real_stack(sec: Section, data: dict[str, Any]) -> None:
         if pg["manager_rss"] > sd["manager_rss"]:
             lost.append((size, pg, sd))
     met = [s for s in sizes if s not in {size for size, _, _ in lost}]
+    copies = f"{', '.join(str(s) for s in met)} cop{'y' if met == [1] else 'ies'}"
+    if not lost:
+        verdict = f"Met at every measured size ({copies})."
+    else:
+        verdict = (f"Met at {copies}. " if met else "") + "Not met at " + ", ".join(
+            f"{size} ({fmt_bytes(pg['manager_rss'])} against {fmt_bytes(sd['manager_rss'])})"
+            for size, pg, sd in lost) + "."
     sec.add("**Goal: procguard's manager side uses no more RSS than supervisord's (with memmon) at every size.** "
-            + (f"Met at {', '.join(str(s) for s in met)} cop{'y' if met == [1] else 'ies'}. " if met else "")
-            + ("Not met at " + ", ".join(f"{size} ({fmt_bytes(pg['manager_rss'])} against "
-                                        f"{fmt_bytes(sd['manager_rss'])})" for size, pg, sd in lost) + "."
-               if lost else "Met at every measured size."), "")
+            + verdict, "")
     for size, pg, _ in lost:
         heavy = pg["breakdown"][0]
         sec.lose("real stack", f"{size} copies: {fmt_bytes(pg['manager_rss'])} against supervisord's "
