@@ -94,7 +94,7 @@ def census(token: str, *, pss: bool = False) -> Census:
             rows[proc.info["pid"]] = (proc.info["ppid"], cmd, size)
     c = Census()
     for ppid, cmd, rss in rows.values():
-        if "procguard" in cmd:  # runners, and their watchdogs (argv[0] procguard-watchdog)
+        if "procguard" in cmd or "procguard-watchdog" in cmd:  # runners (-m procguard), their watchdogs
             c.procguard += 1
             c.procguard_rss += rss
         elif ppid in rows and rows[ppid][1] == cmd:
