@@ -96,3 +96,15 @@ def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; None when it is gone."""
     stat = read_stat(pid)
     return None if stat is None else stat.start_ticks
+
+
+def total_memory() -> int:
+    """Total RAM in bytes from /proc/meminfo (psutil's ``virtual_memory().total``); 0 when unknown."""
+    try:
+        with open(f"{PROC_ROOT}/meminfo", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .procstat import PROC_ROOT, read_stat
+from .procstat import PROC_ROOT, read_stat, total_memory
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -103,7 +103,7 @@ class ResourceSampler:
             msg = "backend 'procfs' needs Linux /proc (use 'auto' or 'psutil')"
             raise ValueError(msg)
         self._linux = _LINUX if backend == "auto" else backend == "procfs"
-        self._total_ram = (_mem_total() if self._linux else _psutil().virtual_memory().total) or 1
+        self._total_ram = (total_memory() if self._linux else _psutil().virtual_memory().total) or 1
         # Only the psutil backend reads through it; it raises NoSuchProcess for a bad pid.
         self._proc: psutil.Process | None = None if self._linux else _psutil().Process(self.pid)
         self._root_start: int | None = None
@@ -287,13 +287,3 @@ def _psutil() -> ModuleType:
     return psutil
 
 
-def _mem_total() -> int:
-    """Total RAM in bytes, from /proc/meminfo (what psutil reports as ``virtual_memory().total``)."""
-    try:
-        with open(f"{PROC_ROOT}/meminfo", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0

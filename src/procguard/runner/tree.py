@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ..instances.spawn import tree_pids
-from ..procstat import CLOCK_TICKS, read_stat
+from ..procstat import CLOCK_TICKS, read_stat, total_memory
 
 
 class TreeReading(NamedTuple):
@@ -43,19 +43,6 @@ class TreeReading(NamedTuple):
     num_children: int
 
 
-
-
-def _total_ram() -> int:
-    try:
-        with open("/proc/meminfo", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 class TreeSampler:
     """Reads the tree under ``root`` (its memory, threads and windowed CPU) at each :meth:`sample`."""
 
@@ -65,7 +52,7 @@ class TreeSampler:
         self.root = root
         self.cpu_window_s = max(0.0, cpu_window_s)
         self._clock = clock
-        self._total_ram = _total_ram() or 1
+        self._total_ram = total_memory() or 1
         self._cpu_last: dict[int, tuple[int, int]] = {}  # pid -> (start ticks, cpu ticks)
         self._cpu_total = 0
         self._first = True

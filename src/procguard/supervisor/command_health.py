@@ -21,11 +21,10 @@ whole), so the serving thread never waits for the loop.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ..policy import LimitTracker
-from ..procstat import read_stat
+from ..procstat import read_stat, total_memory
 from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot
 from .procscan import LimitSample
 from .states import WorkerState
@@ -38,15 +37,7 @@ S = WorkerState
 _MB = 1024 * 1024
 _READY = HealthStatus(True, "ready")
 
-
-def _total_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (OSError, ValueError):
-        return 0
-
-
-_TOTAL_MEMORY = _total_memory()
+_TOTAL_MEMORY = total_memory()
 
 
 def command_health(worker: Worker, now: float) -> HealthStatus:
