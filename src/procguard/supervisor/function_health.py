@@ -18,7 +18,7 @@ the answer is the supervisor's own: 503 "not running (backoff, restarting in
 N s)" or "starting: no snapshot published yet".
 
 The liveness prober reads the same view instead of asking the port over
-HTTP (:func:`published_verdict`): it is the supervisor's own port, and the
+HTTP (:func:`port_verdict`): it is the supervisor's own port, and the
 verdict is what that port answers at that moment.
 """
 
@@ -28,7 +28,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from ..snapshot import HealthStatus, WorkerSnapshot
-from .command_health import command_snapshot
+from .command_health import command_health, command_snapshot
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -47,7 +47,14 @@ def function_snapshot(worker: Worker, now: float, wall: float) -> WorkerSnapshot
     return command_snapshot(worker, now, wall)  # not running: the supervisor's facts say why
 
 
-def published_verdict(worker: Worker, now: float, wall: float) -> tuple[bool, str]:
-    """``(healthy, "HTTP 200" / "HTTP 503: why")``: what ``GET /health`` on its port answers now."""
-    health = function_snapshot(worker, now, wall).health
+def port_verdict(worker: Worker, now: float, wall: float) -> tuple[bool, str]:
+    """``(healthy, "HTTP 200" / "HTTP 503: why")``: what ``GET /health`` on the worker's port answers now.
+
+    Any worker with a health port: the supervisor serves them all, a function
+    worker's from what it publishes, a command's from the supervisor's facts.
+    """
+    if worker.publishes_health:
+        health = function_snapshot(worker, now, wall).health
+    else:
+        health = command_health(worker, now)
     return (True, "HTTP 200") if health.is_healthy else (False, f"HTTP 503: {health.reason}")

@@ -434,8 +434,6 @@ class Lifecycle:
         """Count a failed liveness probe; stop the worker (a failure) after the threshold in a row."""
         if worker.generation != result.generation or worker.state not in (S.STARTING, S.RUNNING):
             return  # about a process that has gone since
-        worker.probe_detail = result.detail
-        worker.probed = True
         if result.ok:
             worker.probe_failures = 0
             return

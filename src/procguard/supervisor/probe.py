@@ -5,7 +5,7 @@ the worker, so a worker that hangs stops publishing and its port turns 503
 "no update from worker". Their port is the supervisor's own
 (:mod:`.healthports`), so the probe does not go through HTTP: it reads the
 verdict the port would answer, from the same published snapshot
-(:func:`.function_health.published_verdict`), in microseconds. A target
+(:func:`.function_health.port_verdict`), in microseconds. A target
 without such a check (``check=None``) is asked ``GET /health`` over HTTP
 (:func:`probe_health`). A command worker's port is answered from the
 supervisor's own facts: probing it would ask the supervisor about itself.
@@ -67,7 +67,7 @@ def probe_targets(
     workers: Iterable[Worker], *, wall_clock: Callable[[], float] = time.time
 ) -> dict[str, ProbeTarget]:
     """The function workers to probe now: a health port and a live process."""
-    from .function_health import published_verdict
+    from .function_health import port_verdict
 
     targets: dict[str, ProbeTarget] = {}
     for worker in workers:
@@ -80,7 +80,7 @@ def probe_targets(
                 port,
                 worker.generation,
                 worker.started_at,
-                check=_verdict_of(worker, published_verdict, wall_clock),
+                check=_verdict_of(worker, port_verdict, wall_clock),
             )
     return targets
 

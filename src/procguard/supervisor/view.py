@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .command_health import command_health
+from .function_health import port_verdict
 from .states import WorkerState
 from .worker import Worker
 
@@ -71,14 +71,8 @@ def worker_figures(worker: Worker, now: float, wall: float) -> WorkerFigures:
     if running and worker.started_at is not None:
         start_time = wall - (now - worker.started_at)
     healthy = None
-    if running and worker.supervisor_serves_health:
-        healthy = command_health(worker, now).is_healthy  # what its port answers
-    elif running and worker.publishes_health:
-        from .function_health import published_verdict
-
-        healthy = published_verdict(worker, now, wall)[0]  # what its port answers (the supervisor's too)
-    elif running and worker.probed:
-        healthy = worker.probe_failures == 0
+    if running and worker.holds_health_port:
+        healthy = port_verdict(worker, now, wall)[0]  # what its port answers (the supervisor serves it)
     return WorkerFigures(
         name=worker.name,
         state=worker.state,

@@ -69,7 +69,7 @@ from ..parent_link import HealthMapping
 from ..policy import LimitTracker
 from ..snapshot import label_environment
 from .backoff import Policy, Record
-from .command_health import command_health
+from .function_health import port_verdict
 from .logs import WorkerOutput
 from .procscan import TreeSample, TreeSampler
 from .states import WorkerState, check_transition
@@ -144,8 +144,6 @@ class Worker:
         self.cpu_seconds_total = 0.0
         self._cpu_seen: float | None = None
         self.probe_failures = 0
-        self.probe_detail = ""
-        self.probed = False  # at least one probe answered for the current process
         self.output_fd: int | None = None
         self.waiters: list[Callable[[Worker], None]] = []
 
@@ -283,8 +281,6 @@ class Worker:
         self.killed_after_grace = False
         self.held_by_operator = False
         self.probe_failures = 0
-        self.probe_detail = ""
-        self.probed = False
         self.stop_deadline = None
         self.term_at = None
         self.asked = None
@@ -414,16 +410,7 @@ class Worker:
     def _health_text(self, now: float) -> str | None:
         if self.config.limits.health_port is None or not self.state.has_process:
             return None
-        if self.supervisor_serves_health:  # what its port answers now (the supervisor serves it)
-            health = command_health(self, now)
-            return "HTTP 200" if health.is_healthy else f"HTTP 503: {health.reason}"
-        if self.publishes_health:  # the same, from the snapshot the worker published
-            from .function_health import published_verdict
-
-            return published_verdict(self, now, time.time())[1]
-        if self.probe_failures:
-            return f"failing ({self.probe_failures}): {self.probe_detail}"
-        return self.probe_detail or "unknown"
+        return port_verdict(self, now, time.time())[1]  # what its port answers now (the supervisor serves it)
 
 
 def last_exit_json(outcome: StopOutcome, *, wall: float, runtime_s: float) -> dict[str, Any]:
