@@ -47,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+from procguard.instances.spawn import tree_pids
+
 from ._report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +331,7 @@ def supervised(
                 health.append(probe(ports[0], "/health"))
             time.sleep(0.02)
         rss_kb = _rss_kb(up.pid)
-        helpers_kb = sum(_rss_kb(pid) for pid in _tree(up.pid)[1:] if not _is_idle_worker(pid))
+        helpers_kb = sum(_rss_kb(pid) for pid in tree_pids(up.pid)[1:] if not _is_idle_worker(pid))
     finally:
         up.terminate()
         try:
@@ -350,23 +352,6 @@ def _rss_kb(pid: int) -> int:
         pass
     return 0
 
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants, through the kernel's children lists."""
-    found, index = [root], 0
-    while index < len(found):
-        pid = found[index]
-        index += 1
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-            except OSError:
-                continue
-    return found
 
 
 def _is_idle_worker(pid: int) -> bool:

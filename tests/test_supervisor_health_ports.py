@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from procguard.instances.spawn import tree_pids
+
 from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for
 from .http_abuse import (
     FOREIGN_HOSTS,
@@ -54,21 +56,8 @@ def _cmdline(pid: int) -> str:
 
 
 def _descendants(root: int) -> list[int]:
-    """``root``'s live descendants, through the kernel's children lists."""
-    found, index = [root], 0
-    while index < len(found):
-        pid = found[index]
-        index += 1
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-            except OSError:
-                continue
-    return found[1:]
+    """``root``'s live descendants (procguard's own tree walk, through the kernel's children lists)."""
+    return tree_pids(root)[1:]
 
 
 def listening_pid(port: int, candidates: list[int]) -> int | None:
