@@ -217,7 +217,7 @@ class Supervisor:
             )
             if self.status_port:
                 self._start_status_server()
-            if any(w.config.limits.health_port and w.via_runner for w in self.workers.values()):
+            if any(w.publishes_health for w in self.workers.values()):  # the only probed workers
                 self._prober.start()
                 probing = True
             logger.info(
