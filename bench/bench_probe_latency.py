@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from procguard.instances.spawn import tree_pids
+from procguard.instances.childproc import tree_pids
 
 from ._report import write_section
 

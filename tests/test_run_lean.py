@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from procguard.instances.spawn import tree_pids
+from procguard.instances.childproc import tree_pids
 from procguard.runner.tree import TreeSampler, kill_tree, stop_pids
 
 from .helpers import PROCGUARD, PYTHON, python_env, wait_for
@@ -102,6 +102,47 @@ def test_a_standalone_runner_costs_little_beside_its_command(spawn, tmp_path: Pa
 
     # The runner trims its heap once the command runs: wait for the figure to settle under the bound.
     wait_for(lambda: over_bare() < 11.0, timeout=10, message=lambda: f"{over_bare():.1f} MB over a bare python")
+
+
+#: What the watching stage (after the runner's exec) must not load: parsing, locks, spawning, dataclasses,
+#: and logging before there is something to log.
+NOT_WATCHING = ("argparse", "dataclasses", "inspect", "pathlib", "subprocess", "logging", "procguard.lifecycle_args",
+                "procguard.instances.lock", "procguard.instances.spawn", "procguard.snapshot", *HEAVY)
+
+
+def _imported(text: str) -> list[str]:
+    """Module names from ``python -X importtime`` lines."""
+    return [line.rsplit("|", 1)[1].strip() for line in text.splitlines() if line.startswith("import time:")]
+
+
+def test_the_runner_execs_into_a_watching_stage_that_loads_only_what_watching_needs(spawn, tmp_path: Path) -> None:
+    """Same PID, same command line, the lock still held; the new image imports no parser, lock or spawn code."""
+    err = tmp_path / "stderr"
+    env = python_env(PROCGUARD_STATE_DIR=str(tmp_path / "state"))
+    with err.open("wb") as sink:
+        runner = spawn([PYTHON, "-X", "importtime", "-m", "procguard", "run", "--name", "watching",
+                        "--health-port", "0", "--", "sleep", "600"], env=env, stderr=sink)
+
+    def watching_stage() -> list[str] | None:
+        text = err.read_text(errors="replace")
+        if "started 'sleep 600'" not in text:
+            return None
+        after = _imported(text.split("started 'sleep 600'", 1)[1])
+        return after if "procguard.runner.command" in after else None
+
+    after = wait_for(watching_stage, message="the runner's exec into its watching stage")
+    with open(f"/proc/{runner.pid}/environ", "rb") as handle:
+        assert b"PROCGUARD_RUNNER_WATCH=" in handle.read()  # the same PID, executed again
+    with open(f"/proc/{runner.pid}/cmdline", "rb") as handle:
+        assert handle.read().split(b"\0")[-3:-1] == [b"sleep", b"600"]  # ps shows what was typed
+    assert not set(NOT_WATCHING) & set(after), sorted(set(NOT_WATCHING) & set(after))
+    second = subprocess.run([*PROCGUARD, "run", "--name", "watching", "--health-port", "0", "--", "true"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 3, second.stderr  # the lock is still held across the exec
+    os.kill(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=60) == 143  # the watching stage stops it gracefully
+    log = err.read_text(errors="replace")
+    assert "forwarding SIGTERM to pid" in log and "stopped: signal" in log
 
 
 def _comm(pid: int) -> str:

@@ -10,10 +10,11 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 
+from procguard.instances.childproc import ChildHandle
 from procguard.instances.marker import MARKER_ENV, new_marker
 from procguard.instances.spawn import (
-    ChildHandle,
     parent_death_signal_preexec,
     spawn_process,
 )
@@ -102,7 +103,8 @@ def test_parent_gone_before_prctl_race_is_handled() -> None:
 
 SUBREAPER = r"""
 import json, os, subprocess, sys, time
-from procguard.instances.spawn import become_child_subreaper, reap_children
+from procguard.instances.childproc import reap_children
+from procguard.instances.spawn import become_child_subreaper
 assert become_child_subreaper()
 escapee_file = sys.argv[1]
 code = ("import os, sys, time\n"
@@ -149,7 +151,7 @@ def test_subreaper_adopts_and_reaps_escapees_but_leaves_popen_children(spawn, tm
 def test_child_handle_signals_through_pidfd_and_never_after_exit() -> None:
     proc = spawn_process([PYTHON, "-c", "import time; time.sleep(600)"], marker=new_marker("spawntest", TEST_NAMESPACE),
                          env=python_env())
-    with ChildHandle(proc) as handle:
+    with ChildHandle.of(proc) as handle:
         try:
             assert handle.has_pidfd
             assert handle.is_alive()
@@ -172,7 +174,7 @@ def test_child_handle_group_signal_reaches_grandchildren(tmp_path: Path) -> None
             f"open({str(ready)!r}, 'w').write(str(p.pid))\n"
             "time.sleep(600)\n")
     proc = spawn_process([PYTHON, "-c", code], marker=new_marker("spawntest", TEST_NAMESPACE), env=python_env())
-    with ChildHandle(proc) as handle:
+    with ChildHandle.of(proc) as handle:
         grandchild = psutil.Process(int(wait_for_file(ready, proc=proc)))
         try:
             assert handle.signal_group(signal.SIGKILL)
@@ -185,3 +187,27 @@ def test_child_handle_group_signal_reaches_grandchildren(tmp_path: Path) -> None
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "waitpid"])
+def test_child_handle_without_popen_reaps_the_child_itself(pidfd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command runner's watching stage inherits its child over an exec: no Popen, the handle reaps."""
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open")  # an old kernel: the waitpid fallback
+    pid = os.posix_spawn(PYTHON, [PYTHON, "-c", "import time; time.sleep(600)"], python_env())
+    handle = ChildHandle(pid)
+    try:
+        assert handle.has_pidfd is pidfd
+        assert handle.is_alive()
+        assert handle.wait(timeout=0.05) is None
+        assert handle.terminate()
+        assert handle.wait(timeout=30) == -signal.SIGTERM
+        assert not handle.is_alive()
+        assert handle.send_signal(signal.SIGKILL) is False  # never after it was reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # already reaped by the handle
+    finally:
+        if handle.returncode is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        handle.close()

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procguard.instances.spawn import tree_pids
+from procguard.instances.childproc import tree_pids
 
 from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for
 from .http_abuse import (

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from procguard.instances.childproc import tree_pids
 from procguard.instances.marker import MARKER_ENV, new_marker, new_run, run_pattern
-from procguard.instances.spawn import tree_pids
 from procguard.supervisor import control
 from procguard.supervisor.history import Event, History, read_events
 from procguard.supervisor.logs import LineSplitter, RotatingFile, WorkerOutput, follow, tail

@@ -2,7 +2,7 @@
 
 Each field of :class:`WorkerLimits` is one setting. The field gives its name
 with its unit (``grace_s``, ``memory_limit_bytes``) and its default; its
-:class:`Setting` (the field's metadata) gives the procguard.toml key, the
+:class:`Setting` (declared with the field's default) gives the procguard.toml key, the
 command-line flag, what a bare number means, what 0 means, which workers it
 applies to and its help. Everything else is derived from these declarations:
 
@@ -26,15 +26,15 @@ hours, ``--memory-limit`` MB); suffixes work everywhere (``90s``, ``10m``,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import units
 from .errors import UsageError, shown
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 #: Which workers a setting means something for: "all", or "loop" (workers whose
 #: loop procguard runs or sees: ProcessManager programs and ``run =`` targets).
@@ -54,9 +54,12 @@ _SAME: Any = object()
 HARD_LIMIT_FACTOR = 1.25
 
 
-@dataclass(frozen=True)
-class Setting:
-    """How one lifecycle setting is written, parsed, shown and documented (declared on its field)."""
+class Setting(NamedTuple):
+    """How one lifecycle setting is written, parsed, shown and documented (declared on its field).
+
+    A NamedTuple, like :class:`WorkerLimits`: this module is imported by the
+    long-lived command runner, which stays small without ``dataclasses``.
+    """
 
     key: str
     kind: Kind
@@ -229,21 +232,18 @@ def format_bytes(size: int) -> str:
     return f"{size}B"
 
 
-_SETTING_KEY = "procguard.setting"
+#: Each field's :class:`Setting`, in declaration order (``field`` filled in by :func:`_declared`).
+_DECLARED: list[Setting] = []
 
 
 def _setting(default: Any, **meta: Any) -> Any:
-    return field(default=default, metadata={_SETTING_KEY: Setting(**meta)})
+    """A field's default, with its :class:`Setting` declared beside it."""
+    _DECLARED.append(Setting(**meta))
+    return default
 
 
-@dataclass(frozen=True)
-class WorkerLimits:
-    """The lifecycle settings of one worker, in base units; ``None`` means "no limit".
-
-    Build it from user values with :meth:`from_user` (flags, procguard.toml,
-    ProcessManager keywords: each parsed by its :class:`Setting`), or from
-    base units directly (``WorkerLimits(memory_limit_bytes=512 * 2**20)``).
-    """
+class _LimitFields(NamedTuple):
+    """The fields of :class:`WorkerLimits`, each with its default and its :class:`Setting`."""
 
     interval_s: float = _setting(
         600.0,
@@ -394,7 +394,27 @@ class WorkerLimits:
         help="address the health server binds",
     )
 
-    def __post_init__(self) -> None:
+
+
+class WorkerLimits(_LimitFields):
+    """The lifecycle settings of one worker, in base units; ``None`` means "no limit".
+
+    Build it from user values with :meth:`from_user` (flags, procguard.toml,
+    ProcessManager keywords: each parsed by its :class:`Setting`), or from
+    base units directly (``WorkerLimits(memory_limit_bytes=512 * 2**20)``).
+    A frozen NamedTuple rather than a dataclass: the long-lived command
+    runner imports this module, and ``dataclasses`` (with ``inspect``) would
+    be most of its size.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # the type checker keeps checking the fields' keywords
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._check_ceiling()
+
+    def _check_ceiling(self) -> None:
         soft, hard = self.memory_limit_bytes, self.memory_hard_limit_bytes
         if soft and hard and hard < soft:
             msg = (
@@ -439,11 +459,13 @@ class WorkerLimits:
         for key, raw in values.items():
             setting = SETTINGS_BY_KEY[key]
             changes[setting.field] = setting.parse(raw, what=what(setting))
-        return dataclasses.replace(base or cls(), **changes)
+        return (base or cls()).with_changes(**changes)
 
     def with_changes(self, **changes: Any) -> WorkerLimits:
-        """A copy with some fields (base units) replaced."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields (base units) replaced (checked as a new value is)."""
+        changed = self._replace(**changes)
+        changed._check_ceiling()
+        return changed
 
     # -- the codec (supervisor -> the worker it starts) ----------------------------------
 
@@ -483,14 +505,12 @@ def _is_base(setting: Setting, value: object) -> bool:
 
 
 def _declared() -> tuple[Setting, ...]:
-    found = []
-    for f in dataclasses.fields(WorkerLimits):
-        setting = f.metadata[_SETTING_KEY]
-        found.append(dataclasses.replace(setting, field=f.name))
-    return tuple(found)
+    # strict: a field declared without _setting would shift every Setting onto the wrong field
+    pairs = zip(WorkerLimits._fields, _DECLARED, strict=True)
+    return tuple(setting._replace(field=name) for name, setting in pairs)
 
 
-_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(WorkerLimits)}
+_FIELD_DEFAULTS: dict[str, Any] = dict(WorkerLimits._field_defaults)
 
 #: Every setting, in declaration order.
 SETTINGS: tuple[Setting, ...] = _declared()

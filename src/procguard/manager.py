@@ -49,7 +49,6 @@ How the work is split (docs/PROCESS_LIFECYCLE_MANAGEMENT.md tells the whole stor
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import sys
@@ -853,7 +852,7 @@ class ProcessManager:
         crash = self._crash
         if crash is not None and outcome is not crash:
             # It raised (or exited) while a stop was under way: the exit status says crash.
-            outcome = dataclasses.replace(crash, detail=f"{crash.detail} while stopping for {outcome.reason}")
+            outcome = crash.with_changes(detail=f"{crash.detail} while stopping for {outcome.reason}")
         self._outcome = outcome
         uptime = _monotonic() - self._started_at if self._started_at else 0.0
         log.info(

@@ -17,10 +17,8 @@ the process actually ended decide the outcome together.
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .reasons import (
     EXPECTED_REASONS,
@@ -34,19 +32,26 @@ from .reasons import (
     signal_name,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 #: Longest detail kept (a detail is figures and a cause, never a traceback).
 MAX_DETAIL = 400
 
 
-@dataclass(frozen=True)
-class StopOutcome:
+#: The figures of an outcome that has none (read-only, so one value serves every outcome).
+_NO_FIGURES: Mapping[str, float] = MappingProxyType({})
+
+
+class StopOutcome(NamedTuple):
     """Why a worker stopped, the figures behind it, how it exited and who ended it.
 
     ``exit_status`` is the status the process exited with (None when it died
     of a signal, then ``signal`` names it; both None while the stop is only
     decided, not yet done). ``figures`` are the numbers the decision was made
     on (``memory_bytes``, ``memory_limit_bytes``, ...), e.g. for the history's
-    peak memory.
+    peak memory. A frozen NamedTuple rather than a dataclass: the long-lived
+    command runner imports it and stays small without ``dataclasses``.
     """
 
     reason: StopReason
@@ -54,7 +59,7 @@ class StopOutcome:
     exit_status: int | None = None
     signal: int | None = None
     by: Ender = Ender.WORKER
-    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    figures: Mapping[str, float] = _NO_FIGURES
 
     # -- what it means ----------------------------------------------------------
 
@@ -101,8 +106,12 @@ class StopOutcome:
     def exited(self, returncode: int) -> StopOutcome:
         """This decision, now done: the process ended with Popen's ``returncode`` (-N: signal N)."""
         if returncode < 0:
-            return replace(self, exit_status=None, signal=-returncode)
-        return replace(self, exit_status=returncode, signal=None)
+            return self._replace(exit_status=None, signal=-returncode)
+        return self._replace(exit_status=returncode, signal=None)
+
+    def with_changes(self, **changes: Any) -> StopOutcome:
+        """A copy with some fields replaced (a detail completed, the exit status filled in)."""
+        return self._replace(**changes)
 
     @classmethod
     def decided(

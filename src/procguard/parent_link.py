@@ -30,17 +30,17 @@ Messages are one JSON object each, ``{"kind": value}``, through
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from .deferred_log import get_logger
 from .outcome import StopOutcome
 from .reasons import Ender, StopReason, signal_name
 
 if TYPE_CHECKING:
     import socket
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # logging loads on the first message
 
 LINK_ENV = "PROCGUARD_LINK_FD"
 #: Largest message either end sends or reads.

@@ -25,8 +25,7 @@ Rules (see docs/PROCESS_LIFECYCLE_MANAGEMENT.md):
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .limits import WorkerLimits
 from .reasons import StopReason
@@ -68,14 +67,13 @@ class SampleLike(Protocol):
     def cpu_window_s(self) -> float: ...
 
 
-@dataclass(frozen=True)
-class LimitVerdict:
+class LimitVerdict(NamedTuple):
     """A decision to stop: why, how (``hard``: end it now), and the figures behind it."""
 
     reason: StopReason
     hard: bool
     detail: str
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float]
 
 
 def _mb(n: float) -> str:

@@ -127,7 +127,7 @@ def is_gone(proc: psutil.Process) -> bool:
 
     Zombies are not reaped here: if ``proc`` is our child its exit status
     belongs to whoever owns it (a ``subprocess.Popen``, multiprocessing, or
-    :func:`procguard.instances.spawn.reap_children`). A zombie holds no memory
+    :func:`procguard.instances.childproc.reap_children`). A zombie holds no memory
     and runs no code, so for stopping purposes it is gone.
     """
     try:

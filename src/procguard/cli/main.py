@@ -118,6 +118,19 @@ def _main(args: list[str]) -> int:
         print(f"procguard {__version__}")
         return ExitStatus.OK
     command, rest = args[0], args[1:]
+    from ..runner import WATCH_ENV
+
+    if command == "run" and os.environ.get(WATCH_ENV):
+        # A standalone command runner after its exec into the watching stage: no parser, no lock code.
+        from ..deferred_log import configure_when_used
+        from ..runner.handoff import resume_watching_stage
+
+        configure_when_used(_configure_logging)  # the watching stage imports logging only to log
+        try:
+            return resume_watching_stage()
+        except ProcguardError as error:
+            sys.stderr.write(f"procguard {command}: {error}\n")
+            return int(error.exit_status)
     if command not in COMMANDS:
         sys.stderr.write(
             f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"

@@ -158,9 +158,10 @@ def run_run(args: argparse.Namespace) -> int:
 
             # Under a Type=notify unit the runner is the main process: it tells systemd.
             notifier = SystemdNotifier.from_env()
+            # Standalone, the runner then executes itself into its small watching stage.
             return CommandSupervisor(
                 options, marker=marker, lock=lock, keep_pids=helpers, notifier=notifier, link=link,
-                watchdog_fd=watchdog_fd,
+                watchdog_fd=watchdog_fd, exec_to_watch=link is None,
             ).run()
         from ..manager import ProcessManager
         from ..runner.function import FunctionLoop

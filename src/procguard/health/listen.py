@@ -49,3 +49,9 @@ def bind_listener(host: str, port: int, *, backlog: int = 512) -> socket.socket:
             msg = f"cannot listen on {on}:{port}: {exc.strerror}"
         raise UsageError(msg) from None
     return sock
+
+
+def listener_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a health port (an IPv6 host in brackets)."""
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"http://{shown_host}:{port}"

@@ -52,7 +52,7 @@ from typing import Any, Literal
 from ..errors import UsageError
 from ..snapshot import SnapshotSource
 from .endpoints import TOKEN_ENV
-from .listen import bind_listener
+from .listen import bind_listener, listener_url
 from .shared import (
     DEFAULT_SIZE,
     PUBLISH_INTERVAL_S,
@@ -99,6 +99,8 @@ class HealthServer:
     the responder through a pipe, never through its arguments or environment.
     ``shared_fd``/``shared_size`` (published mode only): the mapping to
     publish into; the server owns the descriptor from then on and closes it.
+    ``listener``: a socket the caller already bound and listens on (served
+    instead of binding ``host:port``; the server closes it).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class HealthServer:
         request_timeout_s: float = 5.0,
         shared_fd: int | None = None,
         shared_size: int = DEFAULT_SIZE,
+        listener: socket.socket | None = None,
     ) -> None:
         if mode not in (None, *_MODES):
             msg = f"health server mode {mode!r} is not known (use 'process' or 'thread')"
@@ -132,6 +135,8 @@ class HealthServer:
         self._max_connections = max_connections
         self._request_timeout_s = request_timeout_s
         self._listener: socket.socket | None = None
+        # Bound by the caller (a command runner binds before it starts the command); ``port`` unused then.
+        self._given_listener = listener
         self._port = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -162,8 +167,7 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return listener_url(self._host, self._port)
 
     @property
     def responder_pid(self) -> int | None:
@@ -183,7 +187,7 @@ class HealthServer:
                 raise
             logger.info("health on %s served by the supervisor (pid %d publishes)", self.url, os.getpid())
             return self
-        listener = bind_listener(self._host, self._requested_port)
+        listener = self._given_listener or bind_listener(self._host, self._requested_port)
         self._listener = listener
         self._port = int(listener.getsockname()[1])
         self._owner_pid = os.getpid()

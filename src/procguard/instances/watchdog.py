@@ -155,6 +155,12 @@ def start_watchdog(
     return pid, write_fd
 
 
+def keep_inherited(fd: int) -> None:
+    """Hold a write end this process got over an exec (a command runner's watching stage) as ours."""
+    os.set_inheritable(fd, False)
+    _hold(fd)
+
+
 #: Write ends of watchdog pipes this process holds: closed in every fork child.
 _HELD: set[int] = set()
 _HOOKED = False

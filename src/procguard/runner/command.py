@@ -48,35 +48,40 @@ a second signal forced the stop).
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import select
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
 
+from ..deferred_log import get_logger
 from ..errors import UsageError
 from ..heap import release_memory
-from ..instances.lock import InstanceLock
-from ..instances.spawn import ChildHandle, become_child_subreaper, reap_children, spawn_process, tree_pids
+from ..instances.childproc import ChildHandle, reap_children, tree_pids
 from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
-from ..parent_link import ParentLink, stop_for_signal
-from ..policy import LimitTracker, LimitVerdict, next_sample_delay, runtime_deadline
+from ..parent_link import stop_for_signal
+from ..policy import LimitTracker, next_sample_delay, runtime_deadline
 from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
 from ..signals import SignalCapture
-from ..snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
-from .options import RunOptions
 from .tree import TreeReading, TreeSampler, kill_tree, stop_pids
 
+# The watching stage of a standalone runner imports only what watching needs
+# (:mod:`procguard.runner.handoff`): HTTP, snapshots, spawning and locks load
+# where they are used, never at the top.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Collection
+
     from ..health.notify import SystemdNotifier
     from ..health.server import HealthServer
+    from ..instances.lock import InstanceLock
+    from ..parent_link import ParentLink
+    from ..policy import LimitVerdict
+    from ..snapshot import HealthStatus, WorkerSnapshot
+    from .options import RunOptions
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # logging loads on the first message
 
 #: How often the command's tree is sampled while it is well under its memory limit.
 DEFAULT_SAMPLE_INTERVAL_S = 1.0
@@ -140,6 +145,13 @@ class CommandSupervisor:
     ``WATCHDOG=1`` and ``STOPPING=1``; the supervisor closes it when done.
     ``link`` (under ``procguard up``) hears the command's pid and the outcome,
     and says why a stop signal was sent.
+
+    ``exec_to_watch`` (a standalone runner): once the command runs, the
+    runner executes itself again (same PID) into its watching stage, which
+    imports only what watching needs (:mod:`procguard.runner.handoff`), so
+    the process that lives as long as the command holds no parser, no lock
+    code and no spawning code. ``started`` (monotonic, wall clock) is when the
+    command was started, for a runner resumed after that exec.
     """
 
     def __init__(
@@ -154,8 +166,11 @@ class CommandSupervisor:
         notifier: SystemdNotifier | None = None,
         link: ParentLink | None = None,
         watchdog_fd: int | None = None,
+        exec_to_watch: bool = False,
+        started: tuple[float, float] | None = None,
     ) -> None:
         self.options = options
+        self.exec_to_watch = exec_to_watch
         self.limits = options.limits
         self.notifier = notifier
         self.link = link
@@ -165,13 +180,12 @@ class CommandSupervisor:
         self.keep_pids = frozenset(keep_pids)
         self.sample_interval_s = sample_interval_s
         self._clock = clock
-        self.started_at = clock()
-        self._started_wall = time.time()
+        self.started_at, self.started_wall = started or (clock(), time.time())
         self.tracker = LimitTracker(self.limits, started_at=self.started_at)
         self.deadline = runtime_deadline(self.started_at, self.limits.max_runtime_s)
         self.health: HealthServer | None = None
+        self.health_listener: socket.socket | None = None  # bound before the command starts
         self.child: ChildHandle | None = None
-        self._labels = metric_labels(options.name)
         # Written by the watch loop, read by the health thread (whole-object swaps).
         self._sample: TreeReading | None = None
         self._asked: StopOutcome | None = None  # the stop the runner decided, once
@@ -187,6 +201,8 @@ class CommandSupervisor:
 
     def snapshot(self) -> WorkerSnapshot:
         """What /health, /ready and /metrics show: the command's tree as last sampled."""
+        from ..snapshot import HealthStatus, WorkerSnapshot, metric_labels
+
         now = self._clock()
         sample = self._sample
         child = self.child
@@ -198,7 +214,7 @@ class CommandSupervisor:
             else HealthStatus(False, health.reason if not health.is_healthy else "not ready")
         )
         remaining = None if self.deadline is None else max(0.0, self.deadline - now)
-        worker, stack = self._labels
+        worker, stack = metric_labels(self.options.name)
         lim = self.limits
         return WorkerSnapshot(
             name=worker,
@@ -208,7 +224,7 @@ class CommandSupervisor:
             ready=ready,
             started=self._running,
             stopping=asked is not None,
-            start_time_seconds=self._started_wall,
+            start_time_seconds=self.started_wall,
             uptime_seconds=now - self.started_at,
             cpu_percent=sample.cpu_percent if sample else 0.0,
             memory_bytes=sample.memory_bytes if sample else 0,
@@ -224,6 +240,8 @@ class CommandSupervisor:
 
     def _health(self, now: float, sample: TreeReading | None) -> HealthStatus:
         """Healthy = running, not stopping, and the last sample within the limits."""
+        from ..snapshot import HEALTHY, HealthStatus  # only with a port or under systemd
+
         if not self._running:
             return HealthStatus(False, "not running" if self.child else "starting")
         asked = self._asked
@@ -268,48 +286,97 @@ class CommandSupervisor:
         return outcome.exit_status
 
     def run_for_outcome(self) -> StopOutcome:
-        """Start the command, watch it, clean up; how it ended, with the runner's exit status."""
+        """Start the command, watch it, clean up; how it ended, with the runner's exit status.
+
+        With ``exec_to_watch`` this returns only when the exec into the
+        watching stage did not happen (a stop signal came first, or the
+        interpreter could not be executed): the same process then watches.
+        """
+        from ..instances.spawn import become_child_subreaper
+
         capture = SignalCapture.take_early() or SignalCapture()
         capture.install()
-        become_child_subreaper()
+        become_child_subreaper()  # kept across the exec into the watching stage
         try:
-            check_command(self.options.command)
-            lim = self.limits
-            if lim.health_port:
-                from ..health.server import serve_health  # only with a port: no HTTP code otherwise
+            self._start()
+            if self.exec_to_watch:
+                from .handoff import exec_watching_stage
 
-                # The runner's own thread never runs user code, so it answers
-                # probes promptly from a thread: no responder process needed.
-                self.health = serve_health(
-                    self.snapshot, host=lim.health_host, port=lim.health_port, mode="thread",
-                )
-            self.child = self._spawn()
-            self._running = True
-            if self.watchdog_fd is not None:
-                tell(self.watchdog_fd, f"+{self.child.pid}")  # it leads its own session and group
-            if self.link is not None:
-                self.link.report_worker_pid(self.child.pid)
-            self._notify_ready(self.child)
-            log.info(
-                "%s: started %r as pid %s%s", self.options.name, " ".join(self.options.command),
-                self.child.pid,
-                f"; health on {self.health.url}" if self.health else "",
-            )
-            if self.lock is not None:
-                self.lock.update(
-                    {"child_pid": self.child.pid, "command": list(self.options.command)},
-                    health_port=self.health.port if self.health else None,
-                    marker=self.marker,
-                )
-            release_memory()  # start-up is over: the runner lives at this size for as long as the command
-            returncode = self._watch(self.child, capture)
-            self._running = False
-            return self._result(returncode)
+                exec_watching_stage(self, capture)
+                if self.health_listener is not None:  # no exec after all: this process serves the port
+                    self._serve_health(self.health_listener)
+            return self._watch_to_end(capture)
         finally:
             self._running = False
             self._cleanup(capture)
 
+    def resume(self, child: ChildHandle, listener: socket.socket | None) -> StopOutcome:
+        """The watching stage after the exec: serve health on ``listener``, watch ``child`` to its end."""
+        capture = SignalCapture.take_early() or SignalCapture()
+        capture.install()
+        self.child = child
+        self._running = True
+        try:
+            if listener is not None:
+                self._serve_health(listener)
+            return self._watch_to_end(capture)
+        finally:
+            self._running = False
+            self._cleanup(capture)
+
+    def _start(self) -> None:
+        """Check the command, bind the health port, start the command and tell everyone who watches it."""
+        check_command(self.options.command)
+        lim = self.limits
+        listener = None
+        if lim.health_port:
+            from ..health.listen import bind_listener  # only with a port: no HTTP code otherwise
+
+            # A port taken is exit 2 before anything started.
+            listener = bind_listener(lim.health_host, lim.health_port)
+            self.health_listener = listener
+            if not self.exec_to_watch:
+                self._serve_health(listener)
+        self.child = self._spawn()
+        self._running = True
+        if self.watchdog_fd is not None:
+            tell(self.watchdog_fd, f"+{self.child.pid}")  # it leads its own session and group
+        if self.link is not None:
+            self.link.report_worker_pid(self.child.pid)
+        self._notify_ready(self.child)
+        port = listener.getsockname()[1] if listener is not None else None
+        where = ""
+        if port is not None:
+            from ..health.listen import listener_url
+
+            where = f"; health on {listener_url(lim.health_host, port)}"
+        log.info("%s: started %r as pid %s%s", self.options.name, " ".join(self.options.command),
+                 self.child.pid, where)
+        if self.lock is not None:
+            self.lock.update(
+                {"child_pid": self.child.pid, "command": list(self.options.command)},
+                health_port=port, marker=self.marker,
+            )
+
+    def _serve_health(self, listener: socket.socket) -> None:
+        from ..health.server import serve_health
+
+        # The runner's own thread never runs user code, so it answers
+        # probes promptly from a thread: no responder process needed.
+        self.health = serve_health(
+            self.snapshot, host=self.limits.health_host, mode="thread", listener=listener,
+        )
+
+    def _watch_to_end(self, capture: SignalCapture) -> StopOutcome:
+        assert self.child is not None
+        release_memory()  # start-up is over: the runner lives at this size for as long as the command
+        returncode = self._watch(self.child, capture)
+        self._running = False
+        return self._result(returncode)
+
     def _spawn(self) -> ChildHandle:
+        from ..instances.spawn import spawn_process
+
         argv = list(self.options.command)
         try:
             env = {key: value for key, value in os.environ.items() if key not in NOTIFY_ENV}
@@ -320,7 +387,7 @@ class CommandSupervisor:
         except PermissionError:
             msg = f"command {argv[0]!r} is not executable"
             raise UsageError(msg) from None
-        return ChildHandle(proc)
+        return ChildHandle.of(proc)
 
     def _sampler(self, pid: int) -> TreeSampler:
         return TreeSampler(pid, cpu_window_s=self.limits.cpu_window_s, clock=self._clock)
@@ -480,14 +547,11 @@ class CommandSupervisor:
         )
         pid = self.child.pid if self.child else "?"
         status = runner_status(outcome, returncode)
-        final = dataclasses.replace(
-            outcome, detail=f"{outcome.detail}; pid {pid} {how}" if outcome.detail else f"pid {pid} {how}",
+        final = outcome.with_changes(
+            detail=f"{outcome.detail}; pid {pid} {how}" if outcome.detail else f"pid {pid} {how}",
             exit_status=status, signal=None,
         )
-        log.log(
-            logging.INFO if outcome.expected else logging.WARNING,
-            "%s: stopped: %s", self.options.name, final.summary(),
-        )
+        (log.info if outcome.expected else log.warning)("%s: stopped: %s", self.options.name, final.summary())
         self._notify_stopping(f"stopped: {final.summary()}")
         if self.link is not None:
             self.link.report_outcome(final)
@@ -509,10 +573,7 @@ class CommandSupervisor:
                      len(leftovers), ", ".join(str(pid) for pid in leftovers))
             stop_pids(leftovers, self.limits.grace_s)
         if child is not None:
-            try:
-                child.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
-                pass
+            child.wait(timeout=5)  # SIGKILLed above when it was still running
             child.close()
             if self.watchdog_fd is not None:
                 tell(self.watchdog_fd, f"-{child.pid}")  # gone: its number may be reused

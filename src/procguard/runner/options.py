@@ -11,16 +11,16 @@ refused here with one line, instead of being silently ignored.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ..errors import UsageError
-from ..lifecycle_args import given_settings, limits_from_args
 from ..limits import SETTINGS, WorkerLimits
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 #: ``package.module:function`` (dots allowed in the function part for ``Class.method``).
 TARGET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -28,9 +28,12 @@ TARGET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za
 Mode = Literal["function", "command"]
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything ``procguard run`` needs; the worker's settings are one :class:`WorkerLimits`."""
+class RunOptions(NamedTuple):
+    """Everything ``procguard run`` needs; the worker's settings are one :class:`WorkerLimits`.
+
+    A NamedTuple (no ``dataclasses``): the command runner's watching stage
+    rebuilds it after its exec and stays small.
+    """
 
     mode: Mode
     name: str
@@ -95,6 +98,8 @@ def options_from_args(args: argparse.Namespace, *, base: WorkerLimits | None = N
             "(to run a program, put it after '--': procguard run -- COMMAND ARGS...)"
         )
         raise UsageError(msg)
+    from ..lifecycle_args import given_settings, limits_from_args  # argparse: only where flags are read
+
     mode: Mode = "function" if target else "command"
     if mode == "command":
         given = given_settings(args)

@@ -4,7 +4,7 @@ Why not :class:`procguard.sampler.ResourceSampler` and :mod:`procguard.proctree`
 both stand on psutil, which with what it imports adds about 3 MB to a runner
 whose whole budget beside the command is 15 MB. The tree is walked through
 the kernel's ``/proc/PID/task/TID/children`` lists
-(:func:`procguard.instances.spawn.tree_pids`), each process read from
+(:func:`procguard.instances.childproc.tree_pids`), each process read from
 its ``/proc/PID/stat`` (:mod:`procguard.procstat`), and every signal goes
 through a pidfd opened after the process's start time was checked, so a
 recycled PID is never signalled. Limit decisions stay
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from ..instances.spawn import tree_pids
+from ..instances.childproc import tree_pids
 from ..procstat import CLOCK_TICKS, read_stat, total_memory
 
 

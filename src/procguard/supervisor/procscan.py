@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..instances.spawn import MAX_TREE, direct_children
+from ..instances.childproc import MAX_TREE, direct_children
 from ..policy import GrowthBase
 from ..procstat import CLOCK_TICKS, ProcStat, parse_stat, read_stat
 
