@@ -5,7 +5,7 @@ Run: ``python -m bench.bench_runner [--runs N] [--no-write]``.
 1. Memory guard from outside. A plain Python program (no procguard inside)
    fills itself to 170 MB, waits a random fraction of a second (so the leak's
    phase against the checker differs between runs), then leaks 20 MB/s: the
-   scenario of the peers' table in the field notes. It logs ``time rss`` every
+   scenario the peers are compared on (head to head, section 3). It logs ``time rss`` every
    20 ms and the time it received SIGTERM (then exits 0). Two checkers watch it
    against a 200 MB limit, in the same run:
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 ## Runner: a command's memory guarded from outside (`python -m bench.bench_runner`)
 
 A plain Python program (no procguard inside) at 170 MB leaking {RATE_MB_S} MB/s against a {LIMIT_MB} MB limit
-(the scenario of the peers' table in the field notes); {args.runs} runs each, leak phase randomised; median
+(the scenario the peers are compared on (head to head, section 3)); {args.runs} runs each, leak phase randomised; median
 (min-max); {os.uname().machine}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}. Baseline, measured in the
 same run: an outside poller that checks the tree's RSS every {BASELINE_POLL_S:g} s and sends SIGTERM (what
 supervisord + memmon on TICK_5 does).

@@ -182,7 +182,7 @@ def test_managed_worker_drains_not_ready_before_exit(spawn: Spawn) -> None:
                             interval=0.02, message="/ready 503 during the drain")
     assert proc.poll() is None, "the worker exited before /ready reported the drain"
     assert body["status"] == "not_ready"
-    assert get(port, "/health")[0] == 503  # stopping counts as unhealthy (DESIGN section 4)
+    assert get(port, "/health")[0] == 503  # stopping counts as unhealthy (a stopping worker takes no new work)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     wait_for(lambda: try_get(port, "/ready") is None, message="the port to close after exit")
 
