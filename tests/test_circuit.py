@@ -433,3 +433,30 @@ def test_bad_settings_are_one_clear_line(kwargs, message):
 
 def test_reset_timeout_takes_units(clock):
     assert CircuitBreaker("api", reset_timeout="2m", clock=clock).reset_timeout_s == 120.0
+
+
+def test_counts_are_exact_under_threads(clock):
+    breaker = CircuitBreaker("api", failure_threshold=10**9, clock=clock)
+    guarded = breaker(lambda: None)
+
+    def hammer() -> None:
+        for i in range(5000):
+            if i % 10 == 0:
+                with pytest.raises(ConnectionError):
+                    breaker.call(_raise(ConnectionError("down")))
+            else:
+                guarded()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    snap = breaker.snapshot()
+    assert (snap.successes, snap.failures, snap.rejected) == (18000, 2000, 0)
+
+
+def test_exit_without_enter_is_an_error(clock):
+    breaker = CircuitBreaker("api", clock=clock)
+    with pytest.raises(RuntimeError, match="without a matching __enter__"):
+        breaker.__exit__(None, None, None)

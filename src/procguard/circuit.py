@@ -70,6 +70,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import itertools
 import logging
 import os
 import threading
@@ -145,12 +146,6 @@ def circuit_of(exc: BaseException | None) -> str | None:
     return None
 
 
-#: The calls a task or thread is inside, for ``with breaker:`` (entries: id of the breaker,
-#: the generation it was let in under, whether it is the trial). Tuples, never mutated: each
-#: asyncio task works on its own copy of the context.
-_ENTERED: ContextVar[tuple[tuple[int, int, bool], ...]] = ContextVar("procguard_circuit_calls", default=())
-
-
 class CircuitBreaker:
     """Closed / open / half-open around calls to one external service.
 
@@ -212,11 +207,16 @@ class CircuitBreaker:
         self._in_a_row = 0  # failures in a row (closed), or those that opened it
         self._opened_at = 0.0
         self._trial_running = False
-        self._successes = 0
+        # Successes are the common case: counted without the lock. ``next()`` on an itertools.count is
+        # one C call under the GIL (the standard library's threading module numbers threads this way).
+        self._successes = itertools.count()
         self._failures = 0
         self._rejected = 0
         self._last_failure = ""
         self._listeners: list[Listener] = []
+        # The ``with breaker:`` blocks this thread or task is inside: (generation let in under, trial).
+        # Tuples, never mutated: each asyncio task works on its own copy of the context.
+        self._entered: ContextVar[tuple[tuple[int, bool], ...]] = ContextVar(f"circuit {name}", default=())
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value} failures in a row={self._in_a_row}>"
@@ -239,7 +239,7 @@ class CircuitBreaker:
                 name=self.name,
                 state=state.value,
                 required=self.required,
-                successes=self._successes,
+                successes=_current(self._successes),
                 failures=self._failures,
                 rejected=self._rejected,
                 failures_in_a_row=self._in_a_row,
@@ -254,9 +254,12 @@ class CircuitBreaker:
     # ------------------------------------------------------------- the calls
 
     def _admit(self) -> tuple[int, bool]:
-        """Let a call in: ``(generation, is_trial)``; CircuitOpenError when it is refused."""
-        if self._state is CircuitState.CLOSED:
-            return self._generation, False  # no lock: a change under us is caught by the generation
+        """Let a call in: ``(generation, is_trial)``; CircuitOpenError when it is refused.
+
+        The callers read ``_generation`` then ``_state`` themselves first, without the lock, and
+        come here only when the circuit is not closed: a change between the two reads leaves them
+        with an old generation, and :meth:`_settle` ignores a call of an old generation.
+        """
         change = None
         refused: CircuitOpenError | None = None
         with self._lock:
@@ -285,9 +288,11 @@ class CircuitBreaker:
         """Account for a call let in under ``generation`` that ended with ``exc`` (None: success)."""
         change = None
         if exc is None or isinstance(exc, self.exclude):
+            next(self._successes)
+            if self._in_a_row == 0 and self._state is CircuitState.CLOSED:
+                return  # the common case: nothing to change
             with self._lock:
-                self._successes += 1
-                if generation == self._generation:
+                if generation == self._generation and self._state is not CircuitState.OPEN:
                     self._in_a_row = 0
                     if self._state is CircuitState.HALF_OPEN:
                         change = self._move(CircuitState.CLOSED, self._clock())
@@ -344,7 +349,9 @@ class CircuitBreaker:
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``func(*args, **kwargs)`` through the circuit; CircuitOpenError when refused."""
-        generation, trial = self._admit()
+        generation, trial = self._generation, False
+        if self._state is not CircuitState.CLOSED:
+            generation, trial = self._admit()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -355,7 +362,9 @@ class CircuitBreaker:
 
     async def call_async(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``await func(*args, **kwargs)`` through the circuit; CircuitOpenError when refused."""
-        generation, trial = self._admit()
+        generation, trial = self._generation, False
+        if self._state is not CircuitState.CLOSED:
+            generation, trial = self._admit()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
@@ -366,37 +375,58 @@ class CircuitBreaker:
 
     def __call__(self, func: F) -> F:
         """Decorate ``func`` (sync or ``async def``): each call goes through the circuit."""
+        closed, admit, settle = CircuitState.CLOSED, self._admit, self._settle
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(func, *args, **kwargs)
+                generation, trial = self._generation, False
+                if self._state is not closed:
+                    generation, trial = admit()
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException as exc:
+                    settle(generation, trial, exc)
+                    raise
+                settle(generation, trial, None)
+                return result
 
             return cast(F, guarded_async)
 
         @functools.wraps(func)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self.call(func, *args, **kwargs)
+        def guarded(*args: Any, **kwargs: Any) -> Any:  # call(), inlined: this is every guarded call
+            generation, trial = self._generation, False
+            if self._state is not closed:
+                generation, trial = admit()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                settle(generation, trial, exc)
+                raise
+            settle(generation, trial, None)
+            return result
 
         return cast(F, guarded)
 
     def __enter__(self) -> CircuitBreaker:
-        generation, trial = self._admit()
-        _ENTERED.set((*_ENTERED.get(), (id(self), generation, trial)))
+        generation, trial = self._generation, False
+        if self._state is not CircuitState.CLOSED:
+            generation, trial = self._admit()
+        entered = self._entered
+        entered.set((*entered.get(), (generation, trial)))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        entered = _ENTERED.get()
-        for index in range(len(entered) - 1, -1, -1):
-            if entered[index][0] == id(self):
-                _ENTERED.set(entered[:index] + entered[index + 1 :])
-                _, generation, trial = entered[index]
-                self._settle(generation, trial, exc)
-                return
-        msg = f"circuit {self.name!r}: __exit__ without a matching __enter__ in this thread or task"
-        raise RuntimeError(msg)
+        entered = self._entered
+        stack = entered.get()
+        if not stack:
+            msg = f"circuit {self.name!r}: __exit__ without a matching __enter__ in this thread or task"
+            raise RuntimeError(msg)
+        entered.set(stack[:-1])
+        generation, trial = stack[-1]
+        self._settle(generation, trial, exc)
 
     async def __aenter__(self) -> CircuitBreaker:
         return self.__enter__()
@@ -405,6 +435,11 @@ class CircuitBreaker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def _current(counter: itertools.count[int]) -> int:
+    """The value an itertools.count would give next (its repr is ``count(N)``), read without advancing it."""
+    return int(repr(counter)[6:-1])
 
 
 def _failure_text(exc: BaseException) -> str:
