@@ -156,8 +156,9 @@ class CircuitBreaker:
     failures; ``required`` [False] makes /ready answer 503 while the circuit
     is not closed (traffic is pointless without the service); ``clock``
     [``time.monotonic``] is read for every timing decision (tests pass a
-    fake one). Thread-safe and usable from asyncio; a lock is held only to
-    update the counts, never while the service is called.
+    fake one). Thread-safe and usable from asyncio: a call through a closed
+    circuit that succeeds takes no lock; a failure, a refusal or a state
+    change takes one briefly; none is held while the service is called.
 
     Use it as a decorator (sync or ``async def``), as ``with breaker:`` /
     ``async with breaker:``, or through :meth:`call` / :meth:`call_async`.
