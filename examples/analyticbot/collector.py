@@ -15,6 +15,15 @@ one row per channel, committed together, so a stopped or killed collector
 leaves either the whole run or nothing. A SIGTERM in the middle of an
 iteration lets the iteration finish (the ProcessManager only stops the loop
 between iterations), so a graceful stop loses nothing.
+
+Every call to the API goes through the worker's circuit breaker ``api``
+(``manager.circuit``): after ``ANALYTICBOT_API_FAILURES`` (3) failed calls in
+a row it opens, and the collector stops calling the API for
+``ANALYTICBOT_API_RESET_TIMEOUT`` (30s); its /health stays 200 and names the
+open circuit, iterations in between skip the collection, and the first call
+after the timeout is a trial that closes the circuit once the API is back.
+Restarting the collector would not bring the API back, so the failures the
+circuit counts never stop the worker.
 """
 
 from __future__ import annotations
@@ -31,13 +40,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procguard import ProcessManager, add_lifecycle_arguments, exit_status_of
+from procguard import (
+    CircuitBreaker,
+    CircuitOpenError,
+    ProcessManager,
+    add_lifecycle_arguments,
+    exit_status_of,
+)
 
 from . import settings
 
 log = logging.getLogger("analyticbot.collector")
 
 HTTP_TIMEOUT_S = 10.0
+#: The API circuit's settings: failed calls in a row that open it, and how long it stays open.
+API_FAILURES_ENV = "ANALYTICBOT_API_FAILURES"
+API_RESET_TIMEOUT_ENV = "ANALYTICBOT_API_RESET_TIMEOUT"
+
+
+def api_circuit(manager: ProcessManager) -> CircuitBreaker:
+    """The worker's circuit around the API (the same one every iteration)."""
+    return manager.circuit(
+        "api",
+        failure_threshold=int(os.environ.get(API_FAILURES_ENV, "3")),
+        reset_timeout=os.environ.get(API_RESET_TIMEOUT_ENV, "30s"),
+    )
 
 
 class CollectionError(RuntimeError):
@@ -73,8 +100,10 @@ class DataCollectionService:
         store_path: Path,
         user_id: int,
         write_delay_s: float = 0.0,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self.process_manager = process_manager
+        self.circuit = circuit
         self.api_url = api_url.rstrip("/")
         self.store_path = store_path
         self.user_id = user_id
@@ -86,10 +115,16 @@ class DataCollectionService:
             self._conn = settings.open_collector_store(self.store_path)
         return self._conn
 
+    def _get(self, url: str) -> Any:
+        """One API call, through the circuit when there is one (CircuitOpenError: not called)."""
+        if self.circuit is None:
+            return fetch_json(url)
+        return self.circuit.call(fetch_json, url)
+
     def fetch(self) -> list[dict[str, Any]]:
         """Every channel's current statistics from the API."""
-        channels = fetch_json(f"{self.api_url}/api/channels")["channels"]
-        return [fetch_json(f"{self.api_url}/api/channels/{c['id']}/stats") for c in channels]
+        channels = self._get(f"{self.api_url}/api/channels")["channels"]
+        return [self._get(f"{self.api_url}/api/channels/{c['id']}/stats") for c in channels]
 
     def store(self, stats: list[dict[str, Any]], started_at: float) -> int:
         """Write one run and all its channel rows in one transaction; return the run id."""
@@ -132,6 +167,8 @@ class DataCollectionService:
             manager.heartbeat()
             try:
                 self.collect_once()
+            except CircuitOpenError as refused:
+                log.info("collection skipped: %s", refused)
             except CollectionError as error:
                 log.warning("iteration failed: %s", error)
                 manager.record_failure(error)
@@ -158,7 +195,10 @@ def collect(manager: ProcessManager) -> None:
     ``ANALYTICBOT_DATA_DIR``, ``ANALYTICBOT_USER_ID``,
     ``ANALYTICBOT_WRITE_DELAY_MS``) because ``procguard run`` owns the command
     line. The store connection is opened per iteration: cheap next to the
-    HTTP calls, and nothing is left open between iterations.
+    HTTP calls, and nothing is left open between iterations. While the API
+    circuit is open the iteration skips the collection (one log line) without
+    calling the API; an API failure raises, and the runner counts the
+    iteration as failed (the circuit keeps it from stopping the worker).
     """
     service = DataCollectionService(
         manager,
@@ -166,9 +206,12 @@ def collect(manager: ProcessManager) -> None:
         store_path=settings.data_dir() / settings.COLLECTOR_DB,
         user_id=_env_user_id(),
         write_delay_s=float(os.environ.get("ANALYTICBOT_WRITE_DELAY_MS", "0")) / 1000,
+        circuit=api_circuit(manager),
     )
     try:
         service.collect_once()
+    except CircuitOpenError as refused:
+        log.info("collection skipped: %s", refused)
     finally:
         service.close()
 
@@ -205,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store_path=settings.data_dir(args.data_dir) / settings.COLLECTOR_DB,
         user_id=args.user_id if args.user_id is not None else _env_user_id(),
         write_delay_s=args.write_delay_ms / 1000,
+        circuit=api_circuit(manager),
     )
     manager.start()
     try:

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyRunningError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigError",
     "ExitStatus",
     "HealthServer",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CircuitBreaker": "procguard.circuit",
+    "CircuitOpenError": "procguard.circuit",
     "ProcessManager": "procguard.manager",
     "HealthServer": "procguard.health.server",
     "serve_health": "procguard.health.server",
@@ -43,6 +47,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from typing import Any
 
+    from .circuit import CircuitBreaker, CircuitOpenError
     from .errors import AlreadyRunningError, ConfigError, ProcguardError, UsageError, exit_status_of
     from .health.server import HealthServer, serve_health
     from .lifecycle_args import add_lifecycle_arguments

@@ -68,13 +68,22 @@ from .outcome import StopOutcome
 from .parent_link import ParentLink, claim, stop_for_signal
 from .reasons import Ender, ExitStatus, StopReason
 from .signals import STOP_SIGNALS, SignalCapture
-from .snapshot import HEALTHY, HealthStatus, WorkerSnapshot, metric_labels
+from .snapshot import (
+    HEALTHY,
+    CircuitSnapshot,
+    HealthStatus,
+    WorkerSnapshot,
+    circuits_health,
+    circuits_readiness,
+    metric_labels,
+)
 from .stop_event import StopEvent
 from .units import parse_duration
 
 if TYPE_CHECKING:
     import argparse
 
+    from .circuit import CircuitBreaker, CircuitState
     from .instances.claim import InstanceClaim
     from .sampler import ResourceSampler
 
@@ -138,6 +147,9 @@ class ProcessManager:
       :meth:`start` takes the instance lock (refusing a second instance).
     - ``helper_pids`` [()]: procguard's own processes beside the worker
       (``procguard run``'s watchdog), never counted in its figures.
+
+    Calls to external services can go through circuit breakers registered
+    with :meth:`circuit`: their state shows on /health, /ready and /metrics.
     """
 
     # Slots keep attribute access on the hot path specialised: with more than
@@ -145,6 +157,7 @@ class ProcessManager:
     # opcodes that rely on them) give up, which costs ~25% per iteration.
     __slots__ = (
         "__weakref__",
+        "_circuits",
         "_cleanups",
         "_consecutive_failures",
         "_crash",
@@ -292,6 +305,7 @@ class ProcessManager:
         self._consecutive_failures = 0
         self._failed_iterations = 0
         self._cleanups: list[CleanupFn] = []
+        self._circuits: dict[str, CircuitBreaker] = {}  # name -> breaker, shown on /health, /ready, /metrics
         self._stop_event = StopEvent()
 
         # --- what start() sets up ---------------------------------------------
@@ -605,8 +619,19 @@ class ProcessManager:
     # ---------------------------------------------------------------- failures
 
     def record_failure(self, exc: BaseException | None = None) -> None:
-        """Count a failed iteration; ``max_consecutive_failures`` in a row stops the worker."""
+        """Count a failed iteration; ``max_consecutive_failures`` in a row stops the worker.
+
+        A failure one of the worker's circuits counted or refused (``exc``, or
+        an exception it was raised from) is counted as a failed iteration but
+        not towards the stop: the circuit holds that signal, and a restart
+        would not bring the service back.
+        """
         self._failed_iterations += 1
+        if exc is not None and self._circuits:
+            from .circuit import circuit_of
+
+            if circuit_of(exc) in self._circuits:
+                return
         self._consecutive_failures += 1
         cap = self.limits.max_failures
         if cap and self._consecutive_failures >= cap:
@@ -622,6 +647,73 @@ class ProcessManager:
     def record_success(self) -> None:
         """An iteration succeeded: the consecutive-failure count starts over."""
         self._consecutive_failures = 0
+
+    # --------------------------------------------------------------- circuits
+
+    def circuit(
+        self,
+        name: str,
+        failure_threshold: int = 5,
+        reset_timeout: float | str = 30.0,
+        *,
+        exclude: Collection[type[BaseException]] = (),
+        required: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> CircuitBreaker:
+        """The worker's circuit breaker ``name``, created on first use (see :mod:`procguard.circuit`).
+
+        Asking again for the same name returns the same breaker, so a
+        function run every iteration (``procguard run module:fn``) can call
+        this each time; asking with other settings is a UsageError. Its state
+        shows on /health (reason), /ready (``required=True``: 503 while not
+        closed) and /metrics, and each change is published at once.
+        """
+        from .circuit import CircuitBreaker
+
+        options: dict[str, Any] = {"exclude": exclude, "required": required}
+        if clock is not None:
+            options["clock"] = clock
+        wanted = CircuitBreaker(name, failure_threshold, reset_timeout, **options)
+        existing = self._circuits.get(name)
+        if existing is None:
+            return self.add_circuit(wanted)
+        settings = ("failure_threshold", "reset_timeout_s", "required", "exclude")
+        differ = [key for key in settings if getattr(existing, key) != getattr(wanted, key)]
+        if differ:
+            msg = (
+                f"circuit {name!r} is already registered with other settings "
+                f"({', '.join(f'{key}={getattr(existing, key)!r}' for key in differ)})"
+            )
+            raise UsageError(msg)
+        return existing
+
+    def add_circuit(self, breaker: CircuitBreaker) -> CircuitBreaker:
+        """Show a breaker created elsewhere (e.g. a module-level decorator) on this worker's surfaces.
+
+        Returns ``breaker``; a different breaker of the same name is a UsageError.
+        """
+        existing = self._circuits.get(breaker.name)
+        if existing is breaker:
+            return breaker
+        if existing is not None:
+            msg = f"circuit {breaker.name!r} is already registered with this worker (use another name)"
+            raise UsageError(msg)
+        breaker.add_listener(self._on_circuit_change)
+        # Replaced, never mutated: the health thread may be iterating over the old one.
+        self._circuits = {**self._circuits, breaker.name: breaker}
+        self._refresh_health()
+        return breaker
+
+    @property
+    def circuits(self) -> tuple[CircuitBreaker, ...]:
+        """The worker's registered circuit breakers, in the order they were added."""
+        return tuple(self._circuits.values())
+
+    def _circuit_snapshots(self) -> tuple[CircuitSnapshot, ...]:
+        return tuple(breaker.snapshot() for breaker in self._circuits.values())
+
+    def _on_circuit_change(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        self._refresh_health()
 
     # ----------------------------------------------------------------- health
 
@@ -653,7 +745,9 @@ class ProcessManager:
         monitor = self._monitor
         if monitor is not None and monitor.breach:
             return HealthStatus(False, monitor.breach)
-        return HealthStatus(True, HEALTHY)
+        # An open circuit leaves the worker healthy (a restart would not bring the service back): named only.
+        degraded = circuits_health(self._circuit_snapshots()) if self._circuits else None
+        return HealthStatus(True, degraded or HEALTHY)
 
     def readiness(self) -> HealthStatus:
         """Readiness: started, not draining or stopping, not marked not-ready."""
@@ -664,6 +758,9 @@ class ProcessManager:
             return HealthStatus(False, f"stopping: {stop.outcome.reason.value}")
         if not self._user_ready:
             return HealthStatus(False, self._user_ready_reason)
+        blocked = circuits_readiness(self._circuit_snapshots()) if self._circuits else None
+        if blocked:
+            return HealthStatus(False, blocked)
         return HealthStatus(True, "ready")
 
     def snapshot(self) -> WorkerSnapshot:
@@ -707,6 +804,7 @@ class ProcessManager:
             memory_limit_bytes=lim.memory_limit_bytes,
             cpu_limit_percent=lim.cpu_limit_percent,
             stop_reason=stop.outcome.reason.value if stop is not None else None,
+            circuits=self._circuit_snapshots(),
         )
 
     def metrics(self) -> dict[str, Any]:

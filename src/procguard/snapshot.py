@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 HEALTHY = "healthy"
 
@@ -50,6 +50,70 @@ class HealthStatus:
         return {"is_healthy": self.is_healthy, "reason": self.reason}
 
 
+#: ``procguard_circuit_state``'s value for each circuit state token.
+CIRCUIT_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class CircuitSnapshot(NamedTuple):
+    """One circuit breaker of the worker at one instant (:mod:`procguard.circuit`).
+
+    ``state`` is ``closed``, ``half-open`` or ``open``; the counts are calls
+    since the worker started: let through and returned (``successes``),
+    let through and raised (``failures``), refused without calling
+    (``rejected``). ``retry_in_seconds``: while open, the time until a trial
+    call is let through (else None).
+    """
+
+    name: str
+    state: str
+    required: bool = False
+    successes: int = 0
+    failures: int = 0
+    rejected: int = 0
+    failures_in_a_row: int = 0
+    retry_in_seconds: float | None = None
+    last_failure: str = ""
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def describe(self) -> str:
+        """One phrase for /health's and /ready's reason: which circuit, why, and when it tries again."""
+        if self.state == "half-open":
+            return f"circuit {self.name!r} half-open: a trial call is running"
+        last = f" (last: {self.last_failure})" if self.last_failure else ""
+        if self.retry_in_seconds is None or self.retry_in_seconds <= 0:
+            when = "the next call is a trial"
+        else:
+            when = f"next trial call in {self.retry_in_seconds:.1f} s"
+        return f"circuit {self.name!r} open after {self.failures_in_a_row} failures in a row{last}; {when}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The circuit's object in the ``/metrics`` JSON."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "required": self.required,
+            "calls": {"success": self.successes, "failure": self.failures, "rejected": self.rejected},
+            "failures_in_a_row": self.failures_in_a_row,
+            "retry_in_seconds": None if self.retry_in_seconds is None else round(self.retry_in_seconds, 3),
+            "last_failure": self.last_failure,
+        }
+
+
+def circuits_health(circuits: tuple[CircuitSnapshot, ...]) -> str | None:
+    """/health's reason while a circuit is not closed (the worker stays healthy), else None."""
+    troubled = [c.describe() for c in circuits if not c.closed]
+    return "degraded: " + "; ".join(troubled) if troubled else None
+
+
+def circuits_readiness(circuits: tuple[CircuitSnapshot, ...]) -> str | None:
+    """/ready's reason while a ``required`` circuit is not closed (the worker is not ready), else None."""
+    troubled = [c.describe() for c in circuits if c.required and not c.closed]
+    return "required " + "; required ".join(troubled) if troubled else None
+
+
 @dataclass(frozen=True)
 class WorkerSnapshot:
     """Everything /health, /ready and /metrics need, taken at one instant.
@@ -81,13 +145,15 @@ class WorkerSnapshot:
     memory_limit_bytes: int | None = None
     cpu_limit_percent: float | None = None
     stop_reason: str | None = None
+    #: The worker's circuit breakers (none: the ``circuits`` key is left out of the JSON).
+    circuits: tuple[CircuitSnapshot, ...] = ()
 
     def to_metrics_json(self) -> dict[str, Any]:
         """The ``/metrics`` JSON document, exactly the documented keys."""
         remaining_hours = (
             None if self.remaining_seconds is None else round(self.remaining_seconds / 3600, 4)
         )
-        return {
+        doc: dict[str, Any] = {
             "metrics": {
                 "pid": self.pid,
                 "uptime_seconds": round(self.uptime_seconds, 3),
@@ -107,6 +173,9 @@ class WorkerSnapshot:
                 "remaining_hours": remaining_hours,
             },
         }
+        if self.circuits:
+            doc["circuits"] = [circuit.to_json() for circuit in self.circuits]
+        return doc
 
 
 #: What a health server is given: a cheap callable returning a fresh snapshot.

@@ -31,6 +31,9 @@ worker where the value does not apply, e.g. no limit configured):
 ``procguard_start_time_seconds``   Unix time the worker process started
 ``procguard_iterations_total``     counter: iterations of the work loop
 ``procguard_failed_iterations_total`` counter: iterations that raised
+``procguard_circuit_state``        per ``circuit``: 0 closed, 1 half-open, 2 open
+``procguard_circuit_calls_total``  counter per ``circuit`` and ``result``:
+                                   success, failure, rejected
 ``procguard_remaining_runtime_seconds`` time left before the runtime limit
 ``procguard_max_runtime_seconds``  limit: runtime
 ``procguard_max_iterations``       limit: iterations
@@ -53,7 +56,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from ..snapshot import WorkerSnapshot
+from ..snapshot import CIRCUIT_STATE_VALUES, WorkerSnapshot
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -216,6 +219,35 @@ class SnapshotCollector:
             failed.add_metric(values(snap), float(snap.failed_iterations))
         yield iterations
         yield failed
+        if any(snap.circuits for snap in snaps):
+            yield from _circuit_families(snaps, labels, values)
+
+
+def _circuit_families(
+    snaps: list[WorkerSnapshot], labels: list[str], values: Callable[[WorkerSnapshot], list[str]]
+) -> Iterator[Metric]:
+    """``procguard_circuit_state`` and ``procguard_circuit_calls_total``, one series per circuit."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    state = GaugeMetricFamily(
+        "procguard_circuit_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        labels=[*labels, "circuit"],
+    )
+    calls = CounterMetricFamily(
+        "procguard_circuit_calls",
+        "Calls through a circuit breaker by result: success, failure, rejected (refused without calling).",
+        labels=[*labels, "circuit", "result"],
+    )
+    for snap in snaps:
+        for circuit in snap.circuits:
+            state.add_metric([*values(snap), circuit.name], float(CIRCUIT_STATE_VALUES.get(circuit.state, 2)))
+            for result, count in (
+                ("success", circuit.successes), ("failure", circuit.failures), ("rejected", circuit.rejected)
+            ):
+                calls.add_metric([*values(snap), circuit.name, result], float(count))
+    yield state
+    yield calls
 
 
 class _Gauge:

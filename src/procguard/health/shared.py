@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..snapshot import HealthStatus, WorkerSnapshot
+from ..snapshot import CircuitSnapshot, HealthStatus, WorkerSnapshot
 
 MAGIC = b"PGH1"
 HEADER = 32
@@ -55,10 +55,12 @@ def encode_snapshot(snapshot: WorkerSnapshot) -> bytes:
     for key in ("health", "ready"):
         status: HealthStatus = fields[key]
         fields[key] = {"is_healthy": status.is_healthy, "reason": status.reason[:MAX_REASON]}
+    fields["circuits"] = [circuit._asdict() for circuit in snapshot.circuits]  # by name: versions may differ
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
 _KNOWN = frozenset(f.name for f in dataclasses.fields(WorkerSnapshot))
+_KNOWN_CIRCUIT = frozenset(CircuitSnapshot._fields)
 
 
 def decode_snapshot(payload: bytes) -> WorkerSnapshot:
@@ -66,6 +68,10 @@ def decode_snapshot(payload: bytes) -> WorkerSnapshot:
     fields: dict[str, Any] = {k: v for k, v in json.loads(payload).items() if k in _KNOWN}
     fields["health"] = HealthStatus(**fields["health"])
     fields["ready"] = HealthStatus(**fields["ready"])
+    fields["circuits"] = tuple(
+        CircuitSnapshot(**{k: v for k, v in circuit.items() if k in _KNOWN_CIRCUIT})
+        for circuit in fields.get("circuits", ())
+    )
     return WorkerSnapshot(**fields)
 
 
@@ -163,11 +169,20 @@ def age_snapshot(snap: WorkerSnapshot, age: float, stale_after_s: float) -> Work
         changes["heartbeat_age_seconds"] = snap.heartbeat_age_seconds + age
     if snap.remaining_seconds is not None:
         changes["remaining_seconds"] = max(0.0, snap.remaining_seconds - age)
+    if any(c.retry_in_seconds is not None for c in snap.circuits):
+        changes["circuits"] = tuple(
+            c if c.retry_in_seconds is None else c._replace(retry_in_seconds=_less(c.retry_in_seconds, age))
+            for c in snap.circuits
+        )
     if age > stale_after_s:
         stale = HealthStatus(False, f"no update from worker for {age:.1f} s (hung or holding the GIL)")
         changes["health"] = stale
         changes["ready"] = stale
     return dataclasses.replace(snap, **changes)
+
+
+def _less(seconds: float, age: float) -> float:
+    return max(0.0, seconds - age)
 
 
 class PublishedView:

@@ -25,7 +25,7 @@ verdict is what that port answers at that moment.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..snapshot import HealthStatus, WorkerSnapshot
 from .command_health import command_health, command_snapshot
@@ -45,6 +45,17 @@ def function_snapshot(worker: Worker, now: float, wall: float) -> WorkerSnapshot
         except LookupError:  # spawned, not published yet
             return dataclasses.replace(command_snapshot(worker, now, wall), health=_STARTING, ready=_STARTING)
     return command_snapshot(worker, now, wall)  # not running: the supervisor's facts say why
+
+
+def published_circuits(worker: Worker, now: float, wall: float) -> list[dict[str, Any]]:
+    """The circuit breakers a running function worker publishes (as in its ``/metrics`` JSON), else ``[]``.
+
+    What ``status --json`` and the status page show for the worker: an open
+    circuit leaves its /health at 200, so the port's verdict alone would hide it.
+    """
+    if not (worker.publishes_health and worker.state.has_process):
+        return []
+    return [circuit.to_json() for circuit in function_snapshot(worker, now, wall).circuits]
 
 
 def port_verdict(worker: Worker, now: float, wall: float) -> tuple[bool, str]:

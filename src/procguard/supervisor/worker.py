@@ -69,7 +69,7 @@ from ..parent_link import HealthMapping
 from ..policy import LimitTracker
 from ..snapshot import label_environment
 from .backoff import Policy, Record
-from .function_health import port_verdict
+from .function_health import port_verdict, published_circuits
 from .logs import WorkerOutput
 from .procscan import TreeSample, TreeSampler
 from .states import WorkerState, check_transition
@@ -402,6 +402,7 @@ class Worker:
             "runner": self.via_runner,
             "health_port": self.config.limits.health_port,
             "health": self._health_text(now),
+            "circuits": published_circuits(self, now, time.time()),
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
             ),
