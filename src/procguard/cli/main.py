@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("stack", "restart workers of the running supervisor (names, globs, all)"),
     "signal": ("stack", "send a signal (HUP, USR1, ...) to workers of the running supervisor"),
     "reload": ("stack", "re-read procguard.toml and apply the changes to the running stack"),
-    "logs": ("stack", "print (or follow) the log of one worker"),
+    "logs": ("stack", "print (or follow) the logs of one worker, or of all, interleaved"),
     "history": ("stack", "show past starts and stops, newest first"),
     "check": ("check", "validate procguard.toml without starting anything"),
     "deploy": ("deploy", "generate systemd, supervisord or Kubernetes files"),

@@ -72,10 +72,6 @@ def _common(parser: argparse.ArgumentParser, *, find: bool = True) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="procguard state directory")
 
 
-def _worker_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
-
-
 def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
     from ..config import load_config
     from ..instances.statedir import resolve_state_dir
@@ -553,35 +549,127 @@ def run_reload(args: argparse.Namespace) -> int:
 
 
 def configure_logs(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Print the last lines of a worker's log file (works without a running supervisor)."
-    _worker_name(parser)
+    parser.description = (
+        "Print the last lines of workers' logs (works without a running supervisor). One NAME: its "
+        "lines as they are; no NAME (all workers), several, or a shell pattern: their lines "
+        "interleaved in time order, each behind 'name | '. Exit status 1 when there is no log yet."
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="a worker, 'all', or a shell pattern (default: all)"
+    )
     _common(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
-    parser.add_argument("-n", "--lines", default="50", metavar="N", help="how many lines (default 50)")
+    parser.add_argument(
+        "-n", "--lines", metavar="N", help="how many lines (default 50; with --since: all since then)"
+    )
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only lines from then on: a duration back from now (10m, 2h) or a time (2026-11-30T09:42)",
+    )
+
+
+def _logged_workers(target: Target) -> list[str]:
+    """Workers whose logs ``logs`` may show: the config's, then any other with a log file here."""
+    from ..config import NAME_RE
+    from ..supervisor.logs import SUPERVISOR_LOG, log_dir
+
+    names = list(target.config.workers) if target.config is not None else []
+    directory = log_dir(target.state_dir, target.project)
+    if directory.is_dir():
+        found = sorted(
+            p.name[: -len(".log")]
+            for p in directory.glob("*.log")
+            if p.name != SUPERVISOR_LOG and NAME_RE.match(p.name[: -len(".log")])
+        )
+        names += [name for name in found if name not in names]
+    return names
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from ..supervisor.logs import follow, log_path, tail
+    from ..supervisor.logview import since_stamp
+    from ..supervisor.selection import check_words, is_pattern, select
 
-    lines = parse_count(args.lines, what="--lines")
+    check_words(args.names)
+    since = None if args.since is None else since_stamp(args.since)
+    lines: int | None = 50
+    if args.lines is not None:
+        lines = parse_count(args.lines, what="--lines")
+    elif since is not None:
+        lines = None
     target = _target(args, files="logs")
-    target.check_names([args.name])
-    path = log_path(target.state_dir, target.project, args.name)
+    known = _logged_workers(target)
+    if target.config is None and len(args.names) == 1 and not is_pattern(args.names[0]):
+        # A stack known by its logs only: the name may be right and its log not written yet.
+        return _one_log(args, target, args.names[0], lines, since)
+    if args.names and not known:
+        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        return ExitStatus.ERROR
+    selected = select(args.names, known) if args.names else known
+    if args.names and len(selected) == 1:
+        return _one_log(args, target, selected[0], lines, since)
+    return _many_logs(args, target, selected, lines, since)
+
+
+def _one_log(
+    args: argparse.Namespace, target: Target, name: str, lines: int | None, since: bytes | None
+) -> int:
+    from ..supervisor.logs import follow, log_path
+    from ..supervisor.logview import merge, read_log
+
+    path = log_path(target.state_dir, target.project, name)
     if not path.exists():
         others = ""
         if target.config is None:
             logged = sorted(p.name[: -len(".log")] for p in path.parent.glob("*.log"))
             others = f"; logs of stack {target.project!r}: {', '.join(logged) or 'none'}"
-        sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist{others})\n")
+        sys.stderr.write(f"procguard logs: no log for {name!r} yet ({path} does not exist{others})\n")
         return ExitStatus.ERROR
     out = sys.stdout.buffer
-    for line in tail(path, lines):
+    content = read_log(path, lines=lines if since is None else None)  # --since: read back past N
+    for _, line in merge([(name, content)], lines=lines, since=since):
         out.write(line + b"\n")
     out.flush()
     if args.follow:
         for chunk in follow(path):
             out.write(chunk)
             out.flush()
+    return ExitStatus.OK
+
+
+def _many_logs(
+    args: argparse.Namespace, target: Target, names: list[str], lines: int | None, since: bytes | None
+) -> int:
+    import os
+
+    from ..supervisor.logs import log_path
+    from ..supervisor.logview import Line, Prefixer, follow_logs, merge, read_log
+
+    paths = {name: log_path(target.state_dir, target.project, name) for name in names}
+    present = {name: path for name, path in paths.items() if path.exists()}
+    if not present and not args.follow:
+        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        return ExitStatus.ERROR
+    out = sys.stdout.buffer
+    prefix = Prefixer(names, colour=out.isatty() and not os.environ.get("NO_COLOR"))
+    each = lines if since is None else None
+    contents = [(name, read_log(path, lines=each)) for name, path in present.items()]
+    for name, line in merge(contents, lines=lines, since=since):
+        out.write(prefix(name, line))
+    out.flush()
+    if not args.follow:
+        return ExitStatus.OK
+
+    def current() -> dict[str, Path]:
+        if args.names:
+            return paths  # the workers named: their logs, once they appear
+        return {name: log_path(target.state_dir, target.project, name) for name in _logged_workers(target)}
+
+    def emit(batch: list[Line]) -> None:
+        out.write(b"".join(prefix(name, line) for name, line in batch))
+        out.flush()
+
+    follow_logs(current, emit)
     return ExitStatus.OK
 
 
