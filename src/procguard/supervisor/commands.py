@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ProcguardError, UsageError
 from .backoff import Record
 from .bulk import Batch, OrderedStop, started_line, stopped_line
 from .control import Peer
@@ -201,8 +201,11 @@ class ControlCommands:
     def _reload(self, peer: Peer) -> None:
         try:
             self._reloader(peer)
-        except UsageError as error:
-            peer.send({"ok": False, "exit_status": 2, "error": str(error)})
+        except ProcguardError as error:
+            peer.send({"ok": False, "exit_status": int(error.exit_status), "error": str(error)})
+        except OSError as error:  # a new worker's log could not be opened: said, and the loop goes on
+            logger.error("reload: %s", error)
+            peer.send({"ok": False, "exit_status": 1, "error": f"reload failed: {error}"})
 
 
 #: The requests about workers, besides ping, status and down.

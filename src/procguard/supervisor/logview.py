@@ -26,7 +26,7 @@ from ..instances.statefiles import open_for_reading
 from ..units import parse_duration
 from .logs import LineSplitter, tail
 
-#: The time at the start of every log line: ``YYYY-MM-DDTHH:MM:SS`` and, since 0.2, ``.mmm``.
+#: The time at the start of every log line: ``YYYY-MM-DDTHH:MM:SS``, then ``.mmm`` (earlier versions: none).
 _STAMP_LEN = len("2026-11-30T09:42:04")
 
 #: ANSI colours for the names, in turn (on a terminal, unless NO_COLOR is set).

@@ -382,6 +382,8 @@ class Supervisor:
                     self.reload(None)
                 except ProcguardError as error:
                     logger.error("SIGHUP: %s; nothing changed, going on with the running config", error)
+                except OSError as error:
+                    logger.error("SIGHUP: reload failed: %s", error)
                 continue
             if self.lifecycle.exiting:
                 self._stop_all.force()
