@@ -1,4 +1,4 @@
-"""``procguard up/down/status/start/stop/restart/logs/history``: a whole stack.
+"""``procguard up/down/status/start/stop/restart/signal/reload/logs/history``: a whole stack.
 
 ``up`` runs the supervisor (:mod:`procguard.supervisor`) in the foreground
 or, with ``--detach``, as a daemon; the other commands talk to it through
@@ -22,12 +22,17 @@ Exit statuses (documented in the command help):
 - ``status``: 0 when every worker is in the state it was asked to be in, 1
   when any is FATAL or in BACKOFF (restarting after failures), 3 when no
   supervisor runs for the stack (LSB's "program is not running").
-- ``start``, ``stop``, ``restart``: 3 when no supervisor runs for the stack;
-  ``down`` then says so and exits 0 (the stack is down, which is what was
-  asked).
-- An unknown worker name: 2, listing the known ones. No stack named while
-  several run: 2, listing their project names.
-- ``logs``: 1 when the worker has no log file (yet).
+- ``start``, ``stop``, ``restart``, ``signal``, ``reload``: 3 when no
+  supervisor runs for the stack; ``down`` then says so and exits 0 (the
+  stack is down, which is what was asked). 1 when a worker did not make the
+  transition (could not start; ``signal``: was not running).
+- Worker names are words of :mod:`procguard.supervisor.selection` (names,
+  ``all``, shell patterns): a word that matches no worker is 2, listing the
+  known ones, and nothing is done. No stack named while several run: 2,
+  listing their project names.
+- ``reload``: 2 for a file that does not load or changes what a running
+  stack cannot take; nothing is applied then.
+- ``logs``: 1 when there is no log file (yet).
 """
 
 from __future__ import annotations
@@ -261,8 +266,8 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Start the workers of procguard.toml (all, or NAME... and what they depend on) and "
         "supervise them: restarts with backoff, logs, history, status page. Ctrl-C stops them all; "
-        "a second Ctrl-C kills them. Exit status 3 if this stack's supervisor already runs "
-        "(with --detach: 0, nothing is started twice)."
+        "a second Ctrl-C kills them; SIGHUP re-reads procguard.toml (as 'procguard reload'). Exit "
+        "status 3 if this stack's supervisor already runs (with --detach: 0, nothing is started twice)."
     )
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="workers to start: names or shell patterns (default: all)"
