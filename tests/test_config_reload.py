@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,34 @@ def test_sighup_to_the_supervisor_reloads_like_the_command(tmp_path: Path, state
     wait_for(lambda: "gone" not in _by_name(stack), message="gone to leave the stack")
     _check_applied(stack, before)
     assert "gone: removed" in stack.output() and "1 unchanged" in stack.output()
+
+
+def _answering_pid(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return int(json.loads(response.read())["metrics"]["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_workers_trading_health_ports_wait_for_each_other(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
+    ports = [free_port(), free_port()]
+    workers = {name: {"command": worker_cmd("slowstop.py", tmp_path / name, delay), "health_port": port}
+               for name, delay, port in (("a", 0, ports[0]), ("b", 0.3, ports[1]))}
+    config = write_config(tmp_path, workers, defaults={"grace": "5s"})
+    stack = Stack(config, state_dir, spawn, tuning=FAST)
+    stack.up()
+    for name in ("a", "b"):
+        stack.wait_state(name, "running")
+    workers["a"]["health_port"], workers["b"]["health_port"] = ports[1], ports[0]
+    write_config(tmp_path, workers, defaults={"grace": "5s"})
+
+    result = stack.cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()] == [
+        f"a: changed: health_port {ports[0]} -> {ports[1]}", f"b: changed: health_port {ports[1]} -> {ports[0]}"]
+    now = _by_name(stack)
+    wait_for(lambda: _answering_pid(ports[1]) == now["a"]["pid"] and _answering_pid(ports[0]) == now["b"]["pid"],
+             message=lambda: f"each port answering for its new worker: {now}")
+    crashed = [e for e in json.loads(stack.cli("history", "--json", "-n", "0").stdout) if e["reason"] == "crashed"]
+    assert crashed == [], "a worker tried its new port before the other let go of it"

@@ -85,7 +85,9 @@ class Lifecycle:
     whenever a worker gained or lost a process (the probe targets change);
     ``open_health(worker)`` binds the health port the supervisor serves for a
     command worker, right before its spawn (a UsageError fails that start);
-    ``release_health(worker)`` lets it go when new settings need another.
+    ``release_health(worker)`` lets it go when new settings need another;
+    ``may_spawn(worker)`` is False while another worker still holds the health
+    port the worker's (new) settings name.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Lifecycle:
         on_changed: Callable[[], None],
         open_health: Callable[[Worker], None] = lambda worker: None,
         release_health: Callable[[Worker], None] = lambda worker: None,
+        may_spawn: Callable[[Worker], bool] = lambda worker: True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -113,6 +116,7 @@ class Lifecycle:
         self._on_changed = on_changed
         self._open_health = open_health
         self._release_health = release_health
+        self.may_spawn = may_spawn
         self._clock = clock
         self._wall = wall_clock
 
@@ -253,6 +257,9 @@ class Lifecycle:
         if worker.restart_after_stop and not self.exiting:
             worker.restart_after_stop = False
             worker.restarts += 1
+            if not self.may_spawn(worker):
+                worker.want_start = True  # the loop starts it once the port is free; its waiters wait
+                return
             self.spawn(worker, now)
             return
         worker.restart_after_stop = False

@@ -65,7 +65,9 @@ def change_worker(
         return "restarting"
     lifecycle.take_config(worker)
     if worker.state is S.BACKOFF:
-        worker.next_start_at = now  # started again at the next turn of the loop, with the new settings
+        worker.next_start_at = None
+        worker.set_state(S.STOPPED)
+        worker.want_start = True  # started again by the loop, with the new settings
         return "restarting"
     if worker.state is S.FATAL:
         worker.want_start = True
@@ -107,7 +109,7 @@ class StackReload:
             worker = self._workers[name]
             what = change_worker(worker, new.workers[name], self._lifecycle, now, _why("settings changed"))
             text = _changes_text(plan.changed[name])
-            if worker.state.has_process or worker.want_start or worker.next_start_at is not None:
+            if worker.state.has_process or worker.want_start:
                 line = functools.partial(_started, what=f"changed: {text}")
                 worker.waiters.append(batch.waiter(name, line))
             else:

@@ -159,6 +159,7 @@ class Supervisor:
             on_changed=self._probe_targets_changed,
             open_health=self._open_health,
             release_health=self._release_health,
+            may_spawn=self._port_free_for,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -324,6 +325,7 @@ class Supervisor:
                     worker.want_start
                     and worker.state in (S.STOPPED, S.FATAL)
                     and deps_ready(worker, self.workers)
+                    and self._port_free_for(worker)
                 ):
                     worker.want_start = False
                     self.lifecycle.spawn(worker, now)
@@ -467,6 +469,20 @@ class Supervisor:
 
             self._health_ports = HealthPorts(self._serving_thread(), clock=self._clock, wall_clock=self._wall)
         self._health_ports.open(worker)
+
+    def _port_free_for(self, worker: Worker) -> bool:
+        """False while another worker holds the health port this one's settings (new ones first) name.
+
+        After a reload two workers may trade ports, or an added worker take a
+        removed one's: each waits until the other has let go, rather than fail
+        to bind and back off.
+        """
+        config = worker.pending_config or worker.config
+        port = config.limits.health_port
+        if port is None or self._health_ports is None:
+            return True
+        holder = self._health_ports.holder(port)
+        return holder is None or holder == worker.name
 
     def _release_health(self, worker: Worker) -> None:
         """Let go of a worker's health port (new settings bind it again at its next spawn)."""
