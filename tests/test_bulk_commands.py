@@ -112,6 +112,9 @@ def test_signal_reaches_the_workers_main_process(tmp_path: Path, state_dir: Path
     assert partly.stderr.strip() == "procguard signal: off is stopped: not signalled"
     wait_for(lambda: f"SIGUSR2 {pids['rec2']}" in lines(tmp_path / "rec2"), message="rec2 got USR2")
 
+    realtime = stack.cli("signal", "off", "40")  # a number without a name of its own, to a stopped worker
+    assert realtime.returncode == 1 and realtime.stderr.strip() == "procguard signal: off is stopped: not signalled"
+
     bad = stack.cli("signal", "rec", "FOO")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [

@@ -188,7 +188,7 @@ class ControlCommands:
 
     def _signal(self, workers: list[Worker], signum: int, peer: Peer) -> None:
         """Send ``signum`` to each worker's main process (not its group); a worker not running fails."""
-        name = signal.Signals(signum).name
+        name = signal_name(signum)
         batch = Batch(peer, [w.name for w in workers])
         for worker in workers:
             if worker.state.has_process and worker.pid is not None:
@@ -220,3 +220,11 @@ def _signal_number(value: object) -> int:
 
 
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
+
+
+def signal_name(signum: int) -> str:
+    """``SIGHUP`` for 1; a real-time signal has no name of its own: ``signal 40``."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
