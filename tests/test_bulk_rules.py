@@ -67,7 +67,7 @@ def test_a_reload_plan_names_added_removed_changed_and_unchanged(tmp_path: Path)
     assert "memory_limit 200MB -> 300MB" in changes
     assert "command sleep 1 -> sleep 2" in changes
     env = [c for c in plan.changed["chg"] if c.key == "env"]
-    assert env and "secret" not in str(env[0]) and "X" in env[0].new and "TOKEN" in env[0].new
+    assert env and str(env[0]) == "env set X; changed TOKEN"  # names only: values may be secrets
     assert plan_reload(old, old).empty
 
 

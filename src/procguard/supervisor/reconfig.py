@@ -64,6 +64,8 @@ class Change:
     new: str
 
     def __str__(self) -> str:
+        if not self.old:  # a summary with no "before" (the environment: names only)
+            return f"{self.key} {self.new}"
         return f"{self.key} {self.old} -> {self.new}"
 
 
