@@ -1,4 +1,4 @@
-"""``procguard up/down/status/start/stop/restart/logs/history``: a whole stack.
+"""``procguard up/down/status/start/stop/restart/signal/reload/logs/history``: a whole stack.
 
 ``up`` runs the supervisor (:mod:`procguard.supervisor`) in the foreground
 or, with ``--detach``, as a daemon; the other commands talk to it through
@@ -22,12 +22,17 @@ Exit statuses (documented in the command help):
 - ``status``: 0 when every worker is in the state it was asked to be in, 1
   when any is FATAL or in BACKOFF (restarting after failures), 3 when no
   supervisor runs for the stack (LSB's "program is not running").
-- ``start``, ``stop``, ``restart``: 3 when no supervisor runs for the stack;
-  ``down`` then says so and exits 0 (the stack is down, which is what was
-  asked).
-- An unknown worker name: 2, listing the known ones. No stack named while
-  several run: 2, listing their project names.
-- ``logs``: 1 when the worker has no log file (yet).
+- ``start``, ``stop``, ``restart``, ``signal``, ``reload``: 3 when no
+  supervisor runs for the stack; ``down`` then says so and exits 0 (the
+  stack is down, which is what was asked). 1 when a worker did not make the
+  transition (could not start; ``signal``: was not running).
+- Worker names are words of :mod:`procguard.supervisor.selection` (names,
+  ``all``, shell patterns): a word that matches no worker is 2, listing the
+  known ones, and nothing is done. No stack named while several run: 2,
+  listing their project names.
+- ``reload``: 2 for a file that does not load or changes what a running
+  stack cannot take; nothing is applied then.
+- ``logs``: 1 when there is no log file (yet).
 """
 
 from __future__ import annotations
@@ -72,10 +77,6 @@ def _common(parser: argparse.ArgumentParser, *, find: bool = True) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="procguard state directory")
 
 
-def _worker_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
-
-
 def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
     from ..config import load_config
     from ..instances.statedir import resolve_state_dir
@@ -85,11 +86,11 @@ def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
     return config, state_dir
 
 
-def _check_names(config: StackConfig, names: list[str]) -> None:
-    for name in names:
-        if name not in config.workers:
-            msg = f"unknown worker {name!r} in {config.path} (use one of: {', '.join(config.workers)})"
-            raise UsageError(msg)
+def _selected(config: StackConfig, words: list[str]) -> list[str]:
+    """The workers of ``config`` that ``words`` select (names, ``all``, shell patterns)."""
+    from ..supervisor.selection import select
+
+    return select(words, list(config.workers)) if words else []
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,29 @@ class Target:
     config: StackConfig | None = None
 
     def check_names(self, names: list[str]) -> None:
-        """UsageError for a worker the config does not have (only a valid name without one)."""
+        """UsageError for a name or pattern that selects no worker of the config (only a valid
+        name or pattern without one)."""
+        from ..supervisor.selection import check_words, select
+
+        check_words(names)
         if self.config is not None:
-            _check_names(self.config, names)
-            return
-        from ..config import NAME_ACCEPTED, NAME_RE
+            select(names, list(self.config.workers))
 
-        for name in names:
-            if not NAME_RE.match(name):
-                msg = f"worker name {name!r} is not valid (use {NAME_ACCEPTED})"
-                raise UsageError(msg)
+    def budget(self, words: list[str] | None = None) -> float:
+        """How long to wait for stops: the drain + grace of the workers ``words`` select (of all),
+        one after the other as a dependency chain may need, + 30 s."""
+        from ..supervisor.selection import select
 
-    def budget(self, name: str | None = None) -> float:
-        """How long to wait for a stop: the grace of ``name`` (of the slowest worker) + 30 s."""
         if self.config is None:
             return UNKNOWN_STOP_BUDGET_S
-        if name is not None:
-            return self.config.workers[name].limits.grace_s + 30.0
-        return max(w.limits.grace_s for w in self.config.workers.values()) + 30.0
+        workers = self.config.workers
+        names = list(workers)
+        if words is not None:
+            try:
+                names = select(words, names)
+            except UsageError:
+                pass  # the running supervisor may know them (a reload since): wait for all
+        return sum(workers[name].limits.stop_budget_s for name in names) + 30.0
 
 
 #: How long to wait for a stop when the stack's config (its grace) is unknown.
@@ -142,7 +148,9 @@ class NoStackError(ProcguardError):
         super().__init__(f"no stack has run in state directory {state_dir} (pass -c FILE or --project NAME)")
 
 
-def _target(args: argparse.Namespace, *, files: Literal["history", "logs"] | None = None) -> Target:
+def _target(
+    args: argparse.Namespace, *, files: Literal["history", "logs"] | None = None, read_config: bool = True
+) -> Target:
     """Identify the stack a command acts on (from any shell).
 
     In order: ``-c FILE``; ``./procguard.toml`` (unless ``--project`` is
@@ -151,10 +159,13 @@ def _target(args: argparse.Namespace, *, files: Literal["history", "logs"] | Non
     choose: UsageError listing them. None running: NotRunningError (exit 3),
     unless ``files`` names what the command reads ("history", "logs"): then
     the only project that left those files is used (a stack that has stopped).
+    ``read_config=False``: a running stack found on the state directory is
+    reached by its project name alone (``reload``: the supervisor reads its
+    file itself and says what is wrong with it).
     """
     from ..config import DEFAULT_FILENAME, NAME_ACCEPTED, NAME_RE, load_config
     from ..instances.statedir import resolve_state_dir
-    from ..supervisor.control import NotRunningError, running_supervisors
+    from ..supervisor.control import NotRunningError, RunningSupervisor, running_supervisors
 
     state_dir = resolve_state_dir(args.state_dir)
     project: str | None = args.project
@@ -170,6 +181,8 @@ def _target(args: argparse.Namespace, *, files: Literal["history", "logs"] | Non
             raise UsageError(msg)
         return Target(config.project.name, state_dir, config)
     running = running_supervisors(state_dir)
+    if not read_config:
+        running = [RunningSupervisor(s.project, s.pid, None) for s in running]
     if project is not None:
         for supervisor in running:
             if supervisor.project == project:
@@ -253,10 +266,12 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Start the workers of procguard.toml (all, or NAME... and what they depend on) and "
         "supervise them: restarts with backoff, logs, history, status page. Ctrl-C stops them all; "
-        "a second Ctrl-C kills them. Exit status 3 if this stack's supervisor already runs "
-        "(with --detach: 0, nothing is started twice)."
+        "a second Ctrl-C kills them; SIGHUP re-reads procguard.toml (as 'procguard reload'). Exit "
+        "status 3 if this stack's supervisor already runs (with --detach: 0, nothing is started twice)."
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help="workers to start (default: all)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="workers to start: names or shell patterns (default: all)"
+    )
     _common(parser, find=False)
     parser.add_argument(
         "-d", "--detach", action="store_true", help="run in the background; return once started"
@@ -274,11 +289,15 @@ def run_up(args: argparse.Namespace) -> int:
     from ..supervisor.startup import serve
 
     config, state_dir = _load(args)
-    _check_names(config, args.names)
+    args.names = _selected(config, args.names)
     status_port = None if args.status_port is None else parse_port(args.status_port, what="--status-port")
     if args.detach:
         return _detach(args, config, state_dir, status_port)
     return serve(config, state_dir, args.names, status_port, args.ready_fd)
+
+
+#: What ``up -d`` says of a running stack, pointing a user who changed procguard.toml to reload.
+NOTHING_STARTED = "nothing started (to apply changes to procguard.toml: procguard reload)"
 
 
 def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, status_port: int | None) -> int:
@@ -288,7 +307,7 @@ def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, stat
     project = config.project.name
     pid = _supervisor_pid(config, state_dir)
     if pid is not None:
-        print(f"stack {project!r} is already running (supervisor PID {pid}); nothing started")
+        print(f"stack {project!r} is already running (supervisor PID {pid}); {NOTHING_STARTED}")
         return ExitStatus.OK
     answer = start_daemon(config, state_dir, args.names, status_port)
     supervisor = answer.supervisor_pid
@@ -297,7 +316,7 @@ def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, stat
         print(f"stack {project!r} started (supervisor PID {supervisor}); logs in {logs}")
         return ExitStatus.OK
     if answer.word == ALREADY:
-        print(f"stack {project!r} is already running (supervisor PID {supervisor}); nothing started")
+        print(f"stack {project!r} is already running (supervisor PID {supervisor}); {NOTHING_STARTED}")
         return ExitStatus.OK
     sys.stderr.write(f"procguard up: {answer.detail} (see {supervisor_log_path(state_dir, project)})\n")
     return answer.exit_status
@@ -394,38 +413,71 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-# -- start / stop / restart ----------------------------------------------------------
+# -- start / stop / restart / signal ---------------------------------------------------
+
+
+def _worker_words(parser: argparse.ArgumentParser) -> None:
+    from ..supervisor.selection import ACCEPTED
+
+    parser.add_argument("names", nargs="+", metavar="NAME", help=f"{ACCEPTED}; several may be given")
 
 
 def configure_start(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Start a stopped (or FATAL) worker of the running supervisor."
-    _worker_name(parser)
+    parser.description = (
+        "Start stopped (or FATAL) workers of the running supervisor, each once what it depends on "
+        "runs; one line per worker. NAME: a worker, 'all', or a shell pattern ('coll*'). "
+        "Exit status 0 once all are started, 1 if any could not start, 2 if a NAME matches no worker."
+    )
+    _worker_words(parser)
     _common(parser)
 
 
 def configure_stop(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Stop one worker (SIGTERM, SIGKILL after its grace); it stays stopped until started."
-    _worker_name(parser)
+    parser.description = (
+        "Stop workers (SIGTERM, SIGKILL after their grace), those that depend on others first; they "
+        "stay stopped until started. NAME: a worker, 'all', or a shell pattern ('coll*'). "
+        "Exit status 0 once all have stopped, 2 if a NAME matches no worker (nothing is stopped)."
+    )
+    _worker_words(parser)
     _common(parser)
 
 
 def configure_restart(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Stop one worker gracefully and start it again (clears FATAL and its start-limit count)."
+        "Stop workers gracefully (in reverse dependency order) and start them again (in dependency "
+        "order); clears FATAL and the start-limit count. NAME: a worker, 'all', or a shell pattern."
     )
-    _worker_name(parser)
+    _worker_words(parser)
     _common(parser)
 
 
-def _worker_command(args: argparse.Namespace, cmd: str) -> int:
-    target = _target(args)
-    target.check_names([args.name])
-    reply = _request(target, {"cmd": cmd, "name": args.name}, timeout=target.budget(args.name))
-    if not reply.get("ok"):
+def _print_lines(cmd: str, reply: dict[str, Any]) -> int:
+    """Print a supervisor's answer about several workers: one line each; exit 1 if any failed."""
+    lines = reply.get("lines")
+    if not isinstance(lines, list):  # one error for the whole request
         sys.stderr.write(f"procguard {cmd}: {reply.get('error', 'failed')}\n")
         return int(reply.get("exit_status", ExitStatus.ERROR))
-    print(reply.get("message", "ok"))
-    return ExitStatus.OK
+    for line in lines:
+        if line.get("ok"):
+            print(line.get("message", ""))
+        else:
+            sys.stderr.write(f"procguard {cmd}: {line.get('message', 'failed')}\n")
+    return ExitStatus.OK if reply.get("ok") else int(reply.get("exit_status", ExitStatus.ERROR))
+
+
+def _worker_command(args: argparse.Namespace, cmd: str, **extra: Any) -> int:
+    from ..supervisor.control import NotRunningError
+    from ..supervisor.selection import check_words
+
+    check_words(args.names)
+    target = _target(args)
+    try:
+        payload = {"cmd": cmd, "names": args.names, **extra}
+        reply = _request(target, payload, timeout=target.budget(args.names))
+    except NotRunningError:
+        target.check_names(args.names)  # an unknown name is the first thing to hear about
+        raise
+    return _print_lines(cmd, reply)
 
 
 def run_start(args: argparse.Namespace) -> int:
@@ -440,39 +492,189 @@ def run_restart(args: argparse.Namespace) -> int:
     return _worker_command(args, "restart")
 
 
+def configure_signal(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Send a signal to the main process of workers (not to their process group: the worker "
+        "decides what its children get), e.g. HUP to reopen logs or reload. NAME: a worker, "
+        "'all', or a shell pattern. One line per worker. Exit status 0 when every worker got it, "
+        "1 if any was not running (the others still get it), 2 for an unknown worker or signal. "
+        "A signal that ends a worker counts as a stop procguard did not ask for (use 'procguard "
+        "stop' to stop one)."
+    )
+    _worker_words(parser)
+    parser.add_argument("signal", metavar="SIG", help="a signal name or number: HUP, SIGUSR1, 10")
+    _common(parser)
+
+
+def parse_signal(text: str) -> int:
+    """``HUP``, ``SIGHUP``, ``sighup`` or ``1`` -> 1; UsageError (one line, with examples) otherwise."""
+    import signal
+
+    word = text.strip().upper()
+    number: int | None = None
+    if word.isdigit():
+        number = int(word)
+    else:
+        name = word if word.startswith("SIG") else "SIG" + word
+        member = getattr(signal.Signals, "__members__", {}).get(name)
+        number = None if member is None else int(member)
+    if number is None or number not in {int(s) for s in signal.valid_signals()}:
+        msg = f"{text!r} is not a signal (use a name or number such as HUP, SIGUSR1, TERM or 10)"
+        raise UsageError(msg)
+    return number
+
+
+def run_signal(args: argparse.Namespace) -> int:
+    signum = parse_signal(args.signal)
+    return _worker_command(args, "signal", signal=signum)
+
+
+# -- reload -------------------------------------------------------------------------------
+
+
+def configure_reload(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Re-read the procguard.toml the running supervisor was started with and apply the "
+        "difference: added workers start, removed ones stop, changed ones restart with the new "
+        "settings, unchanged ones are not touched (same PID). One line per worker. An invalid file "
+        "changes nothing (exit status 2, the error 'procguard check' gives); so does a change of "
+        "project.name, status_port or status_host, which cannot change while the stack runs. "
+        "Exit status 1 if a worker could not be started. SIGHUP to 'procguard up' does the same."
+    )
+    _common(parser)
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    target = _target(args, read_config=False)
+    reply = _request(target, {"cmd": "reload"}, timeout=target.budget())
+    return _print_lines("reload", reply)
+
+
 # -- logs -----------------------------------------------------------------------------
 
 
 def configure_logs(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Print the last lines of a worker's log file (works without a running supervisor)."
-    _worker_name(parser)
+    parser.description = (
+        "Print the last lines of workers' logs (works without a running supervisor). One NAME: its "
+        "lines as they are; no NAME (all workers), several, or a shell pattern: their lines "
+        "interleaved in time order, each behind 'name | '. Exit status 1 when there is no log yet."
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="a worker, 'all', or a shell pattern (default: all)"
+    )
     _common(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
-    parser.add_argument("-n", "--lines", default="50", metavar="N", help="how many lines (default 50)")
+    parser.add_argument(
+        "-n", "--lines", metavar="N", help="how many lines (default 50; with --since: all since then)"
+    )
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only lines from then on: a duration back from now (10m, 2h) or a time (2026-11-30T09:42)",
+    )
+
+
+def _logged_workers(target: Target) -> list[str]:
+    """Workers whose logs ``logs`` may show: the config's, then any other with a log file here."""
+    from ..config import NAME_RE
+    from ..supervisor.logs import SUPERVISOR_LOG, log_dir
+
+    names = list(target.config.workers) if target.config is not None else []
+    directory = log_dir(target.state_dir, target.project)
+    if directory.is_dir():
+        found = sorted(
+            p.name[: -len(".log")]
+            for p in directory.glob("*.log")
+            if p.name != SUPERVISOR_LOG and NAME_RE.match(p.name[: -len(".log")])
+        )
+        names += [name for name in found if name not in names]
+    return names
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from ..supervisor.logs import follow, log_path, tail
+    from ..supervisor.logview import since_stamp
+    from ..supervisor.selection import check_words, is_pattern, select
 
-    lines = parse_count(args.lines, what="--lines")
+    check_words(args.names)
+    since = None if args.since is None else since_stamp(args.since)
+    lines: int | None = 50
+    if args.lines is not None:
+        lines = parse_count(args.lines, what="--lines")
+    elif since is not None:
+        lines = None
     target = _target(args, files="logs")
-    target.check_names([args.name])
-    path = log_path(target.state_dir, target.project, args.name)
+    known = _logged_workers(target)
+    if target.config is None and len(args.names) == 1 and not is_pattern(args.names[0]):
+        # A stack known by its logs only: the name may be right and its log not written yet.
+        return _one_log(args, target, args.names[0], lines, since)
+    if args.names and not known:
+        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        return ExitStatus.ERROR
+    selected = select(args.names, known) if args.names else known
+    if args.names and len(selected) == 1:
+        return _one_log(args, target, selected[0], lines, since)
+    return _many_logs(args, target, selected, lines, since)
+
+
+def _one_log(
+    args: argparse.Namespace, target: Target, name: str, lines: int | None, since: bytes | None
+) -> int:
+    from ..supervisor.logs import follow, log_path
+    from ..supervisor.logview import merge, read_log
+
+    path = log_path(target.state_dir, target.project, name)
     if not path.exists():
         others = ""
         if target.config is None:
             logged = sorted(p.name[: -len(".log")] for p in path.parent.glob("*.log"))
             others = f"; logs of stack {target.project!r}: {', '.join(logged) or 'none'}"
-        sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist{others})\n")
+        sys.stderr.write(f"procguard logs: no log for {name!r} yet ({path} does not exist{others})\n")
         return ExitStatus.ERROR
     out = sys.stdout.buffer
-    for line in tail(path, lines):
+    content = read_log(path, lines=lines if since is None else None)  # --since: read back past N
+    for _, line in merge([(name, content)], lines=lines, since=since):
         out.write(line + b"\n")
     out.flush()
     if args.follow:
         for chunk in follow(path):
             out.write(chunk)
             out.flush()
+    return ExitStatus.OK
+
+
+def _many_logs(
+    args: argparse.Namespace, target: Target, names: list[str], lines: int | None, since: bytes | None
+) -> int:
+    import os
+
+    from ..supervisor.logs import log_path
+    from ..supervisor.logview import Line, Prefixer, follow_logs, merge, read_log
+
+    paths = {name: log_path(target.state_dir, target.project, name) for name in names}
+    present = {name: path for name, path in paths.items() if path.exists()}
+    if not present and not args.follow:
+        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        return ExitStatus.ERROR
+    out = sys.stdout.buffer
+    prefix = Prefixer(names, colour=out.isatty() and not os.environ.get("NO_COLOR"))
+    each = lines if since is None else None
+    contents = [(name, read_log(path, lines=each)) for name, path in present.items()]
+    for name, line in merge(contents, lines=lines, since=since):
+        out.write(prefix(name, line))
+    out.flush()
+    if not args.follow:
+        return ExitStatus.OK
+
+    def current() -> dict[str, Path]:
+        if args.names:
+            return paths  # the workers named: their logs, once they appear
+        return {name: log_path(target.state_dir, target.project, name) for name in _logged_workers(target)}
+
+    def emit(batch: list[Line]) -> None:
+        out.write(b"".join(prefix(name, line) for name, line in batch))
+        out.flush()
+
+    follow_logs(current, emit)
     return ExitStatus.OK
 
 

@@ -1,27 +1,41 @@
-"""What the supervisor does for each control request: ping, status, start, stop, restart, down.
+"""What the supervisor does for each control request: ping, status, start, stop, restart, signal,
+reload, down.
 
 The socket and its framing are :mod:`.control`'s; this module decides what
-a request means for the workers and when to answer. ``start``, ``stop`` and
-``restart`` answer once the worker has made the transition (a waiter on the
-worker, called by :meth:`.lifecycle.Lifecycle.notify_waiters`); ``down``
-answers at once and keeps the connection open until the supervisor is gone
+a request means for the workers and when to answer. A request names its
+workers with the words of :mod:`.selection` (``all``, names, shell
+patterns), resolved here against the workers the supervisor runs now;
+a word that selects nothing fails the whole request (exit status 2) before
+anything is done. ``start``, ``stop`` and ``restart`` answer once every
+named worker has made the transition, one line each (:mod:`.bulk`: a
+waiter on each worker, called by
+:meth:`.lifecycle.Lifecycle.notify_waiters`); ``signal`` answers at once;
+``reload`` re-reads procguard.toml (:mod:`.reload`); ``down`` answers at
+once and keeps the connection open until the supervisor is gone
 (:meth:`ControlCommands.release_waiters`), which is when ``procguard down``
 returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import ProcguardError, UsageError
 from .backoff import Record
+from .bulk import Batch, OrderedStop, started_line, stopped_line
 from .control import Peer
 from .lifecycle import Lifecycle, operator_stop
+from .selection import ACCEPTED, select
 from .shutdown import StopAll
 from .states import WorkerState
 from .worker import Worker
+
+logger = logging.getLogger(__name__)
 
 S = WorkerState
 
@@ -37,6 +51,7 @@ class ControlCommands:
         lifecycle: Lifecycle,
         stop_all: StopAll,
         publish: Callable[[float], None],
+        reloader: Callable[[Peer], None] = lambda peer: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._project = project
@@ -44,6 +59,7 @@ class ControlCommands:
         self._lifecycle = lifecycle
         self._stop_all = stop_all
         self._publish = publish
+        self._reloader = reloader
         self._clock = clock
         self._down_peers: list[Peer] = []
 
@@ -74,86 +90,141 @@ class ControlCommands:
             peer.send({"ok": True, "pid": os.getpid(), "message": "stopping all workers"}, close=False)
             self._down_peers.append(peer)
             return
-        if cmd not in ("start", "stop", "restart"):
-            peer.send(
-                {
-                    "ok": False,
-                    "exit_status": 2,
-                    "error": f"unknown command {cmd!r} (use ping, status, start, stop, restart or down)",
-                }
-            )
-            return
-        name = request.get("name")
-        worker = self._workers.get(name) if isinstance(name, str) else None
-        if worker is None:
-            peer.send(
-                {
-                    "ok": False,
-                    "exit_status": 2,
-                    "error": f"unknown worker {name!r} (use one of: {', '.join(self._workers)})",
-                }
-            )
+        if cmd not in COMMANDS:
+            accepted = ", ".join(["ping", "status", "down", *COMMANDS])
+            peer.send({"ok": False, "exit_status": 2, "error": f"unknown command {cmd!r} (use {accepted})"})
             return
         if self._lifecycle.exiting:
             peer.send({"ok": False, "exit_status": 1, "error": "the supervisor is shutting down"})
             return
+        if cmd == "reload":
+            self._reload(peer)
+            self._publish(now)
+            return
+        try:
+            workers = self._select(request)
+            signum = _signal_number(request.get("signal")) if cmd == "signal" else 0
+        except UsageError as error:
+            peer.send({"ok": False, "exit_status": 2, "error": str(error)})
+            return
         if cmd == "stop":
-            self._stop(worker, peer, now)
+            self._stop(workers, peer)
         elif cmd == "start":
-            self._start(worker, peer, now)
+            self._start(workers, peer)
+        elif cmd == "restart":
+            self._restart(workers, peer)
         else:
-            self._restart(worker, peer, now)
+            self._signal(workers, signum, peer)
         self._publish(now)
 
-    def _stop(self, worker: Worker, peer: Peer, now: float) -> None:
-        if not worker.state.has_process and worker.state not in (S.BACKOFF, S.FATAL):
-            worker.want_start = False
-            peer.send({"ok": True, "message": f"{worker.name} is already {worker.state}"})
-            return
-        worker.waiters.append(reply_when(peer, "stop"))
-        self._lifecycle.request_stop(worker, now, operator_stop("procguard stop"))
+    def _select(self, request: dict[str, Any]) -> list[Worker]:
+        """The workers a request names (``names``: words of :mod:`.selection`; ``name``: one)."""
+        words = request.get("names", [request.get("name")])
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+            raise UsageError(f"no worker named (use {ACCEPTED})")
+        known = [name for name, worker in self._workers.items() if not worker.retiring]
+        return [self._workers[name] for name in select(words, known)]
 
-    def _start(self, worker: Worker, peer: Peer, now: float) -> None:
-        if worker.state.has_process:
-            peer.send({"ok": True, "message": f"{worker.name} is already {worker.state}", "pid": worker.pid})
-            return
+    def _stop(self, workers: list[Worker], peer: Peer) -> None:
+        batch = Batch(peer, [w.name for w in workers])
+        asked = []
+        for worker in workers:
+            if not worker.state.has_process and worker.state not in (S.BACKOFF, S.FATAL):
+                worker.want_start = False
+                batch.done(worker.name, True, f"{worker.name} is already {worker.state}")
+            else:
+                asked.append(worker)
+        stop = OrderedStop(
+            asked,
+            self._lifecycle,
+            operator_stop("procguard stop"),
+            clock=self._clock,
+            on_stopped=lambda worker: batch.done(worker.name, *stopped_line(worker)),
+        )
+        stop.begin()
+        batch.send_if_complete()
+
+    def _start(self, workers: list[Worker], peer: Peer) -> None:
+        batch = Batch(peer, [w.name for w in workers])
+        for worker in workers:
+            if worker.state.has_process:
+                batch.done(worker.name, True, f"{worker.name} is already {worker.state}")
+                continue
+            self._start_one(worker, batch)
+        batch.send_if_complete()
+
+    def _start_one(self, worker: Worker, batch: Batch, *, restart: bool = False) -> None:
+        """Start ``worker`` once what it depends on runs (the loop spawns it in dependency order)."""
         worker.record = Record()  # a start by hand clears FATAL and the start-limit count
         worker.next_start_at = None
         if worker.state is S.BACKOFF:
             worker.set_state(S.STOPPED)
-        worker.waiters.append(reply_when(peer, "start"))
-        self._lifecycle.spawn(worker, now)
+        if restart:
+            worker.restarts += 1
+        worker.waiters.append(batch.waiter(worker.name, started_line))
+        worker.want_start = True
 
-    def _restart(self, worker: Worker, peer: Peer, now: float) -> None:
-        worker.record = Record()
-        if worker.state.has_process:
-            worker.waiters.append(reply_when(peer, "restart"))
-            worker.restart_after_stop = True
-            self._lifecycle.request_stop(worker, now, operator_stop("procguard restart"))
-            return
-        if worker.state is S.BACKOFF:
-            worker.set_state(S.STOPPED)
-        worker.waiters.append(reply_when(peer, "restart"))
-        worker.restarts += 1
-        self._lifecycle.spawn(worker, now)
+    def _restart(self, workers: list[Worker], peer: Peer) -> None:
+        """Stop them all (reverse dependency order), then start them all (dependency order)."""
+        batch = Batch(peer, [w.name for w in workers])
+
+        def start_all() -> None:
+            if self._lifecycle.exiting:
+                for worker in workers:
+                    batch.done(worker.name, False, f"{worker.name}: the supervisor is shutting down")
+                return
+            for worker in workers:
+                self._start_one(worker, batch, restart=True)
+
+        for worker in workers:
+            worker.record = Record()
+        OrderedStop(
+            [w for w in workers if w.state.has_process or w.state in (S.BACKOFF, S.FATAL)],
+            self._lifecycle,
+            operator_stop("procguard restart"),
+            clock=self._clock,
+            finished=start_all,
+        ).begin()
+
+    def _signal(self, workers: list[Worker], signum: int, peer: Peer) -> None:
+        """Send ``signum`` to each worker's main process (not its group); a worker not running fails."""
+        name = signal_name(signum)
+        batch = Batch(peer, [w.name for w in workers])
+        for worker in workers:
+            if worker.state.has_process and worker.pid is not None:
+                worker.signal(signum, group=False)
+                logger.info("%s: %s sent to pid %s (procguard signal)", worker.name, name, worker.pid)
+                batch.done(worker.name, True, f"{worker.name}: {name} sent to pid {worker.pid}")
+            else:
+                batch.done(worker.name, False, f"{worker.name} is {worker.state}: not signalled")
+
+    def _reload(self, peer: Peer) -> None:
+        try:
+            self._reloader(peer)
+        except ProcguardError as error:
+            peer.send({"ok": False, "exit_status": int(error.exit_status), "error": str(error)})
+        except OSError as error:  # a new worker's log could not be opened: said, and the loop goes on
+            logger.error("reload: %s", error)
+            peer.send({"ok": False, "exit_status": 1, "error": f"reload failed: {error}"})
 
 
-def reply_when(peer: Peer, cmd: str) -> Callable[[Worker], None]:
-    """A waiter that answers ``peer`` once the worker has stopped (``stop``) or has a process (else)."""
+#: The requests about workers, besides ping, status and down.
+COMMANDS = ("start", "stop", "restart", "signal", "reload")
 
-    def reply(worker: Worker) -> None:
-        ok = (cmd == "stop" and not worker.state.has_process) or (cmd != "stop" and worker.state.has_process)
-        message = f"{worker.name} is {worker.state}" + (f" (pid {worker.pid})" if worker.pid else "")
-        if not ok and worker.last_exit:
-            message += f"; last exit: {worker.last_exit['reason']}"
-        peer.send(
-            {
-                "ok": ok,
-                "message": message,
-                "pid": worker.pid,
-                "state": worker.state.value,
-                **({} if ok else {"error": message, "exit_status": 1}),
-            }
-        )
 
-    return reply
+def _signal_number(value: object) -> int:
+    """The signal number a ``signal`` request carries (checked again here: the client may be anyone)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _VALID_SIGNALS:
+        raise UsageError(f"{value!r} is not a signal number")
+    return value
+
+
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
+
+
+def signal_name(signum: int) -> str:
+    """``SIGHUP`` for 1; a real-time signal has no name of its own: ``signal 40``."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

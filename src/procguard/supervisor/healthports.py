@@ -106,6 +106,13 @@ class HealthPorts:
     def held(self, name: str) -> bool:
         return name in self._held
 
+    def holder(self, port: int) -> str | None:
+        """The worker whose health port ``port`` is, if one is held."""
+        for name, listener in self._held.items():
+            if listener.getsockname()[1] == port:
+                return name
+        return None
+
     def open(self, worker: Worker) -> None:
         """Bind ``worker``'s health port if not held yet; UsageError (one line) when it cannot be."""
         if worker.name in self._held or not worker.holds_health_port:

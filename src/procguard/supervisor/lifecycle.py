@@ -84,7 +84,10 @@ class Lifecycle:
     watches the new process's output pipe and link; ``on_changed()`` is told
     whenever a worker gained or lost a process (the probe targets change);
     ``open_health(worker)`` binds the health port the supervisor serves for a
-    command worker, right before its spawn (a UsageError fails that start).
+    command worker, right before its spawn (a UsageError fails that start);
+    ``release_health(worker)`` lets it go when new settings need another;
+    ``may_spawn(worker)`` is False while another worker still holds the health
+    port the worker's (new) settings name.
     """
 
     def __init__(
@@ -98,6 +101,8 @@ class Lifecycle:
         on_spawned: Callable[[Worker], None],
         on_changed: Callable[[], None],
         open_health: Callable[[Worker], None] = lambda worker: None,
+        release_health: Callable[[Worker], None] = lambda worker: None,
+        may_spawn: Callable[[Worker], bool] = lambda worker: True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -110,6 +115,8 @@ class Lifecycle:
         self._on_spawned = on_spawned
         self._on_changed = on_changed
         self._open_health = open_health
+        self._release_health = release_health
+        self.may_spawn = may_spawn
         self._clock = clock
         self._wall = wall_clock
 
@@ -141,8 +148,21 @@ class Lifecycle:
 
     # -- starting ------------------------------------------------------------------
 
+    def take_config(self, worker: Worker) -> None:
+        """Put the settings a reload left for this worker in force (it has no process now)."""
+        config = worker.pending_config
+        if config is None or worker.proc is not None:
+            return
+        if worker.take_config(config):
+            self._release_health(worker)  # bound again, with the new settings, at the spawn
+        logger.info("%s: new settings in force", worker.name)
+
     def spawn(self, worker: Worker, now: float) -> None:
-        """Start the worker's process now; a spawn that fails is a ``crashed`` exit with status 127."""
+        """Start the worker's process now; a spawn that fails is a ``crashed`` exit with status 127.
+
+        Settings a reload left for the worker (``pending_config``) are taken on first.
+        """
+        self.take_config(worker)
         worker.set_state(S.STARTING)
         worker.next_start_at = None
         wall = self._wall()
@@ -237,6 +257,9 @@ class Lifecycle:
         if worker.restart_after_stop and not self.exiting:
             worker.restart_after_stop = False
             worker.restarts += 1
+            if not self.may_spawn(worker):
+                worker.want_start = True  # the loop starts it once the port is free; its waiters wait
+                return
             self.spawn(worker, now)
             return
         worker.restart_after_stop = False

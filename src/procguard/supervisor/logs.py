@@ -1,7 +1,8 @@
 """Per-worker log files with size rotation, and the prefixed foreground view.
 
 Each worker's stdout and stderr go, line by line, to
-``STATE_DIR/logs/PROJECT/WORKER.log`` with a timestamp in front, rotated at
+``STATE_DIR/logs/PROJECT/WORKER.log`` with a timestamp in front (local time
+to the millisecond: ``2026-11-30T09:42:04.123``), rotated at
 ``log_max_bytes`` into ``WORKER.log.1`` ... ``WORKER.log.N`` (N =
 ``log_backups``). In the foreground the same lines are printed as
 ``HH:MM:SS name | text`` (honcho style) so a stack's output reads as one
@@ -216,8 +217,10 @@ class WorkerOutput:
         if not lines:
             return
         now = self._clock()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)).encode()
-        short = stamp[11:]
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+        # Milliseconds, so that the logs of several workers interleave in time order (procguard logs).
+        stamp = f"{seconds}.{int((now % 1) * 1000):03d}".encode()
+        short = stamp[11:19]
         self.log.write(b"".join(b"%s %s\n" % (stamp, line) for line in lines))
         if self.terminal is not None:
             try:

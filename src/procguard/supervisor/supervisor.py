@@ -37,19 +37,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..config import StackConfig, start_order
-from ..errors import PATH_SHOWN_MAX, UsageError, shown
+from ..config import StackConfig, WorkerConfig, start_order
+from ..errors import PATH_SHOWN_MAX, ProcguardError, UsageError, shown
 from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
 from ..instances.statedir import namespace_of
+from .bulk import Batch
 from .commands import ControlCommands
-from .control import ControlServer, socket_path
+from .control import ControlServer, Peer, socket_path
 from .history import History, db_path
 from .leftovers import LeftoverGroups
 from .lifecycle import Lifecycle, deps_ready, next_deadline
 from .logs import RotatingFile, WorkerOutput, log_dir, log_path
 from .probe import Prober, probe_health, probe_targets
+from .reload import StackReload
 from .settings import TUNING_ENV, Settings
 from .shutdown import StopAll
 from .states import WorkerState
@@ -130,29 +132,15 @@ class Supervisor:
         self._on_ready: Callable[[], None] | None = None
         self._view = View(project=self.project, supervisor_pid=os.getpid())
         log_dir(state_dir, self.project, create=True)
-        base_dir = config.path.parent
-        width = max(len(name) for name in config.workers)
-        argv = list(procguard) if procguard is not None else default_procguard()
+        self._terminal = terminal
+        self._width = max(len(name) for name in config.workers)
+        self._procguard = list(procguard) if procguard is not None else default_procguard()
         # One id in every marker this supervisor gives out: when it is gone, its
         # watchdog stops what still carries one (a grandchild that left its group).
         self.run_id = new_run()
         self.workers: dict[str, Worker] = {}
-        for name, worker_config in config.workers.items():
-            log = RotatingFile(
-                log_path(state_dir, self.project, name),
-                max_bytes=config.project.log_max_bytes,
-                backups=config.project.log_backups,
-            )
-            output = WorkerOutput(name, log, terminal=terminal, width=width, clock=wall_clock)
-            self.workers[name] = Worker(
-                worker_config,
-                project=self.project,
-                base_dir=base_dir,
-                procguard=argv,
-                output=output,
-                state_dir=state_dir,
-                run=self.run_id,
-            )
+        for worker_config in config.workers.values():
+            self.workers[worker_config.name] = self._make_worker(worker_config)
         self.history = History(db_path(state_dir))
         self.control: ControlServer | None = None
         self._watchdog = WatchdogLink(
@@ -170,6 +158,8 @@ class Supervisor:
             on_spawned=self._watch_output,
             on_changed=self._probe_targets_changed,
             open_health=self._open_health,
+            release_health=self._release_health,
+            may_spawn=self._port_free_for,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -180,7 +170,32 @@ class Supervisor:
             lifecycle=self.lifecycle,
             stop_all=self._stop_all,
             publish=self._publish,
+            reloader=self.reload,
             clock=clock,
+        )
+        self._stack_reload = StackReload(
+            workers=self.workers, lifecycle=self.lifecycle, make_worker=self._make_worker, clock=clock
+        )
+        self._probing = False
+
+    def _make_worker(self, worker_config: WorkerConfig) -> Worker:
+        """A worker of this stack, its log open (at start, and for a worker a reload adds)."""
+        config = self.config
+        log = RotatingFile(
+            log_path(self.state_dir, self.project, worker_config.name),
+            max_bytes=config.project.log_max_bytes,
+            backups=config.project.log_backups,
+        )
+        width = max(self._width, len(worker_config.name))
+        output = WorkerOutput(worker_config.name, log, terminal=self._terminal, width=width, clock=self._wall)
+        return Worker(
+            worker_config,
+            project=self.project,
+            base_dir=config.path.parent,
+            procguard=self._procguard,
+            output=output,
+            state_dir=self.state_dir,
+            run=self.run_id,
         )
 
     # -- public ----------------------------------------------------------------
@@ -209,7 +224,6 @@ class Supervisor:
         become_child_subreaper()
         self._watchdog.start()
         self._signals.install()
-        probing = False
         try:
             self._selector.register(self._wakeup.fd, selectors.EVENT_READ, self._wakeup.drain)
             self.control = ControlServer(
@@ -217,9 +231,7 @@ class Supervisor:
             )
             if self.status_port:
                 self._start_status_server()
-            if any(w.publishes_health for w in self.workers.values()):  # the only probed workers
-                self._prober.start()
-                probing = True
+            self._start_prober()
             logger.info(
                 "supervisor of %s started (pid %s, %d workers: %s)",
                 self.project,
@@ -235,11 +247,17 @@ class Supervisor:
             self._stop_all.kill_everything(self._reap, self._clock)
             self._close()
             self._signals.restore()
-            if probing:
+            if self._probing:
                 self._prober.join()
             self._wakeup.close()
         logger.info("supervisor of %s stopped", self.project)
         return 1 if self._stop_all.forced else 0
+
+    def _start_prober(self) -> None:
+        """Start the prober thread once a worker needs it (function workers with a health port)."""
+        if not self._probing and any(w.publishes_health for w in self.workers.values()):
+            self._prober.start()
+            self._probing = True
 
     def _start_status_server(self) -> None:
         from .statuspage import StatusServer  # only when asked for
@@ -260,6 +278,7 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
+            self._drop_retired()
             now = self._clock()
             self._tick(now)
             if self.lifecycle.exiting and self._stop_all.done():
@@ -306,6 +325,7 @@ class Supervisor:
                     worker.want_start
                     and worker.state in (S.STOPPED, S.FATAL)
                     and deps_ready(worker, self.workers)
+                    and self._port_free_for(worker)
                 ):
                     worker.want_start = False
                     self.lifecycle.spawn(worker, now)
@@ -357,7 +377,15 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while (signum := self._signals.pop()) is not None:
             if signum == signal.SIGHUP:
-                logger.info("SIGHUP ignored (use 'procguard restart NAME' to restart a worker)")
+                if self.lifecycle.exiting:
+                    logger.info("SIGHUP ignored: the stack is stopping")
+                    continue
+                try:
+                    self.reload(None)
+                except ProcguardError as error:
+                    logger.error("SIGHUP: %s; nothing changed, going on with the running config", error)
+                except OSError as error:
+                    logger.error("SIGHUP: reload failed: %s", error)
                 continue
             if self.lifecycle.exiting:
                 self._stop_all.force()
@@ -384,7 +412,9 @@ class Supervisor:
     def _apply_probe_results(self) -> None:
         now = self._clock()
         for result in self._prober.results():
-            self.lifecycle.probe_result(self.workers[result.name], result, now)
+            worker = self.workers.get(result.name)
+            if worker is not None:  # else removed by a reload since the probe
+                self.lifecycle.probe_result(worker, result, now)
 
     # -- worker output and probe targets (the lifecycle's hooks) --------------------
 
@@ -440,8 +470,78 @@ class Supervisor:
             self._health_ports = HealthPorts(self._serving_thread(), clock=self._clock, wall_clock=self._wall)
         self._health_ports.open(worker)
 
+    def _port_free_for(self, worker: Worker) -> bool:
+        """False while another worker holds the health port this one's settings (new ones first) name.
+
+        After a reload two workers may trade ports, or an added worker take a
+        removed one's: each waits until the other has let go, rather than fail
+        to bind and back off.
+        """
+        config = worker.pending_config or worker.config
+        port = config.limits.health_port
+        if port is None or self._health_ports is None:
+            return True
+        holder = self._health_ports.holder(port)
+        return holder is None or holder == worker.name
+
+    def _release_health(self, worker: Worker) -> None:
+        """Let go of a worker's health port (new settings bind it again at its next spawn)."""
+        if self._health_ports is not None:
+            self._health_ports.close(worker.name)
+
     def _probe_targets_changed(self) -> None:
         self._prober.set_targets(probe_targets(self.workers.values(), wall_clock=self._wall))
+
+    # -- config reload -------------------------------------------------------------------
+
+    def reload(self, peer: Peer | None) -> None:
+        """Re-read the stack's procguard.toml and apply the difference (``procguard reload``, SIGHUP).
+
+        Raises :class:`~procguard.errors.UsageError` (one line) for a file that
+        does not load or changes a setting fixed while the stack runs: then
+        nothing has changed. The answer goes to ``peer``, or to the log when
+        None (SIGHUP). See :mod:`.reload`.
+        """
+        from ..config import load_config
+        from .reconfig import plan_reload
+
+        new = load_config(self.config.path)
+        keep = ("status_port",) if self._status_port_origin == "--status-port" else ()
+        plan = plan_reload(self.config, new, keep=keep)
+        logger.info(
+            "reloading %s: %d added, %d removed, %d changed, %d unchanged",
+            self.config.path,
+            len(plan.added),
+            len(plan.removed),
+            len(plan.changed),
+            len(plan.unchanged),
+        )
+        self.config = new
+        for worker in self.workers.values():  # log rotation settings apply to every log from now on
+            worker.output.log.max_bytes = new.project.log_max_bytes
+            worker.output.log.backups = new.project.log_backups
+        self._stack_reload.apply(plan, new, lambda names, footer: Batch(peer, names, footer=footer))
+        self._start_prober()
+        self._probe_targets_changed()
+        self._publish_pending = True
+
+    def _drop_retired(self) -> None:
+        """Workers a reload removed leave once their process is gone (between two turns of the loop)."""
+        gone = [w for w in self.workers.values() if w.retiring and w.proc is None and not w.state.has_process]
+        for worker in gone:
+            self._unwatch_link(worker)
+            if worker.output_fd is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(worker.output_fd)
+                os.close(worker.output_fd)
+                worker.output_fd = None
+            worker.output.close()
+            self._release_health(worker)
+            del self.workers[worker.name]
+            logger.info("%s: removed from the stack", worker.name)
+        if gone:
+            self._probe_targets_changed()
+            self._publish_pending = True
 
     # -- publication and the way out ---------------------------------------------------
 

@@ -20,7 +20,7 @@ import signal
 import threading
 from typing import Any
 
-#: The signals the supervisor handles: stop (INT, TERM), ignore with a note (HUP), reap (CHLD).
+#: The signals the supervisor handles: stop (INT, TERM), re-read procguard.toml (HUP), reap (CHLD).
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP)
 
 

@@ -146,6 +146,10 @@ class Worker:
         self.probe_failures = 0
         self.output_fd: int | None = None
         self.waiters: list[Callable[[Worker], None]] = []
+        #: Settings read by a reload, taken on at the next spawn (the current process keeps its own).
+        self.pending_config: WorkerConfig | None = None
+        #: Removed from procguard.toml by a reload: dropped once its process is gone.
+        self.retiring = False
 
     # -- facts ---------------------------------------------------------------
 
@@ -218,6 +222,20 @@ class Worker:
         if self.started_at is None or not self.state.has_process:
             return None
         return max(0.0, now - self.started_at)
+
+    def take_config(self, config: WorkerConfig) -> bool:
+        """Use ``config`` from the next process on (no process may run); True when its health port
+        must be bound again (port, address, token or kind of answers changed).
+
+        The restart policy and its record start afresh: a worker that was FATAL
+        with the old settings gets a fresh start limit with the new ones.
+        """
+        old = self.config
+        self.config = config
+        self.pending_config = None
+        self.policy = Policy.from_worker(config)
+        self.record = Record()
+        return _port_identity(old) != _port_identity(config)
 
     # -- state ---------------------------------------------------------------
 
@@ -387,6 +405,7 @@ class Worker:
         """The ``status --json`` object of this worker."""
         sample = self.last_sample if self.state.has_process else None
         uptime = self.uptime(now)
+        limits = self.config.limits
         return {
             "name": self.name,
             "state": self.state.value,
@@ -401,6 +420,9 @@ class Worker:
             "mode": self.config.mode,
             "runner": self.via_runner,
             "health_port": self.config.limits.health_port,
+            "memory_limit_mb": (
+                None if limits.memory_limit_bytes is None else round(limits.memory_limit_bytes / _MB, 1)
+            ),
             "health": self._health_text(now),
             "circuits": published_circuits(self, now, time.time()),
             "next_start_in_seconds": (
@@ -412,6 +434,14 @@ class Worker:
         if self.config.limits.health_port is None or not self.state.has_process:
             return None
         return port_verdict(self, now, time.time())[1]  # what its port answers now (the supervisor serves it)
+
+
+def _port_identity(config: WorkerConfig) -> tuple[object, ...]:
+    """What a held health port is bound with and answers from: a change means binding it again."""
+    from ..health.endpoints import TOKEN_ENV
+
+    limits = config.limits
+    return (limits.health_port, limits.health_host, config.run is None, config.env.get(TOKEN_ENV))
 
 
 def last_exit_json(outcome: StopOutcome, *, wall: float, runtime_s: float) -> dict[str, Any]:
