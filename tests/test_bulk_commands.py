@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,17 @@ def test_signal_reaches_the_workers_main_process(tmp_path: Path, state_dir: Path
     status = {w["name"]: w for w in stack.status() or []}
     assert status["rec"]["pid"] == pids["rec"] and status["rec"]["restarts"] == 0  # handled, still running
     assert status["rec2"]["pid"] == pids["rec2"]
+
+    # A signal the program does not handle ends it: the operator's signal, not one "from outside procguard".
+    assert stack.cli("start", "off").returncode == 0
+    stack.wait_state("off", "running")
+    killed = stack.cli("signal", "off", "USR1")
+    assert killed.returncode == 0, killed.stderr
+
+    def stop_row() -> dict[str, Any] | None:
+        rows = [e for e in _history(stack) if e["worker"] == "off" and e["event"] == "stop"]
+        return rows[0] if rows and rows[0]["exit_status"] == 128 + signal.SIGUSR1 else None
+
+    row = wait_for(stop_row, message=lambda: f"off's stop row after SIGUSR1: {_history(stack)[:3]}")
+    assert (row["reason"], row["by"]) == ("killed", "operator"), row
+    assert row["detail"] == "SIGUSR1 sent with 'procguard signal'", row

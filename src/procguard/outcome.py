@@ -186,19 +186,24 @@ def outcome_of_exit(
     reported: StopOutcome | None = None,
     forced: bool = False,
     grace_s: float | None = None,
+    sent: StopOutcome | None = None,
 ) -> StopOutcome:
     """The outcome of a watched process that exited with Popen's ``returncode`` (-N: signal N).
 
     ``asked`` is the stop the watcher decided (a limit, an operator's stop, a
     failed probe; None when it asked for nothing), ``reported`` what the
     worker said about its own stop, ``forced`` whether the watcher had to
-    SIGKILL it once ``grace_s`` was over. The rules, in order:
+    SIGKILL it once ``grace_s`` was over, ``sent`` what a signal an operator had
+    the watcher send (``procguard signal``) means if it ends the process. The
+    rules, in order:
 
     - the worker ended itself at once (hard memory ceiling, grace exceeded)
       and exited as it said: that is the outcome;
     - the watcher asked: its reason, unless it had to force the stop
       (``grace_exceeded``);
     - the worker reported a stop and exited as it said it would: its outcome;
+    - it died of the signal an operator sent (or exited 128 + its number):
+      ``sent``;
     - otherwise the way the process ended speaks: SIGTERM/SIGINT procguard did
       not send (or the statuses 130/143) -> ``external_signal``; any other
       signal -> ``killed``; 80-87 -> the reason of that status; 0 ->
@@ -220,6 +225,8 @@ def outcome_of_exit(
         return asked.exited(returncode)
     if reported is not None and exited_as_reported:
         return reported.exited(returncode)
+    if sent is not None and sent.signal is not None and returncode in (-sent.signal, 128 + sent.signal):
+        return sent.exited(returncode)
     return _from_exit_alone(returncode, reported)
 
 

@@ -137,11 +137,15 @@ REASONS: dict[StopReason, ReasonInfo] = {
     S.EXTERNAL_SIGNAL: ReasonInfo(
         _BY_SIGNAL, False, "SIGTERM or SIGINT sent from outside procguard (not a clean exit)"
     ),
-    S.STOPPED: ReasonInfo(_BY_SIGNAL, False, "stopped by an operator (procguard stop, down or restart)"),
+    S.STOPPED: ReasonInfo(
+        _BY_SIGNAL, False, "stopped by an operator (procguard stop, down, restart, reload or scale)"
+    ),
     S.LIVENESS: ReasonInfo(_BY_SIGNAL, False, "its /health kept failing, so the supervisor restarted it"),
     S.CRASHED: ReasonInfo(ExitStatus.ERROR, False, "exited with a failure status on its own (a crash)"),
     S.KILLED: ReasonInfo(
-        _BY_SIGNAL, False, "killed by a signal procguard did not send (e.g. the kernel's OOM killer)"
+        _BY_SIGNAL, False,
+        "killed by a signal: one procguard did not send (e.g. the kernel's OOM killer), or one an operator "
+        "sent with procguard signal",
     ),
     S.SUPERVISOR_DIED: ReasonInfo(
         None, False, "the supervisor died while the worker ran; how it ended is unknown"

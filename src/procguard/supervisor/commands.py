@@ -192,8 +192,7 @@ class ControlCommands:
         batch = Batch(peer, [w.name for w in workers])
         for worker in workers:
             if worker.state.has_process and worker.pid is not None:
-                worker.signal(signum, group=False)
-                logger.info("%s: %s sent to pid %s (procguard signal)", worker.name, name, worker.pid)
+                self._lifecycle.send_signal(worker, signum)
                 batch.done(worker.name, True, f"{worker.name}: {name} sent to pid {worker.pid}")
             else:
                 batch.done(worker.name, False, f"{worker.name} is {worker.state}: not signalled")

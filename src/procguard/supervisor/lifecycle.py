@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from ..errors import UsageError
 from ..outcome import StopOutcome, outcome_of_exit
 from ..policy import next_sample_delay
-from ..reasons import Ender, StopReason
+from ..reasons import STOP_SIGNUMS, Ender, StopReason, signal_name
 from .backoff import Action, decide
 from .history import Event, History
 from .leftovers import LeftoverGroups
@@ -201,6 +201,7 @@ class Lifecycle:
             reported=reported,
             forced=worker.killed_after_grace,
             grace_s=worker.config.limits.grace_s,
+            sent=worker.signalled,
         )
         # The figure that tripped a memory limit is a peak the samples may have missed.
         tripped = int(outcome.figures.get("memory_bytes", 0))
@@ -302,6 +303,25 @@ class Lifecycle:
             worker.set_state(S.BACKOFF)
             worker.next_start_at = now + decision.delay_s
             self.notify_waiters(worker)
+
+    # -- signals an operator sends -------------------------------------------------------
+
+    def send_signal(self, worker: Worker, signum: int) -> None:
+        """``procguard signal``: ``signum`` to the worker's main process, with what it means said first.
+
+        Should the signal end the process, its outcome is the operator's
+        (``signal`` for SIGTERM/SIGINT, ``killed`` for any other), not a
+        signal "from outside procguard"; a worker with a link reads the same
+        in its stop note, so its own last line agrees.
+        """
+        name = signal_name(signum)
+        reason = StopReason.SIGNAL if signum in STOP_SIGNUMS else StopReason.KILLED
+        worker.signalled = StopOutcome(reason, f"{name} sent with 'procguard signal'", signal=signum,
+                                       by=Ender.OPERATOR)
+        if worker.link is not None and signum in STOP_SIGNUMS:
+            worker.link.send_stop_note(worker.signalled)
+        worker.signal(signum, group=False)
+        logger.info("%s: %s sent to pid %s (procguard signal)", worker.name, name, worker.pid)
 
     # -- stopping ----------------------------------------------------------------------
 

@@ -127,6 +127,8 @@ class Worker:
         self.term_at: float | None = None  # STOPPING after a drain: when to send SIGTERM
         #: The stop the supervisor decided for the current process (None: it asked for none).
         self.asked: StopOutcome | None = None
+        #: What the last signal an operator had sent (``procguard signal``) means should it end the process.
+        self.signalled: StopOutcome | None = None
         self.killed_after_grace = False  # SIGKILLed at stop_deadline
         self.held_by_operator = False  # an operator asked for this process to stop: no restart after it
         self.restart_after_stop = False
@@ -302,6 +304,7 @@ class Worker:
         self.stop_deadline = None
         self.term_at = None
         self.asked = None
+        self.signalled = None
         self._cpu_seen = None
         self.sampler = TreeSampler(proc.pid, cpu_window_s=self.config.limits.cpu_window_s)
         # The supervisor enforces the limits of the commands it runs directly; a
