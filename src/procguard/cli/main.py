@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("stack", "start one stopped worker of the running supervisor"),
     "stop": ("stack", "stop one worker of the running supervisor"),
     "restart": ("stack", "restart one worker of the running supervisor"),
+    "scale": ("stack", "change how many copies of a worker the running supervisor runs"),
     "logs": ("stack", "print (or follow) the log of one worker"),
     "history": ("stack", "show past starts and stops, newest first"),
     "check": ("check", "validate procguard.toml without starting anything"),

@@ -1,4 +1,4 @@
-"""``procguard up/down/status/start/stop/restart/logs/history``: a whole stack.
+"""``procguard up/down/status/start/stop/restart/scale/logs/history``: a whole stack.
 
 ``up`` runs the supervisor (:mod:`procguard.supervisor`) in the foreground
 or, with ``--detach``, as a daemon; the other commands talk to it through
@@ -25,8 +25,11 @@ Exit statuses (documented in the command help):
 - ``start``, ``stop``, ``restart``: 3 when no supervisor runs for the stack;
   ``down`` then says so and exits 0 (the stack is down, which is what was
   asked).
-- An unknown worker name: 2, listing the known ones. No stack named while
-  several run: 2, listing their project names.
+- An unknown worker name or copy (``X:K``): 2, listing the known ones. No
+  stack named while several run: 2, listing their project names.
+- ``scale``: 0 once the copies it added run or the ones it took away have
+  stopped; 2 for a count outside 1..64 or a health port a new copy would
+  share; 3 when no supervisor runs.
 - ``logs``: 1 when the worker has no log file (yet).
 """
 
@@ -47,6 +50,7 @@ from ..units import format_duration, parse_count, parse_port
 
 if TYPE_CHECKING:
     from ..config import StackConfig
+    from ..copies import Address
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,9 @@ def _common(parser: argparse.ArgumentParser, *, find: bool = True) -> None:
 
 
 def _worker_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
+    parser.add_argument(
+        "name", metavar="NAME", help="a worker of procguard.toml (all its copies), or one copy NAME:K"
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
@@ -85,9 +91,13 @@ def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
     return config, state_dir
 
 
-def _check_names(config: StackConfig, names: list[str]) -> None:
+def _check_names(config: StackConfig, names: list[str], *, copies: bool = False) -> None:
+    """UsageError for a name that is not a worker of ``config`` (with ``copies``: nor ``X:K`` of one)."""
+    from ..copies import parse_address
+
     for name in names:
-        if name not in config.workers:
+        worker = parse_address(name).name if copies else name
+        if worker not in config.workers:
             msg = f"unknown worker {name!r} in {config.path} (use one of: {', '.join(config.workers)})"
             raise UsageError(msg)
 
@@ -107,14 +117,19 @@ class Target:
     config: StackConfig | None = None
 
     def check_names(self, names: list[str]) -> None:
-        """UsageError for a worker the config does not have (only a valid name without one)."""
+        """UsageError for a worker the config does not have (only a valid name without one).
+
+        A copy ``X:K`` passes when ``X`` is a worker: how many copies run is the
+        supervisor's to say (``procguard scale`` changes it).
+        """
         if self.config is not None:
-            _check_names(self.config, names)
+            _check_names(self.config, names, copies=True)
             return
         from ..config import NAME_ACCEPTED, NAME_RE
+        from ..copies import parse_address
 
         for name in names:
-            if not NAME_RE.match(name):
+            if not NAME_RE.match(parse_address(name).name):
                 msg = f"worker name {name!r} is not valid (use {NAME_ACCEPTED})"
                 raise UsageError(msg)
 
@@ -123,7 +138,9 @@ class Target:
         if self.config is None:
             return UNKNOWN_STOP_BUDGET_S
         if name is not None:
-            return self.config.workers[name].limits.grace_s + 30.0
+            from ..copies import parse_address
+
+            return self.config.workers[parse_address(name).name].limits.stop_budget_s + 30.0
         return max(w.limits.grace_s for w in self.config.workers.values()) + 30.0
 
 
@@ -352,13 +369,23 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
         "Exit status 0 when every worker is as asked, 1 when any is fatal or in backoff, "
         "3 when no supervisor runs for the stack."
     )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these workers (all their copies) or copies NAME:K"
+    )
     _common(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of worker objects")
 
 
 def run_status(args: argparse.Namespace) -> int:
     target = _target(args)
-    reply = _request(target, {"cmd": "status"}, timeout=10.0)
+    target.check_names(args.names)
+    payload: dict[str, Any] = {"cmd": "status"}
+    if args.names:
+        payload["names"] = args.names
+    reply = _request(target, payload, timeout=10.0)
+    if not reply.get("ok", True):
+        sys.stderr.write(f"procguard status: {reply.get('error', 'failed')}\n")
+        return int(reply.get("exit_status", ExitStatus.ERROR))
     workers: list[dict[str, Any]] = reply.get("workers", [])
     troubled = any(w.get("state") in TROUBLED_STATES for w in workers)
     status = ExitStatus.ERROR if troubled else ExitStatus.OK
@@ -440,24 +467,105 @@ def run_restart(args: argparse.Namespace) -> int:
     return _worker_command(args, "restart")
 
 
+# -- scale ----------------------------------------------------------------------------------
+
+
+def configure_scale(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run N copies of a worker in the running stack: new copies NAME:K start at once; "
+        "scaling down stops the newest copies first, one at a time, each as 'procguard stop' does. "
+        "The count lasts until the stack stops (procguard.toml's instances is what the next 'up' runs)."
+    )
+    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
+    parser.add_argument(
+        "count", metavar="N", help="how many copies (1 to 64; 'procguard stop NAME' stops them all)"
+    )
+    _common(parser)
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from ..copies import parse_address
+    from ..copies import parse_count as parse_copies
+
+    count = parse_copies(args.count, what="N")
+    address = parse_address(args.name)
+    if address.copy is not None:
+        raise UsageError(f"scale takes a worker, not a copy ({args.name!r}; use {address.name})")
+    target = _target(args)
+    target.check_names([args.name])
+    # Scaling down stops one copy after the other: wait for as many stops as there are copies.
+    running = _request(target, {"cmd": "status", "names": [args.name]}, timeout=10.0)
+    have = len(running.get("workers", [])) if running.get("ok", True) else 0
+    timeout = max(1, have - count) * target.budget(args.name)
+    reply = _request(target, {"cmd": "scale", "name": args.name, "count": count}, timeout=timeout)
+    if not reply.get("ok"):
+        sys.stderr.write(f"procguard scale: {reply.get('error', 'failed')}\n")
+        return int(reply.get("exit_status", ExitStatus.ERROR))
+    print(reply.get("message", "ok"))
+    return ExitStatus.OK
+
+
 # -- logs -----------------------------------------------------------------------------
 
 
 def configure_logs(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Print the last lines of a worker's log file (works without a running supervisor)."
+    parser.description = (
+        "Print the last lines of a worker's log file (works without a running supervisor). "
+        "A worker with copies: every copy's lines, each prefixed with the copy's name, in time order."
+    )
     _worker_name(parser)
     _common(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
     parser.add_argument("-n", "--lines", default="50", metavar="N", help="how many lines (default 50)")
 
 
+def _copy_logs(state_dir: Path, project: str, name: str) -> dict[str, Path]:
+    """The log files ``name`` means, by copy name: ``X:K`` one copy's, ``X`` every copy's that has one.
+
+    The first copy of a worker declared with one copy logs to ``X.log``, so
+    ``X:1`` falls back to it; a worker without copies has just ``X.log``.
+    """
+    from ..copies import parse_address
+    from ..supervisor.logs import log_dir, log_path
+
+    address = parse_address(name)
+    if address.copy is not None:
+        path = log_path(state_dir, project, name)
+        if address.copy == 1 and not path.exists():
+            path = log_path(state_dir, project, address.name)
+        return {name: path}
+    found = {}
+    for path in log_dir(state_dir, project).glob(f"{address.name}:*.log"):
+        index = path.name[len(address.name) + 1 : -len(".log")]
+        if index.isdigit():
+            found[int(index)] = path
+    plain = log_path(state_dir, project, address.name)
+    if not found:
+        return {name: plain}
+    copies = {f"{address.name}:{index}": found[index] for index in sorted(found)}
+    if plain.exists():  # copy 1 of a worker declared with one copy, scaled since
+        copies = {address.name: plain, **copies}
+    return copies
+
+
 def run_logs(args: argparse.Namespace) -> int:
-    from ..supervisor.logs import follow, log_path, tail
+    from ..supervisor.logs import follow, follow_labelled, tail, tail_labelled
 
     lines = parse_count(args.lines, what="--lines")
     target = _target(args, files="logs")
     target.check_names([args.name])
-    path = log_path(target.state_dir, target.project, args.name)
+    paths = _copy_logs(target.state_dir, target.project, args.name)
+    out = sys.stdout.buffer
+    if len(paths) > 1:
+        for line in tail_labelled(paths, lines):
+            out.write(line + b"\n")
+        out.flush()
+        if args.follow:
+            for chunk in follow_labelled(paths):
+                out.write(chunk)
+                out.flush()
+        return ExitStatus.OK
+    path = next(iter(paths.values()))
     if not path.exists():
         others = ""
         if target.config is None:
@@ -465,7 +573,6 @@ def run_logs(args: argparse.Namespace) -> int:
             others = f"; logs of stack {target.project!r}: {', '.join(logged) or 'none'}"
         sys.stderr.write(f"procguard logs: no log for {args.name!r} yet ({path} does not exist{others})\n")
         return ExitStatus.ERROR
-    out = sys.stdout.buffer
     for line in tail(path, lines):
         out.write(line + b"\n")
     out.flush()
@@ -489,6 +596,13 @@ def configure_history(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker", metavar="NAME", help="only this worker")
 
 
+def _names_copy(address: Address, worker: str) -> bool:
+    """True when history's ``worker`` (a copy's name) is what ``address`` names."""
+    if address.copy is None:
+        return worker == address.name or worker.startswith(f"{address.name}:")
+    return worker == str(address) or (address.copy == 1 and worker == address.name)
+
+
 def run_history(args: argparse.Namespace) -> int:
     from ..supervisor.history import Event, db_path, read_events
 
@@ -504,14 +618,18 @@ def run_history(args: argparse.Namespace) -> int:
         path = db_path(target.state_dir)
         events = read_events(path, project=target.project, limit=0 if args.worker else limit)
         if args.worker:
+            from ..copies import parse_address
+
+            address = parse_address(args.worker)
             known = sorted({e.worker for e in events})
-            if target.config is None and args.worker not in known:
+            wanted = {e.worker for e in events if _names_copy(address, e.worker)}
+            if target.config is None and not wanted:
                 msg = (
                     f"unknown worker {args.worker!r} in the history of stack {target.project!r} "
                     f"(use one of: {', '.join(known)})"
                 )
                 raise UsageError(msg)
-            events = [e for e in events if e.worker == args.worker][: limit or None]
+            events = [e for e in events if e.worker in wanted][: limit or None]
     if args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
         return ExitStatus.OK

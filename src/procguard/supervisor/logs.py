@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -250,34 +251,97 @@ def tail(path: Path, lines: int) -> list[bytes]:
     return result[-lines:]
 
 
+class _Follower:
+    """Reads what is appended to one log file, across rotations, one step at a time (never blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = os.fdopen(open_for_reading(path), "rb")
+        self._handle.seek(0, os.SEEK_END)
+        self._inode = os.fstat(self._handle.fileno()).st_ino
+
+    def read(self) -> bytes:
+        """What was appended since the last call (b"" when nothing was)."""
+        data = self._handle.read()
+        if data:
+            return data
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            return b""
+        if current.st_ino != self._inode or current.st_size < self._handle.tell():
+            try:
+                fd = open_for_reading(self.path)
+            except FileNotFoundError:  # between the two renames of a rotation
+                return b""
+            self._handle.close()
+            self._handle = os.fdopen(fd, "rb")
+            self._inode = os.fstat(fd).st_ino
+            return self._handle.read()
+        return b""
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 def follow(
     path: Path, *, poll_s: float = 0.2, keep_going: Callable[[], bool] = lambda: True
 ) -> Iterator[bytes]:
     """Yield data appended to ``path`` from now on, across rotations, while ``keep_going()``."""
-    handle = os.fdopen(open_for_reading(path), "rb")
+    follower = _Follower(path)
     try:
-        handle.seek(0, os.SEEK_END)
-        inode = os.fstat(handle.fileno()).st_ino
         while keep_going():
-            data = handle.read()
+            data = follower.read()
             if data:
                 yield data
-                continue
-            try:
-                current = os.lstat(path)
-            except FileNotFoundError:
+            else:
                 time.sleep(poll_s)
-                continue
-            if current.st_ino != inode or current.st_size < handle.tell():
-                try:
-                    fd = open_for_reading(path)
-                except FileNotFoundError:  # between the two renames of a rotation
-                    time.sleep(poll_s)
-                    continue
-                handle.close()
-                handle = os.fdopen(fd, "rb")
-                inode = os.fstat(fd).st_ino
-                continue
-            time.sleep(poll_s)
     finally:
-        handle.close()
+        follower.close()
+
+
+_STAMP_RE = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2} ")
+
+
+def tail_labelled(paths: Mapping[str, Path], lines: int) -> list[bytes]:
+    """The last ``lines`` lines of several logs, each prefixed ``LABEL | ``, in time order.
+
+    Each log line starts with its time stamp, so the lines of the copies of
+    one worker merge in the order they were written (to the second; lines
+    of the same second keep each file's order).
+    """
+    width = max((len(label) for label in paths), default=0)
+    stamped: list[tuple[bytes, int, bytes]] = []
+    for label, path in paths.items():
+        prefix = label.ljust(width).encode() + b" | "
+        stamp = b""
+        for line in tail(path, lines):
+            if _STAMP_RE.match(line):
+                stamp = line[:19]  # a line without one (the rest of a multi-line note) keeps the last
+            stamped.append((stamp, len(stamped), prefix + line))
+    stamped.sort()
+    return [line for _stamp, _order, line in stamped[-lines:]] if lines > 0 else []
+
+
+def follow_labelled(
+    paths: Mapping[str, Path], *, poll_s: float = 0.2, keep_going: Callable[[], bool] = lambda: True
+) -> Iterator[bytes]:
+    """Yield whole lines appended to several logs from now on, each prefixed ``LABEL | ``."""
+    width = max((len(label) for label in paths), default=0)
+    followers = [
+        (label.ljust(width).encode() + b" | ", _Follower(path), LineSplitter())
+        for label, path in paths.items()
+    ]
+    try:
+        while keep_going():
+            seen = False
+            for prefix, follower, splitter in followers:
+                data = follower.read()
+                if data:
+                    seen = True
+                    yield b"".join(prefix + line + b"\n" for line in splitter.feed(data))
+            if not seen:
+                time.sleep(poll_s)
+    finally:
+        for _prefix, follower, _splitter in followers:
+            follower.close()

@@ -27,6 +27,7 @@ change (:meth:`Supervisor.view`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -37,7 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..config import StackConfig, start_order
+from ..config import StackConfig, port_clash, start_order
+from ..copies import copy_name
 from ..errors import PATH_SHOWN_MAX, UsageError, shown
 from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
@@ -130,29 +132,18 @@ class Supervisor:
         self._on_ready: Callable[[], None] | None = None
         self._view = View(project=self.project, supervisor_pid=os.getpid())
         log_dir(state_dir, self.project, create=True)
-        base_dir = config.path.parent
-        width = max(len(name) for name in config.workers)
-        argv = list(procguard) if procguard is not None else default_procguard()
+        self._terminal = terminal
+        self._procguard = list(procguard) if procguard is not None else default_procguard()
         # One id in every marker this supervisor gives out: when it is gone, its
         # watchdog stops what still carries one (a grandchild that left its group).
         self.run_id = new_run()
+        #: Every copy of every worker, by copy name, in procguard.toml's order then by copy.
         self.workers: dict[str, Worker] = {}
+        self._leaving: list[Worker] = []  # copies taken away, forgotten at the end of the loop's turn
+        self._width = max(len(copy_name(n, c.instances, plain_first=c.instances == 1))
+                          for n, c in config.workers.items())
         for name, worker_config in config.workers.items():
-            log = RotatingFile(
-                log_path(state_dir, self.project, name),
-                max_bytes=config.project.log_max_bytes,
-                backups=config.project.log_backups,
-            )
-            output = WorkerOutput(name, log, terminal=terminal, width=width, clock=wall_clock)
-            self.workers[name] = Worker(
-                worker_config,
-                project=self.project,
-                base_dir=base_dir,
-                procguard=argv,
-                output=output,
-                state_dir=state_dir,
-                run=self.run_id,
-            )
+            self.add_copies(name, range(1, worker_config.instances + 1), worker_config.instances)
         self.history = History(db_path(state_dir))
         self.control: ControlServer | None = None
         self._watchdog = WatchdogLink(
@@ -180,8 +171,81 @@ class Supervisor:
             lifecycle=self.lifecycle,
             stop_all=self._stop_all,
             publish=self._publish,
+            copies=self,
             clock=clock,
         )
+
+    # -- copies (procguard.toml's instances, procguard scale) -------------------------
+
+    def add_copies(self, group: str, indices: Sequence[int], count: int) -> list[Worker]:
+        """Make copies ``indices`` of worker ``group`` (not started), each told there are ``count``."""
+        config = self.config.workers[group]
+        made = []
+        for index in indices:
+            name = copy_name(group, index, plain_first=config.instances == 1)
+            log = RotatingFile(
+                log_path(self.state_dir, self.project, name),
+                max_bytes=self.config.project.log_max_bytes,
+                backups=self.config.project.log_backups,
+            )
+            output = WorkerOutput(name, log, terminal=self._terminal, width=self._width, clock=self._wall)
+            worker = Worker(
+                config,
+                project=self.project,
+                base_dir=self.config.path.parent,
+                procguard=self._procguard,
+                output=output,
+                state_dir=self.state_dir,
+                run=self.run_id,
+                index=index,
+                count=count,
+            )
+            self.workers[worker.name] = worker
+            made.append(worker)
+        self._order_workers()
+        return made
+
+    def _order_workers(self) -> None:
+        """Keep the workers in procguard.toml's order, each worker's copies by number."""
+        position = {name: i for i, name in enumerate(self.config.workers)}
+        ordered = sorted(self.workers.values(), key=lambda w: (position[w.group], w.index))
+        self.workers.clear()  # the same dict: the stop and the commands hold it
+        self.workers.update((w.name, w) for w in ordered)
+
+    def remove_copy(self, worker: Worker) -> None:
+        """Forget a copy ``procguard scale`` took away (it has no process) once this turn of the
+        loop is over (the loop may be going through the workers now)."""
+        assert not worker.state.has_process
+        self._leaving.append(worker)
+
+    def _forget_leaving(self) -> None:
+        """Drop the copies taken away: their pipes, log, health port, place among the workers."""
+        leaving, self._leaving = self._leaving, []
+        for worker in leaving:
+            self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        self._unwatch_link(worker)
+        if worker.output_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.output_fd)
+            os.close(worker.output_fd)
+            worker.output_fd = None
+        worker.output.close()
+        if self._health_ports is not None:
+            self._health_ports.close(worker.name)
+        del self.workers[worker.name]
+        self._probe_targets_changed()
+        self._publish_pending = True
+
+    def port_clash(self, group: str, count: int) -> str | None:
+        """The health port ``group`` with ``count`` copies would share (the others as they run now)."""
+        counts: dict[str, int] = {}
+        for worker in self.workers.values():
+            counts[worker.group] = max(counts.get(worker.group, 0), worker.index)
+        counts[group] = count
+        project = dataclasses.replace(self.config.project, status_port=self.status_port)
+        return port_clash(project, self.config.workers, counts=counts)
 
     # -- public ----------------------------------------------------------------
 
@@ -227,8 +291,9 @@ class Supervisor:
                 len(selected),
                 ", ".join(selected),
             )
-            for name in selected:
-                self.workers[name].want_start = True
+            for worker in self.workers.values():
+                if worker.group in selected:
+                    worker.want_start = True
             self._loop()
         finally:
             self._prober.stop()
@@ -273,6 +338,7 @@ class Supervisor:
             self._apply_probe_results()
             if self._health_ports is not None:
                 self._health_ports.reconcile(self.workers.values())
+            self._forget_leaving()
 
     def _next_timeout(self, now: float) -> float:
         deadlines = []
@@ -384,7 +450,9 @@ class Supervisor:
     def _apply_probe_results(self) -> None:
         now = self._clock()
         for result in self._prober.results():
-            self.lifecycle.probe_result(self.workers[result.name], result, now)
+            worker = self.workers.get(result.name)
+            if worker is not None:  # None: a copy taken away since
+                self.lifecycle.probe_result(worker, result, now)
 
     # -- worker output and probe targets (the lifecycle's hooks) --------------------
 
