@@ -655,6 +655,15 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
     return flags
 
 
+def own_texts(worker: WorkerConfig) -> list[str]:
+    """Every text of a worker's own that a generated file carries (program, arguments, env, cwd).
+
+    A renderer that stands a placeholder in for a copy's number until its
+    escaping is done checks first that none of these holds the placeholder.
+    """
+    return [worker.run or "", *(worker.command or ()), *worker.args, *worker.env.values(), worker.cwd or ""]
+
+
 def worker_argv(
     worker: WorkerConfig,
     *,

@@ -87,3 +87,4 @@ def parse_count(value: object, *, what: str | None = None) -> int:
             msg = f"{what}: {msg}"
         raise UsageError(msg)
     return number
+
