@@ -53,6 +53,15 @@ def _refused(port: int) -> bool:
         return True
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _events(directory: Path) -> list[tuple[str, str, float]]:
     """The SIGTERM records of the copies: (what, copy, monotonic time)."""
     return [(w, k, float(t)) for w, k, t in (line.split() for line in lines(directory / "events"))]
@@ -64,14 +73,19 @@ def _names(stack: Stack) -> list[str]:
 
 @pytest.fixture
 def copies_stack(tmp_path: Path, state_dir: Path, spawn: Any) -> tuple[Stack, int, int, Path]:
-    """``api``: a command with 3 copies and health port P; ``fn``: a function worker with 2 copies."""
+    """``api``: a command with 3 copies and health port P; ``fn``: a function worker with 2 copies and
+    health port Q (the test reads it as P+100)."""
     port, status_port = free_ports(4), free_port()  # P..P+2, and P+3 that nobody holds
+    fn_port = port + 100
+    while not all(_bindable(p) for p in (fn_port, fn_port + 1)):
+        port = free_ports(4)
+        fn_port = port + 100
     directory = tmp_path / "records"
     directory.mkdir()
     config = write_config(tmp_path, {
         "api": {"command": worker_cmd("copy_worker.py", directory), "instances": 3, "health_port": port},
         "fn": {"run": "tests.supervisor_workers.targets:write_copy_env", "interval": "0.5s", "instances": 2,
-               "env": {"COPY_DIR": str(directory)}},
+               "health_port": fn_port, "env": {"COPY_DIR": str(directory)}},
     }, project=f"copies{os.getpid()}", defaults={"grace": "5s"}, status_port=status_port)
     stack = Stack(config, state_dir, spawn, project=f"copies{os.getpid()}", tuning=FAST)
     stack.up()
@@ -179,7 +193,7 @@ def test_three_copies_run_are_shown_stopped_and_scaled(copies_stack: tuple[Stack
 
 
 def test_a_function_worker_runs_two_copies(copies_stack: tuple[Stack, int, int, Path]) -> None:
-    stack, _port, _status_port, directory = copies_stack
+    stack, port, _status_port, directory = copies_stack
     facts = {k: _facts(directory, f"fn-{k}") for k in (1, 2)}
     pids = {k: stack.wait_state(f"fn:{k}", "running")["pid"] for k in (1, 2)}
     for k in (1, 2):
@@ -188,6 +202,11 @@ def test_a_function_worker_runs_two_copies(copies_stack: tuple[Stack, int, int, 
         assert facts[k]["PROCGUARD_INSTANCE"].startswith(f"{stack.project}.fn:{k}:")
         cmdline = Path(f"/proc/{pids[k]}/cmdline").read_bytes().split(b"\0")
         assert cmdline[cmdline.index(b"--name") + 1] == f"{stack.project}.fn:{k}".encode()
+        # each copy's port answers from that copy's own published snapshot
+        stack.wait_worker(f"fn:{k}", lambda w: w["health"] == "HTTP 200", what="healthy")
+        status, _headers, body = get(port + 100 + k - 1, "/metrics", Accept="application/json")
+        assert status == 200, body
+        assert json.loads(body)["metrics"]["pid"] == pids[k], body
     restarted = stack.cli("restart", "fn:2")
     assert restarted.returncode == 0, restarted.stderr
     new = stack.wait_state("fn:2", "running")["pid"]
@@ -223,3 +242,33 @@ def test_check_and_up_refuse_copies_whose_ports_overlap(tmp_path: Path, state_di
                                 text=True, timeout=60, check=False)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == f"procguard {command}: {expected}"
+
+
+def test_scale_refuses_what_it_cannot_do_in_one_line(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
+    port = free_ports(4)
+    sleeper = worker_cmd("ticker.py", tmp_path / "ticks")
+    config = write_config(tmp_path, {
+        "a": {"command": sleeper, "instances": 2, "health_port": port},
+        "b": {"command": sleeper, "health_port": port + 3},
+    }, project=f"refuse{os.getpid()}", defaults={"grace": "5s"})
+    stack = Stack(config, state_dir, spawn, project=f"refuse{os.getpid()}", tuning=FAST)
+    stack.up()
+    for name in ("a:1", "a:2", "b"):
+        stack.wait_state(name, "running")
+    refused = {
+        ("a", "4"): f"procguard scale: cannot scale a to 4: workers.b.health_port: port {port + 3} is already used "
+                    "by workers.a.health_port (copy 4 of 4) (use a free port or fewer instances)",
+        ("a", "0"): "procguard scale: N: '0' is not a number of copies (use a whole number from 1 to 64)",
+        ("a", "65"): "procguard scale: N: '65' is not a number of copies (use a whole number from 1 to 64)",
+        ("a:1", "2"): "procguard scale: scale takes a worker, not a copy ('a:1'; use a)",
+        ("nope", "2"): f"procguard scale: unknown worker 'nope' in {config} (use one of: a, b)",
+    }
+    for (name, count), message in refused.items():
+        result = stack.cli("scale", name, count)
+        assert (result.returncode, result.stderr.strip()) == (2, message)
+    assert _names(stack) == ["a:1", "a:2", "b"]  # nothing started, nothing stopped
+    assert _refused(port + 2)
+    grown = stack.cli("scale", "a", "3")  # up to the port before b's
+    assert grown.returncode == 0, grown.stderr
+    stack.wait_state("a:3", "running")
+    assert get(port + 2, "/health")[0] == 200
