@@ -72,6 +72,8 @@ S = WorkerState
 PUBLISH_INTERVAL_S = 0.25
 #: A worker due for a sample this close after a regular tick is sampled at that tick.
 TICK_SLACK_S = 0.001
+#: At most this many reads of a reaped worker's output before its stop note (64 KiB each).
+DRAIN_READS = 16
 
 __all__ = [
     "PUBLISH_INTERVAL_S",
@@ -443,6 +445,7 @@ class Supervisor:
             for worker in self.workers.values():
                 if worker.pid == pid:
                     self._unwatch_link(worker)
+                    self._drain_output(worker)
                     self.lifecycle.exited(worker, status)
                     break
             # Anything else is an orphaned grandchild we adopted as subreaper: reaped, nothing more.
@@ -475,21 +478,31 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(link.fileno())
 
-    def _read_output(self, worker: Worker, fd: int) -> None:
+    def _drain_output(self, worker: Worker) -> None:
+        """Take what the reaped process wrote before it exited, so its stop note comes after it
+        (the loop may reap it before it has read the pipe). Bounded: a child of the worker that
+        still holds the pipe and keeps writing is read on the loop's next turns."""
+        for _ in range(DRAIN_READS):
+            if worker.output_fd is None or not self._read_output(worker, worker.output_fd):
+                return
+
+    def _read_output(self, worker: Worker, fd: int) -> bool:
+        """Read one chunk of the worker's output; False once none is waiting (or the pipe is closed)."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if data:
             worker.output.feed(data)
-            return
+            return True
         self._selector.unregister(fd)
         os.close(fd)
         if worker.output_fd == fd:
             worker.output_fd = None
         worker.output.flush()
+        return False
 
     def _serving_thread(self) -> ServingThread:
         if self._serving is None:
