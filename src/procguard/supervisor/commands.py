@@ -89,6 +89,8 @@ class ControlCommands:
         if cmd == "status":
             names = request.get("names") or []
             try:
+                if not isinstance(names, list):
+                    raise UsageError(f"names: {names!r} is not a list of worker names")
                 shown = self.resolve_all(names) if names else list(self._workers.values())
             except UsageError as error:
                 peer.send(_error(str(error)))
