@@ -115,6 +115,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that were free a moment ago.
+
+    Taken below the kernel's ephemeral range, so that no outgoing connection
+    (of this test or of anything else on the machine) is handed one of them
+    meanwhile, as happens to neighbours of a port 0 gave out.
+    """
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        first = random.randrange(20000, min(low, 32768) - count)
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    msg = f"no {count} consecutive free ports"
+    raise RuntimeError(msg)
+
+
 def python_env(**extra: str) -> dict[str, str]:
     """Environment for a child Python that imports procguard and the repo's examples."""
     env = dict(os.environ)

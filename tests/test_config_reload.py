@@ -166,3 +166,35 @@ def test_workers_trading_health_ports_wait_for_each_other(tmp_path: Path, state_
              message=lambda: f"each port answering for its new worker: {now}")
     crashed = [e for e in json.loads(stack.cli("history", "--json", "-n", "0").stdout) if e["reason"] == "crashed"]
     assert crashed == [], "a worker tried its new port before the other let go of it"
+
+
+def test_reload_of_instances_adds_and_removes_copies_and_leaves_the_others_running(
+    tmp_path: Path, state_dir: Path, spawn: Any
+) -> None:
+    """A changed ``instances`` alone: missing copies start, the highest-numbered go, the rest keep their PIDs."""
+    def workers(count: int) -> dict[str, dict[str, Any]]:
+        return {"w": {"command": worker_cmd("slowstop.py", tmp_path / "w", 0), "instances": count}}
+
+    config = write_config(tmp_path, workers(1), defaults={"grace": "5s"})
+    stack = Stack(config, state_dir, spawn, tuning=FAST)
+    stack.up()
+    stack.wait_state("w", "running")
+    first = _by_name(stack)["w"]["pid"]
+
+    write_config(tmp_path, workers(3), defaults={"grace": "5s"})
+    grown = stack.cli("reload")
+    assert grown.returncode == 0, grown.stderr
+    assert [line.split()[0] for line in grown.stdout.splitlines()] == ["w:2:", "w:3:"]
+    assert all("changed: instances 1 -> 3" in line for line in grown.stdout.splitlines())
+    for name in ("w:2", "w:3"):
+        stack.wait_state(name, "running")
+    after = _by_name(stack)
+    assert list(after) == ["w", "w:2", "w:3"] and after["w"]["pid"] == first
+
+    write_config(tmp_path, workers(2), defaults={"grace": "5s"})
+    shrunk = stack.cli("reload")
+    assert shrunk.returncode == 0, shrunk.stderr
+    assert shrunk.stdout.splitlines() == ["w:3: removed"]
+    wait_for(lambda: list(_by_name(stack)) == ["w", "w:2"], message="copy 3 gone")
+    final = _by_name(stack)
+    assert final["w"]["pid"] == first and final["w:2"]["pid"] == after["w:2"]["pid"]

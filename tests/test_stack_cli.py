@@ -295,11 +295,11 @@ def test_commands_in_a_state_dir_where_nothing_ever_ran(tmp_path: Path, state_di
 
 #: Each command's required positionals, so that only --state-dir is under test.
 _POSITIONALS = {"run": ["pkg.mod:fn"], "cleanup": ["all"], "start": ["api"], "stop": ["api"],
-                "restart": ["api"], "logs": ["api"], "signal": ["api", "HUP"]}
+                "restart": ["api"], "logs": ["api"], "signal": ["api", "HUP"], "scale": ["api", "2"]}
 
 
 @pytest.mark.parametrize("command", ["run", "ps", "cleanup", "up", "down", "status", "start", "stop",
-                                     "restart", "signal", "reload", "logs", "history"])
+                                     "restart", "signal", "scale", "reload", "logs", "history"])
 def test_every_command_that_touches_state_takes_state_dir(command: str) -> None:
     from procguard.cli.main import COMMANDS, build_parser
 
@@ -312,7 +312,7 @@ def test_every_command_that_touches_state_takes_state_dir(command: str) -> None:
 def test_the_state_dir_check_covers_every_command_but_check_and_deploy() -> None:
     from procguard.cli.main import COMMANDS
 
-    covered = {"run", "ps", "cleanup", "up", "down", "status", "start", "stop", "restart", "signal", "reload",
+    covered = {"run", "ps", "cleanup", "up", "down", "status", "start", "stop", "restart", "signal", "scale", "reload",
                "logs", "history"}
     assert set(COMMANDS) - {"check", "deploy"} == covered
 

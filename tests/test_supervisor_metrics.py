@@ -32,8 +32,9 @@ def scrape(port: int, accept: str = "text/plain; version=0.0.4") -> str:
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Each sample by name and labels, as Prometheus stores it: a label with an empty value is no label."""
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if v))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, get_args
 
+from .copies import MAX_INSTANCES, copy_port
+from .copies import parse_count as parse_instances
 from .errors import ConfigError, UsageError, shown
 from .limits import SETTINGS, Setting, WorkerLimits
 from .units import MB, parse_count, parse_duration, parse_port, parse_size
@@ -71,7 +73,8 @@ class WorkerConfig:
     ``run`` (function mode) and ``command`` (an external program) is set. A
     relative ``cwd`` is relative to the config file's directory (``procguard
     up``) or to the deploy working directory (``procguard deploy``).
-    Durations are seconds.
+    Durations are seconds. ``instances`` is how many copies run
+    (:mod:`procguard.copies`); ``limits.health_port`` is the first copy's.
     """
 
     name: str
@@ -88,6 +91,7 @@ class WorkerConfig:
     start_limit: int = 5
     start_limit_interval_s: float = 60.0
     depends_on: tuple[str, ...] = ()
+    instances: int = 1
 
     @property
     def mode(self) -> str:
@@ -291,7 +295,16 @@ _STACK_KEYS: dict[str, Key] = {
         "window of `start_limit`; default 60s",
     ),
     "depends_on": Key("depends_on", _str_list, "workers started before (and stopped after) this one"),
+    "instances": Key(
+        "instances",
+        _wrap(parse_instances),
+        f"copies of this worker, each its own process `NAME:K` with health port P+K-1; 1 to"
+        f" {MAX_INSTANCES}, default 1 (in `[workers.NAME]` only)",
+    ),
 }
+
+#: Keys that describe one worker and have no meaning in ``[defaults]``.
+_WORKER_ONLY = frozenset({"instances"})
 
 #: The lifecycle keys, from their one declaration in procguard.limits.
 LIFECYCLE_KEYS: dict[str, Key] = {
@@ -393,18 +406,60 @@ def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
         visit(name, [])
 
 
-def _check_ports(ctx: _Ctx, project: ProjectConfig, workers: Mapping[str, WorkerConfig]) -> None:
+def port_owners(
+    project: ProjectConfig, workers: Mapping[str, WorkerConfig], *, counts: Mapping[str, int] | None = None
+) -> dict[int, str]:
+    """Which port is whose: the status port and each copy's health port (P+K-1).
+
+    ``counts`` overrides a worker's number of copies (``procguard scale``
+    checks the ports of the count it is asked for). The first owner of a
+    port wins; :func:`port_clash` says which port is taken twice.
+    """
+    return _owners(project, workers, counts or {})[0]
+
+
+def _owners(
+    project: ProjectConfig, workers: Mapping[str, WorkerConfig], counts: Mapping[str, int]
+) -> tuple[dict[int, str], tuple[str, int, str] | None]:
     owners: dict[int, str] = {}
+    clash: tuple[str, int, str] | None = None
     if project.status_port:
         owners[project.status_port] = "project.status_port"
     for worker in workers.values():
-        port = worker.limits.health_port
-        if port is None:
-            continue
-        key = f"workers.{worker.name}.health_port"
-        if port in owners:
-            raise ctx.error(key, f"port {port} is already used by {owners[port]} (use a free port)")
-        owners[port] = key
+        count = counts.get(worker.name, worker.instances)
+        for index in range(1, count + 1):
+            port = copy_port(worker.limits.health_port, index)
+            if port is None:
+                break
+            who = f"workers.{worker.name}.health_port"
+            if count > 1:
+                who += f" (copy {index} of {count})"
+            if port in owners or port > 65535:
+                if clash is None:
+                    clash = (who, port, owners.get(port, "nothing: past 65535"))
+                continue
+            owners[port] = who
+    return owners, clash
+
+
+def port_clash(
+    project: ProjectConfig, workers: Mapping[str, WorkerConfig], *, counts: Mapping[str, int] | None = None
+) -> str | None:
+    """The first port two owners share (or past 65535), in one line naming both; None if none."""
+    clash = _owners(project, workers, counts or {})[1]
+    if clash is None:
+        return None
+    who, port, other = clash
+    if port > 65535:
+        return f"{who}: port {port} is past 65535 (use a lower health_port or fewer instances)"
+    fewer = " or fewer instances" if "(copy " in who + other else ""
+    return f"{who}: port {port} is already used by {other} (use a free port{fewer})"
+
+
+def _check_ports(ctx: _Ctx, project: ProjectConfig, workers: Mapping[str, WorkerConfig]) -> None:
+    clash = port_clash(project, workers)
+    if clash is not None:
+        raise ConfigError(clash, path=ctx.path)
 
 
 def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> StackConfig:
@@ -428,7 +483,10 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
     project_values.setdefault("name", _default_project_name(file_path))
     project = ProjectConfig(**project_values)
 
-    defaults = _convert(ctx, "defaults", _table(ctx, "defaults", data.get("defaults", {})), WORKER_KEYS)
+    raw_defaults = _table(ctx, "defaults", data.get("defaults", {}))
+    for key in sorted(_WORKER_ONLY & set(raw_defaults)):
+        raise ctx.error(f"defaults.{key}", "applies to one worker only (put it in [workers.NAME])")
+    defaults = _convert(ctx, "defaults", raw_defaults, WORKER_KEYS)
 
     raw_workers = _table(ctx, "workers", data.get("workers", {}))
     if not raw_workers:
@@ -595,6 +653,15 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
             value = health_host or value
         flags += [setting.flag, setting.format(value)]
     return flags
+
+
+def own_texts(worker: WorkerConfig) -> list[str]:
+    """Every text of a worker's own that a generated file carries (program, arguments, env, cwd).
+
+    A renderer that stands a placeholder in for a copy's number until its
+    escaping is done checks first that none of these holds the placeholder.
+    """
+    return [worker.run or "", *(worker.command or ()), *worker.args, *worker.env.values(), worker.cwd or ""]
 
 
 def worker_argv(

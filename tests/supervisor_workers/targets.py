@@ -13,3 +13,17 @@ def write_marker() -> None:
 
     with open(os.environ["MARKER_OUT"], "w") as out:
         out.write(os.environ.get("PROCGUARD_INSTANCE", ""))
+
+
+def write_copy_env() -> None:
+    """Write this copy's pid and copy variables to $COPY_DIR/fn-K (K: its PROCGUARD_INSTANCE_INDEX)."""
+    import json
+    import os
+
+    index = os.environ.get("PROCGUARD_INSTANCE_INDEX", "?")
+    facts = {k: os.environ.get(k) for k in ("PROCGUARD_INSTANCE_INDEX", "PROCGUARD_INSTANCES", "PROCGUARD_INSTANCE")}
+    facts["pid"] = str(os.getpid())
+    path = os.path.join(os.environ["COPY_DIR"], f"fn-{index}")
+    with open(f"{path}.tmp", "w") as out:
+        out.write(json.dumps(facts))
+    os.replace(f"{path}.tmp", path)

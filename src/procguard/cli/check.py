@@ -44,7 +44,11 @@ def run_check(args: argparse.Namespace) -> int:
         limit = worker.limits.memory_limit_bytes
         memory = format_bytes(limit) if limit else "no limit"
         runtime = _duration(worker.limits.max_runtime_s) if worker.limits.max_runtime_s else "no limit"
-        port = f", health :{worker.limits.health_port}" if worker.limits.health_port else ""
+        port = worker.limits.health_port
+        ports = ""
+        if port:
+            ports = f", health :{port}" + (f"-{port + worker.instances - 1}" if worker.instances > 1 else "")
+        copies = f", {worker.instances} copies" if worker.instances > 1 else ""
         grace = worker.limits.grace_s
-        print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{port})")
+        print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{ports}{copies})")
     return ExitStatus.OK

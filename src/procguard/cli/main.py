@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("stack", "stop workers of the running supervisor (names, globs, all)"),
     "restart": ("stack", "restart workers of the running supervisor (names, globs, all)"),
     "signal": ("stack", "send a signal (HUP, USR1, ...) to workers of the running supervisor"),
+    "scale": ("stack", "change how many copies of a worker the running supervisor runs"),
     "reload": ("stack", "re-read procguard.toml and apply the changes to the running stack"),
     "logs": ("stack", "print (or follow) the logs of one worker, or of all, interleaved"),
     "history": ("stack", "show past starts and stops, newest first"),

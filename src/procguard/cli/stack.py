@@ -1,4 +1,4 @@
-"""``procguard up/down/status/start/stop/restart/signal/reload/logs/history``: a whole stack.
+"""``procguard up/down/status/start/stop/restart/signal/scale/reload/logs/history``: a whole stack.
 
 ``up`` runs the supervisor (:mod:`procguard.supervisor`) in the foreground
 or, with ``--detach``, as a daemon; the other commands talk to it through
@@ -26,13 +26,16 @@ Exit statuses (documented in the command help):
   supervisor runs for the stack; ``down`` then says so and exits 0 (the
   stack is down, which is what was asked). 1 when a worker did not make the
   transition (could not start; ``signal``: was not running).
-- Worker names are words of :mod:`procguard.supervisor.selection` (names,
-  ``all``, shell patterns): a word that matches no worker is 2, listing the
-  known ones, and nothing is done. No stack named while several run: 2,
-  listing their project names.
+- Worker names are words of :mod:`procguard.supervisor.selection` (names:
+  every copy of a worker, one copy ``X:K``, ``all``, shell patterns): a word
+  that matches no worker is 2, listing the known ones, and nothing is done.
+  No stack named while several run: 2, listing their project names.
 - ``reload``: 2 for a file that does not load or changes what a running
   stack cannot take; nothing is applied then.
 - ``logs``: 1 when there is no log file (yet).
+- ``scale``: 0 once the copies it added run or the ones it took away have
+  stopped; 2 for a count outside 1..64 or a health port a new copy would
+  share; 3 when no supervisor runs.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ..units import format_duration, parse_count, parse_port
 
 if TYPE_CHECKING:
     from ..config import StackConfig
+    from ..copies import Address
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +91,19 @@ def _load(args: argparse.Namespace) -> tuple[StackConfig, Path]:
 
 
 def _selected(config: StackConfig, words: list[str]) -> list[str]:
-    """The workers of ``config`` that ``words`` select (names, ``all``, shell patterns)."""
+    """The workers of ``config`` that ``words`` select (names, ``all``, shell patterns; a copy
+    ``X:K`` selects worker ``X``: how many copies run is the supervisor's to say)."""
     from ..supervisor.selection import select
 
-    return select(words, list(config.workers)) if words else []
+    return select(_as_workers(words), list(config.workers)) if words else []
+
+
+def _as_workers(words: list[str]) -> list[str]:
+    """``X:K`` -> ``X`` (patterns and plain names as they are), to check words against a file."""
+    from ..copies import parse_address
+    from ..supervisor.selection import is_pattern
+
+    return [parse_address(w).name if ":" in w and not is_pattern(w) else w for w in words]
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,7 @@ class Target:
 
         check_words(names)
         if self.config is not None:
-            select(names, list(self.config.workers))
+            select(_as_workers(names), list(self.config.workers))
 
     def budget(self, words: list[str] | None = None) -> float:
         """How long to wait for stops: the drain + grace of the workers ``words`` select (of all),
@@ -127,7 +140,7 @@ class Target:
         names = list(workers)
         if words is not None:
             try:
-                names = select(words, names)
+                names = select(_as_workers(words), names)
             except UsageError:
                 pass  # the running supervisor may know them (a reload since): wait for all
         return sum(workers[name].limits.stop_budget_s for name in names) + 30.0
@@ -371,13 +384,23 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
         "Exit status 0 when every worker is as asked, 1 when any is fatal or in backoff, "
         "3 when no supervisor runs for the stack."
     )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these workers (all their copies) or copies NAME:K"
+    )
     _common(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of worker objects")
 
 
 def run_status(args: argparse.Namespace) -> int:
     target = _target(args)
-    reply = _request(target, {"cmd": "status"}, timeout=10.0)
+    target.check_names(args.names)
+    payload: dict[str, Any] = {"cmd": "status"}
+    if args.names:
+        payload["names"] = args.names
+    reply = _request(target, payload, timeout=10.0)
+    if not reply.get("ok", True):
+        sys.stderr.write(f"procguard status: {reply.get('error', 'failed')}\n")
+        return int(reply.get("exit_status", ExitStatus.ERROR))
     workers: list[dict[str, Any]] = reply.get("workers", [])
     troubled = any(w.get("state") in TROUBLED_STATES for w in workers)
     status = ExitStatus.ERROR if troubled else ExitStatus.OK
@@ -536,10 +559,27 @@ def configure_reload(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Re-read the procguard.toml the running supervisor was started with and apply the "
         "difference: added workers start, removed ones stop, changed ones restart with the new "
-        "settings, unchanged ones are not touched (same PID). One line per worker. An invalid file "
+        "settings (a changed instances adds or removes copies), unchanged ones are not touched "
+        "(same PID). One line per worker. An invalid file "
         "changes nothing (exit status 2, the error 'procguard check' gives); so does a change of "
         "project.name, status_port or status_host, which cannot change while the stack runs. "
         "Exit status 1 if a worker could not be started. SIGHUP to 'procguard up' does the same."
+    )
+    _common(parser)
+
+
+# -- scale ----------------------------------------------------------------------------------
+
+
+def configure_scale(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run N copies of a worker in the running stack: new copies NAME:K start at once; "
+        "scaling down stops the newest copies first, one at a time, each as 'procguard stop' does. "
+        "The count lasts until the stack stops (procguard.toml's instances is what the next 'up' runs)."
+    )
+    parser.add_argument("name", metavar="NAME", help="a worker of procguard.toml")
+    parser.add_argument(
+        "count", metavar="N", help="how many copies (1 to 64; 'procguard stop NAME' stops them all)"
     )
     _common(parser)
 
@@ -550,6 +590,24 @@ def run_reload(args: argparse.Namespace) -> int:
     return _print_lines("reload", reply)
 
 
+def run_scale(args: argparse.Namespace) -> int:
+    from ..copies import parse_address
+    from ..copies import parse_count as parse_copies
+
+    count = parse_copies(args.count, what="N")
+    address = parse_address(args.name)
+    if address.copy is not None:
+        raise UsageError(f"scale takes a worker, not a copy ({args.name!r}; use {address.name})")
+    target = _target(args)
+    target.check_names([args.name])
+    # Scaling down stops one copy after the other: wait for as many stops as there are copies.
+    running = _request(target, {"cmd": "status", "names": [args.name]}, timeout=10.0)
+    have = len(running.get("workers", [])) if running.get("ok", True) else 0
+    timeout = max(1, have - count) * target.budget([args.name])
+    reply = _request(target, {"cmd": "scale", "name": args.name, "count": count}, timeout=timeout)
+    return _print_lines("scale", reply)
+
+
 # -- logs -----------------------------------------------------------------------------
 
 
@@ -557,7 +615,8 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Print the last lines of workers' logs (works without a running supervisor). One NAME: its "
         "lines as they are; no NAME (all workers), several, or a shell pattern: their lines "
-        "interleaved in time order, each behind 'name | '. Exit status 1 when there is no log yet."
+        "interleaved in time order, each behind 'name | ' (a worker with copies: every copy's, "
+        "'api:2 | '). Exit status 1 when there is no log yet."
     )
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="a worker, 'all', or a shell pattern (default: all)"
@@ -575,20 +634,36 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
 
 
 def _logged_workers(target: Target) -> list[str]:
-    """Workers whose logs ``logs`` may show: the config's, then any other with a log file here."""
+    """Logs ``logs`` may show: each worker of the config with its copies' logs (``api``,
+    ``api:2``...), then any other worker with a log file here."""
     from ..config import NAME_RE
     from ..supervisor.logs import SUPERVISOR_LOG, log_dir
 
-    names = list(target.config.workers) if target.config is not None else []
+    stems: list[str] = []
     directory = log_dir(target.state_dir, target.project)
     if directory.is_dir():
-        found = sorted(
-            p.name[: -len(".log")]
-            for p in directory.glob("*.log")
-            if p.name != SUPERVISOR_LOG and NAME_RE.match(p.name[: -len(".log")])
-        )
-        names += [name for name in found if name not in names]
+        stems = [p.name[: -len(".log")] for p in directory.glob("*.log") if p.name != SUPERVISOR_LOG]
+    by_worker: dict[str, list[str]] = {}
+    for stem in stems:
+        worker, _, index = stem.partition(":")
+        if NAME_RE.match(worker) and (not index or index.isdigit()):
+            by_worker.setdefault(worker, []).append(stem)
+    order = list(target.config.workers) if target.config is not None else []
+    order += sorted(name for name in by_worker if name not in order)
+    names: list[str] = []
+    for worker in order:
+        logs = sorted(by_worker.get(worker, []), key=lambda n: int(n.partition(":")[2] or 0))
+        names += logs or [worker]
     return names
+
+
+def _copies_of(names: list[str]) -> dict[str, tuple[str, int]]:
+    """Each log name's worker and copy number, for :func:`procguard.supervisor.selection.select`."""
+    found = {}
+    for name in names:
+        worker, _, index = name.partition(":")
+        found[name] = (worker, int(index) if index.isdigit() else 1)
+    return found
 
 
 def run_logs(args: argparse.Namespace) -> int:
@@ -610,7 +685,7 @@ def run_logs(args: argparse.Namespace) -> int:
     if args.names and not known:
         sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
         return ExitStatus.ERROR
-    selected = select(args.names, known) if args.names else known
+    selected = select(args.names, known, _copies_of(known)) if args.names else known
     if args.names and len(selected) == 1:
         return _one_log(args, target, selected[0], lines, since)
     return _many_logs(args, target, selected, lines, since)
@@ -691,6 +766,13 @@ def configure_history(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker", metavar="NAME", help="only this worker")
 
 
+def _names_copy(address: Address, worker: str) -> bool:
+    """True when history's ``worker`` (a copy's name) is what ``address`` names."""
+    if address.copy is None:
+        return worker == address.name or worker.startswith(f"{address.name}:")
+    return worker == str(address) or (address.copy == 1 and worker == address.name)
+
+
 def run_history(args: argparse.Namespace) -> int:
     from ..supervisor.history import Event, db_path, read_events
 
@@ -706,14 +788,18 @@ def run_history(args: argparse.Namespace) -> int:
         path = db_path(target.state_dir)
         events = read_events(path, project=target.project, limit=0 if args.worker else limit)
         if args.worker:
+            from ..copies import parse_address
+
+            address = parse_address(args.worker)
             known = sorted({e.worker for e in events})
-            if target.config is None and args.worker not in known:
+            wanted = {e.worker for e in events if _names_copy(address, e.worker)}
+            if target.config is None and not wanted:
                 msg = (
                     f"unknown worker {args.worker!r} in the history of stack {target.project!r} "
                     f"(use one of: {', '.join(known)})"
                 )
                 raise UsageError(msg)
-            events = [e for e in events if e.worker == args.worker][: limit or None]
+            events = [e for e in events if e.worker in wanted][: limit or None]
     if args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
         return ExitStatus.OK

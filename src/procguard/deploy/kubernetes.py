@@ -9,6 +9,12 @@ on ``/ready`` (flips first on SIGTERM, so traffic drains), a startup probe
 that covers a slow start. The pod runs non-root, read-only, with no
 privilege escalation; procguard's state directory and ``/tmp`` are
 ``emptyDir`` volumes.
+
+A worker with ``instances = N`` is a Deployment with ``replicas: N`` (it
+wins over ``[deploy.kubernetes] replicas``). Each pod is one copy with the
+health port P (pods do not share a network namespace, so no P+K-1 there);
+the pods of a Deployment are interchangeable and have no number, so they get
+no ``PROCGUARD_INSTANCE_INDEX``.
 """
 
 from __future__ import annotations
@@ -172,7 +178,7 @@ def deployment(
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": int(own.get("replicas", 1)),
+            "replicas": worker.instances if worker.instances > 1 else int(own.get("replicas", 1)),
             # One instance per name, also during a rollout: the old pod stops first.
             "strategy": {"type": "Recreate"},
             "selector": {

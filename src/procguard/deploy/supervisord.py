@@ -5,15 +5,26 @@ supervisord's own defaults lose processes and work: ``stopasgroup`` and
 is 10 s (shorter than a 30 s graceful stop). The generated programs turn
 both group flags on, wait longer than the worker's grace plus drain delay,
 and list the planned-recycle statuses as expected exits.
+
+A worker with ``instances = N`` is one program with ``numprocs = N``
+(processes ``<worker>_1`` .. ``<worker>_N``): each runs under the instance
+name ``<worker>:K`` (one lock each), with ``PROCGUARD_INSTANCE_INDEX=K`` and
+``PROCGUARD_INSTANCES=N`` and its own log files. supervisord's ``%(process_num)d``
+cannot add, so with a health port the command goes through ``/bin/sh -c
+'exec ...'`` to give copy K the port P+K-1 (``exec``: the shell becomes the
+worker, nothing stays in between).
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import StackConfig, WorkerConfig, start_order, worker_argv
+from ..config import StackConfig, WorkerConfig, own_texts, start_order, worker_argv
+from ..copies import COUNT_ENV, INDEX_ENV
+from ..errors import UsageError
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from ..snapshot import label_environment
 from .escape import supervisor_command, supervisor_environment, supervisor_value
@@ -25,6 +36,20 @@ from .writer import RenderedFile, header
 _AUTORESTART = {"always": "true", "on-failure": "unexpected", "never": "false"}
 
 DEFAULT_STARTSECS = 2.0
+
+#: Stands for supervisord's ``%(process_num)d`` until the escaping is done (it escapes every ``%``).
+_NUM = "PROCGUARDPROCESSNUM"
+
+
+def _copies_argv(worker: WorkerConfig, argv: list[str]) -> list[str]:
+    """The argv of copy ``_NUM`` of a worker with copies: ``sh -c 'exec ...'`` when its port is P+K-1."""
+    port = worker.limits.health_port
+    if port is None:
+        return argv
+    at = argv.index("--health-port")
+    argv = [*argv[:at], "--health-port", "PROCGUARDHEALTHPORT", *argv[at + 2 :]]
+    inner = shlex.join(argv).replace("PROCGUARDHEALTHPORT", f"$(({port - 1} + {_NUM}))")
+    return ["/bin/sh", "-c", f"exec {inner}"]
 
 
 def conf_name(config: StackConfig) -> str:
@@ -64,7 +89,17 @@ def render_program(
         env["VIRTUAL_ENV"] = venv
     env.update(label_environment(config.project.name, worker.name))
     env.update(worker.env)
-    argv = worker_argv(worker, procguard=procguard, name=worker.name)
+    copies = worker.instances > 1
+    name = f"{worker.name}:{_NUM}" if copies else worker.name
+    texts = [*own_texts(worker), *procguard, *env.values(), prefix, workdir]
+    if copies and any(_NUM in text for text in texts):
+        msg = f"{what}: the text {_NUM} cannot be written in a generated supervisord file"
+        raise UsageError(msg)
+    argv = worker_argv(worker, procguard=procguard, name=name)
+    if copies:
+        env.update({INDEX_ENV: _NUM, COUNT_ENV: str(worker.instances)})
+        argv = _copies_argv(worker, argv)
+        prefix += f"_{_NUM}"
     lines = [
         "",
         f"[program:{worker.name}]",
@@ -93,6 +128,13 @@ def render_program(
         f"stderr_logfile_maxbytes={config.project.log_max_bytes}",
         f"stderr_logfile_backups={config.project.log_backups}",
     ]
+    if copies:
+        lines[2:2] = [
+            "process_name=%(program_name)s_%(process_num)d",
+            f"numprocs={worker.instances}",
+            "numprocs_start=1",
+        ]
+        lines = [line.replace(_NUM, "%(process_num)d") for line in lines]
     return lines
 
 

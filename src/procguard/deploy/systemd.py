@@ -10,15 +10,26 @@ with statuses listed in ``SuccessExitStatus`` so they are restarted without
 being logged as failures; memory and stop timeouts sit above the worker's
 own, so its graceful stop always comes first. The hardening block keeps
 ``systemd-analyze security`` exposure low while leaving network access.
+
+A worker with ``instances = N`` is a template unit ``<project>-<worker>@.service``
+whose instance is the copy's number K (``%i``): ``<project>-<worker>@1.service``
+.. ``@N.service`` are what the target wants (and what to enable without the
+target). Copy K runs under the instance name ``<worker>:K``, with
+``PROCGUARD_INSTANCE_INDEX=K``, ``PROCGUARD_INSTANCES=N`` and its own runtime
+directory; systemd's specifiers cannot add, so with a health port the command
+goes through ``/bin/sh -c 'exec ...'`` to give copy K the port P+K-1.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import StackConfig, WorkerConfig, start_order, worker_argv
+from ..config import StackConfig, WorkerConfig, own_texts, start_order, worker_argv
+from ..copies import COUNT_ENV, INDEX_ENV
+from ..errors import UsageError
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from ..snapshot import label_environment
 from ..units import MB
@@ -77,9 +88,36 @@ _HARDENING = (
 
 
 def unit_name(config: StackConfig, worker: WorkerConfig | str) -> str:
-    """``<project>-<worker>.service``."""
-    name = worker if isinstance(worker, str) else worker.name
-    return f"{config.project.name}-{name}.service"
+    """``<project>-<worker>.service``, or the template ``<project>-<worker>@.service`` of a worker
+    with copies."""
+    if isinstance(worker, str):
+        worker = config.workers[worker]
+    at = "@" if worker.instances > 1 else ""
+    return f"{config.project.name}-{worker.name}{at}.service"
+
+
+def unit_instances(config: StackConfig, worker: WorkerConfig | str) -> list[str]:
+    """The units that run ``worker``: its one unit, or ``<project>-<worker>@K.service`` for each copy."""
+    if isinstance(worker, str):
+        worker = config.workers[worker]
+    if worker.instances == 1:
+        return [unit_name(config, worker)]
+    return [f"{config.project.name}-{worker.name}@{k}.service" for k in range(1, worker.instances + 1)]
+
+
+#: Stands for the unit's instance (``%i``, the copy's number) until the escaping is done.
+_INSTANCE = "PROCGUARDUNITINSTANCE"
+
+
+def _copies_argv(worker: WorkerConfig, argv: list[str]) -> list[str]:
+    """The argv of copy ``_INSTANCE`` of a worker with copies: ``sh -c 'exec ...'`` for port P+K-1."""
+    port = worker.limits.health_port
+    if port is None:
+        return argv
+    at = argv.index("--health-port")
+    argv = [*argv[:at], "--health-port", "PROCGUARDHEALTHPORT", *argv[at + 2 :]]
+    inner = shlex.join(argv).replace("PROCGUARDHEALTHPORT", f"$(({port - 1} + {_INSTANCE}))")
+    return ["/bin/sh", "-c", f"exec {inner}"]
 
 
 def target_name(config: StackConfig) -> str:
@@ -110,12 +148,14 @@ def render_unit(
     what = f"workers.{worker.name}"
     venv = own.get("venv")
     with_target = own.get("target", True)
-    deps = [unit_name(config, other) for other in worker.depends_on]
+    deps = [unit for other in worker.depends_on for unit in unit_instances(config, other)]
+    copies = worker.instances > 1
+    copy = f":{_INSTANCE}" if copies else ""
 
     unit = [
         f"# {header(config.path.name)}",
         "[Unit]",
-        f"Description={systemd_text(f'procguard worker {project}/{worker.name}')}",
+        f"Description={systemd_text(f'procguard worker {project}/{worker.name}')}{copy}",
         f"After={' '.join(['network-online.target', *deps])}",
         f"Wants={' '.join(['network-online.target', *deps])}",
     ]
@@ -126,7 +166,12 @@ def render_unit(
         f"StartLimitBurst={worker.start_limit}",
     ]
 
-    argv = worker_argv(worker, procguard=procguard, name=worker.name)
+    if copies and any(_INSTANCE in text for text in [*own_texts(worker), *procguard, workdir, venv or ""]):
+        msg = f"{what}: the text {_INSTANCE} cannot be written in a generated systemd unit"
+        raise UsageError(msg)
+    argv = worker_argv(worker, procguard=procguard, name=worker.name + copy)
+    if copies:
+        argv = _copies_argv(worker, argv)
     # The main process speaks sd_notify in both modes: a function worker's
     # ProcessManager sends READY=1 and, while its loop's heartbeat is fresh,
     # WATCHDOG=1; a command worker's runner sends READY=1 once the command is
@@ -158,17 +203,20 @@ def render_unit(
         state_lines = [f"StateDirectory=procguard/{project}", "StateDirectoryMode=0700"]
         env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%S/procguard/{project}"'
     else:
-        runtime = f"procguard-{project}-{worker.name}"
+        runtime = f"procguard-{project}-{worker.name}" + ("-" + _INSTANCE if copies else "")
         state_lines = [f"RuntimeDirectory={runtime}", "RuntimeDirectoryMode=0700"]
         env["PROCGUARD_STATE_DIR"] = f'"PROCGUARD_STATE_DIR=%t/{runtime}"'
     for name, value in label_environment(project, worker.name).items():
         env[name] = systemd_environment(name, value)
+    if copies:
+        env[INDEX_ENV] = systemd_environment(INDEX_ENV, _INSTANCE)
+        env[COUNT_ENV] = systemd_environment(COUNT_ENV, str(worker.instances))
     for name, value in worker.env.items():
         env[name] = systemd_environment(name, value, what + ".env")
     service += [f"Environment={line}" for line in env.values()]
     service += [
         *state_lines,
-        f"SyslogIdentifier={project}-{worker.name}",
+        f"SyslogIdentifier={project}-{worker.name}" + ("-" + _INSTANCE if copies else ""),
         "StandardOutput=journal",
         "StandardError=journal",
         "",
@@ -212,13 +260,14 @@ def render_unit(
 
     install = ["", "[Install]", f"WantedBy={target_name(config) if with_target else 'multi-user.target'}"]
     text = "\n".join([*unit, *service, *install]) + "\n"
+    text = text.replace(_INSTANCE, "%i")
     check_systemd_lines(text, what)
     return RenderedFile(unit_name(config, worker), text)
 
 
 def render_target(config: StackConfig) -> RenderedFile:
     """``<project>.target``: ``systemctl start/stop <project>.target`` for the whole stack."""
-    units = " ".join(unit_name(config, name) for name in start_order(config))
+    units = " ".join(unit for name in start_order(config) for unit in unit_instances(config, name))
     text = (
         "\n".join(
             [
@@ -258,4 +307,12 @@ def render_systemd(
     return files
 
 
-__all__ = ["render_systemd", "render_target", "render_unit", "systemd_specifiers", "target_name", "unit_name"]
+__all__ = [
+    "render_systemd",
+    "render_target",
+    "render_unit",
+    "systemd_specifiers",
+    "target_name",
+    "unit_instances",
+    "unit_name",
+]

@@ -95,7 +95,8 @@ def run_pattern(project: str, namespace: str, run: str) -> str:
         if not re.match(pattern, part):
             msg = f"{part!r} cannot be part of a marker pattern"
             raise ValueError(msg)
-    return f"^{MARKER_ENV}={project}\\.[^:]*:{namespace}-{run}"
+    # PROJECT.WORKER, or PROJECT.WORKER:K for copy K of a worker (see procguard.copies).
+    return f"^{MARKER_ENV}={project}\\.[^:]*\\(:[0-9][0-9]*\\)\\{{0,1\\}}:{namespace}-{run}"
 
 
 def exact_pattern(marker: str) -> str:

@@ -31,11 +31,15 @@ class Batch:
     """The answer to one request about several workers, sent when the last one is in.
 
     ``peer`` None (a SIGHUP has no client): each line is logged instead.
-    ``footer`` lines (a count of unchanged workers) follow the workers' lines.
+    ``footer`` lines (a count of unchanged workers) follow the workers' lines,
+    a ``header`` line (``api: 1 -> 3 copies``) comes before them.
     """
 
-    def __init__(self, peer: Peer | None, names: Sequence[str], *, footer: Sequence[str] = ()) -> None:
+    def __init__(
+        self, peer: Peer | None, names: Sequence[str], *, footer: Sequence[str] = (), header: str = ""
+    ) -> None:
         self._peer = peer
+        self._header = header
         self._lines: dict[str, tuple[bool, str] | None] = dict.fromkeys(names)
         self._footer = list(footer)
         self._sent = False
@@ -56,7 +60,8 @@ class Batch:
         self._sent = True
         lines = [line for line in self._lines.values() if line is not None]
         ok = all(good for good, _ in lines)
-        entries = [{"ok": good, "message": text} for good, text in lines]
+        entries = [{"ok": True, "message": self._header}] if self._header else []
+        entries += [{"ok": good, "message": text} for good, text in lines]
         entries += [{"ok": True, "message": text} for text in self._footer]
         if self._peer is None:
             for entry in entries:

@@ -1,17 +1,19 @@
 """What the supervisor does for each control request: ping, status, start, stop, restart, signal,
-reload, down.
+scale, reload, down.
 
 The socket and its framing are :mod:`.control`'s; this module decides what
 a request means for the workers and when to answer. A request names its
 workers with the words of :mod:`.selection` (``all``, names, shell
-patterns), resolved here against the workers the supervisor runs now;
-a word that selects nothing fails the whole request (exit status 2) before
-anything is done. ``start``, ``stop`` and ``restart`` answer once every
-named worker has made the transition, one line each (:mod:`.bulk`: a
-waiter on each worker, called by
-:meth:`.lifecycle.Lifecycle.notify_waiters`); ``signal`` answers at once;
-``reload`` re-reads procguard.toml (:mod:`.reload`); ``down`` answers at
-once and keeps the connection open until the supervisor is gone
+patterns, one copy ``X:K``; a worker's name means every copy of it),
+resolved here against the workers the supervisor runs now; a word that
+selects nothing fails the whole request (exit status 2) before anything is
+done. ``start``, ``stop`` and ``restart`` answer once every named worker
+has made the transition, one line each (:mod:`.bulk`: a waiter on each
+worker, called by :meth:`.lifecycle.Lifecycle.notify_waiters`); ``signal``
+answers at once; ``scale`` once the copies it added have started or the
+ones it took away have stopped (:mod:`.scale`); ``reload`` re-reads
+procguard.toml (:mod:`.reload`); ``down`` answers at once and keeps the
+connection open until the supervisor is gone
 (:meth:`ControlCommands.release_waiters`), which is when ``procguard down``
 returns.
 """
@@ -22,14 +24,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
+from ..copies import parse_address, parse_count
 from ..errors import ProcguardError, UsageError
 from .backoff import Record
 from .bulk import Batch, OrderedStop, started_line, stopped_line
 from .control import Peer
 from .lifecycle import Lifecycle, operator_stop
+from .scale import ScaleDown, plan_scale
 from .selection import ACCEPTED, select
 from .shutdown import StopAll
 from .states import WorkerState
@@ -38,6 +42,28 @@ from .worker import Worker
 logger = logging.getLogger(__name__)
 
 S = WorkerState
+
+
+class Copies(Protocol):
+    """What ``scale`` needs from the supervisor that owns the workers."""
+
+    def add_copies(self, group: str, indices: Sequence[int], count: int) -> list[Worker]:
+        """Make (not start) copies ``indices`` of ``group``, each told the worker now has ``count``."""
+
+    def remove_copy(self, worker: Worker) -> None:
+        """Forget a copy that has no process any more."""
+
+    def port_clash(self, group: str, count: int) -> str | None:
+        """The health port ``group`` with ``count`` copies would share with another owner (one line)."""
+
+
+def _error(message: str, exit_status: int = 2) -> dict[str, Any]:
+    return {"ok": False, "exit_status": exit_status, "error": message}
+
+
+def _lines(message: str) -> dict[str, Any]:
+    """A successful answer of one line, in the form of :class:`.bulk.Batch`'s answers."""
+    return {"ok": True, "lines": [{"ok": True, "message": message}]}
 
 
 class ControlCommands:
@@ -52,10 +78,13 @@ class ControlCommands:
         stop_all: StopAll,
         publish: Callable[[float], None],
         reloader: Callable[[Peer], None] = lambda peer: None,
+        copies: Copies | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._project = project
         self._workers = workers
+        self._copies = copies
+        self._scaling: set[str] = set()
         self._lifecycle = lifecycle
         self._stop_all = stop_all
         self._publish = publish
@@ -76,12 +105,20 @@ class ControlCommands:
             peer.send({"ok": True, "pid": os.getpid(), "project": self._project})
             return
         if cmd == "status":
+            names = request.get("names") or []
+            try:
+                if not isinstance(names, list):
+                    raise UsageError(f"names: {names!r} is not a list of worker names")
+                shown = self.resolve_all(names) if names else list(self._workers.values())
+            except UsageError as error:
+                peer.send(_error(str(error)))
+                return
             peer.send(
                 {
                     "ok": True,
                     "pid": os.getpid(),
                     "project": self._project,
-                    "workers": [w.status(now) for w in self._workers.values()],
+                    "workers": [w.status(now) for w in shown],
                 }
             )
             return
@@ -95,10 +132,14 @@ class ControlCommands:
             peer.send({"ok": False, "exit_status": 2, "error": f"unknown command {cmd!r} (use {accepted})"})
             return
         if self._lifecycle.exiting:
-            peer.send({"ok": False, "exit_status": 1, "error": "the supervisor is shutting down"})
+            peer.send(_error("the supervisor is shutting down", 1))
             return
         if cmd == "reload":
             self._reload(peer)
+            self._publish(now)
+            return
+        if cmd == "scale":
+            self._scale(request.get("name"), request.get("count"), peer)
             self._publish(now)
             return
         try:
@@ -122,8 +163,13 @@ class ControlCommands:
         words = request.get("names", [request.get("name")])
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
             raise UsageError(f"no worker named (use {ACCEPTED})")
-        known = [name for name, worker in self._workers.items() if not worker.retiring]
-        return [self._workers[name] for name in select(words, known)]
+        return self.resolve_all(words)
+
+    def resolve_all(self, words: list[str]) -> list[Worker]:
+        """The copies ``words`` select (:func:`.selection.select`), in the supervisor's order."""
+        live = [w for w in self._workers.values() if not w.retiring]
+        names = select(words, [w.name for w in live], {w.name: (w.group, w.index) for w in live})
+        return [self._workers[name] for name in names]
 
     def _stop(self, workers: list[Worker], peer: Peer) -> None:
         batch = Batch(peer, [w.name for w in workers])
@@ -206,9 +252,63 @@ class ControlCommands:
             logger.error("reload: %s", error)
             peer.send({"ok": False, "exit_status": 1, "error": f"reload failed: {error}"})
 
+    def _scale(self, name: object, count: object, peer: Peer) -> None:
+        copies = self._copies
+        try:
+            if not isinstance(name, str):
+                raise UsageError(f"scale takes a worker name, not {name!r}")
+            address = parse_address(name)
+            if address.copy is not None:
+                msg = f"scale takes a worker, not a copy ({name!r}; use {address.name})"
+                raise UsageError(msg)
+            group = address.name
+            current = [w for w in self._workers.values() if w.group == group and not w.retiring]
+            if not current:
+                groups = ", ".join(dict.fromkeys(w.group for w in self._workers.values()))
+                raise UsageError(f"unknown worker {name!r} (use one of: {groups})")
+            want = parse_count(count, what="count")
+        except UsageError as error:
+            peer.send(_error(str(error)))
+            return
+        if copies is None:
+            peer.send(_error("this supervisor cannot scale", 1))
+            return
+        if group in self._scaling:
+            peer.send(_error(f"a scale of {group} is under way (wait for it to finish)", 1))
+            return
+        have = len(current)
+        plan = plan_scale([w.index for w in current], want)
+        if not plan.add and not plan.remove:
+            peer.send(_lines(f"{group} has {have} copies already; nothing to do"))
+            return
+        if plan.add:
+            clash = copies.port_clash(group, want)
+            if clash is not None:
+                peer.send(_error(f"cannot scale {group} to {want}: {clash}"))
+                return
+            added = copies.add_copies(group, plan.add, want)
+            batch = Batch(peer, [w.name for w in added], header=f"{group}: {have} -> {want} copies")
+            for worker in added:
+                worker.waiters.append(batch.waiter(worker.name, started_line))
+                worker.want_start = True  # started by the loop once its dependencies run
+            return
+        self._scaling.add(group)
+        leaving = [next(w for w in current if w.index == index) for index in plan.remove]
+
+        def done(stopped: list[str]) -> None:
+            self._scaling.discard(group)
+            left = have - len(stopped)
+            what = f"stopped {', '.join(stopped)}" if stopped else "nothing stopped"
+            peer.send(_lines(f"{group}: {have} -> {left} copies; {what} (newest first)"))
+            self._publish(self._clock())
+
+        ScaleDown(leaving, lifecycle=self._lifecycle, remove=copies.remove_copy, clock=self._clock,
+                  done=done).next()
+
+    # -- scale ------------------------------------------------------------------------------
 
 #: The requests about workers, besides ping, status and down.
-COMMANDS = ("start", "stop", "restart", "signal", "reload")
+COMMANDS = ("start", "stop", "restart", "signal", "scale", "reload")
 
 
 def _signal_number(value: object) -> int:

@@ -61,10 +61,9 @@ def next_deadline(worker: Worker, start_period_s: float) -> float | None:
 
 
 def deps_ready(worker: Worker, workers: Mapping[str, Worker]) -> bool:
-    """True when every worker ``worker`` depends on runs, or is stopped and not coming."""
-    for dep_name in worker.config.depends_on:
-        dep = workers[dep_name]
-        if dep.state is S.RUNNING:
+    """True when every copy of every worker ``worker`` depends on runs, or is stopped and not coming."""
+    for dep in workers.values():
+        if dep.group not in worker.config.depends_on or dep.state is S.RUNNING:
             continue
         if dep.state in (S.STOPPED, S.FATAL) and not dep.want_start:
             continue  # not coming: do not wait for it forever

@@ -253,34 +253,50 @@ def tail(path: Path, lines: int) -> list[bytes]:
     return result[-lines:]
 
 
+class _Follower:
+    """Reads what is appended to one log file, across rotations, one step at a time (never blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = os.fdopen(open_for_reading(path), "rb")
+        self._handle.seek(0, os.SEEK_END)
+        self._inode = os.fstat(self._handle.fileno()).st_ino
+
+    def read(self) -> bytes:
+        """What was appended since the last call (b"" when nothing was)."""
+        data = self._handle.read()
+        if data:
+            return data
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            return b""
+        if current.st_ino != self._inode or current.st_size < self._handle.tell():
+            try:
+                fd = open_for_reading(self.path)
+            except FileNotFoundError:  # between the two renames of a rotation
+                return b""
+            self._handle.close()
+            self._handle = os.fdopen(fd, "rb")
+            self._inode = os.fstat(fd).st_ino
+            return self._handle.read()
+        return b""
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 def follow(
     path: Path, *, poll_s: float = 0.2, keep_going: Callable[[], bool] = lambda: True
 ) -> Iterator[bytes]:
     """Yield data appended to ``path`` from now on, across rotations, while ``keep_going()``."""
-    handle = os.fdopen(open_for_reading(path), "rb")
+    follower = _Follower(path)
     try:
-        handle.seek(0, os.SEEK_END)
-        inode = os.fstat(handle.fileno()).st_ino
         while keep_going():
-            data = handle.read()
+            data = follower.read()
             if data:
                 yield data
-                continue
-            try:
-                current = os.lstat(path)
-            except FileNotFoundError:
+            else:
                 time.sleep(poll_s)
-                continue
-            if current.st_ino != inode or current.st_size < handle.tell():
-                try:
-                    fd = open_for_reading(path)
-                except FileNotFoundError:  # between the two renames of a rotation
-                    time.sleep(poll_s)
-                    continue
-                handle.close()
-                handle = os.fdopen(fd, "rb")
-                inode = os.fstat(fd).st_ino
-                continue
-            time.sleep(poll_s)
     finally:
-        handle.close()
+        follower.close()

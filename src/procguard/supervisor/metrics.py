@@ -1,9 +1,14 @@
 """The supervisor's own Prometheus families: what it knows of every worker of its stack.
 
 Served on the status port (``GET /metrics``). Every sample is labelled
-``stack`` (the project name) and ``worker`` (the name in procguard.toml,
+``stack`` (the project name), ``worker`` (the name in procguard.toml,
 the same value the worker's own endpoint and every generated production
-file use). The counts are the supervisor's, so they survive the workers'
+file use) and ``copy`` (the copy's number K of a worker with copies,
+``X:K``; empty for a worker without copies, which Prometheus stores as no
+label at all, so its series are the ones it always had). ``worker`` stays the
+name in procguard.toml so that ``sum by (worker)`` adds up the copies; the
+copy is not called ``instance`` because Prometheus gives that label to the
+scraped target. The counts are the supervisor's, so they survive the workers'
 restarts; a value it does not know (no process, not sampled yet, no limit)
 has no sample at all, never a placeholder 0.
 
@@ -52,7 +57,7 @@ class StackCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         stack = self._view.project
-        labels = ["stack", "worker"]
+        labels = ["stack", "worker", "copy"]
         up = GaugeMetricFamily("procguard_worker_up", "1 while the worker has a process.", labels=labels)
         state = GaugeMetricFamily(
             "procguard_worker_state", "1 for the worker's current state.", labels=[*labels, "state"]
@@ -81,7 +86,7 @@ class StackCollector:
             "procguard_worker_healthy", "1 when the worker's /health answers 200.", labels=labels
         )
         for figures in self._view.figures:
-            values = [stack, figures.name]
+            values = [stack, figures.name, figures.copy]
             up.add_metric(values, 1.0 if figures.up else 0.0)
             for each in WorkerState:
                 state.add_metric([*values, each.value], 1.0 if each is figures.state else 0.0)

@@ -48,6 +48,7 @@ _STACK_FIELDS: dict[str, str] = {
     "start_limit": "start_limit",
     "start_limit_interval": "start_limit_interval_s",
     "depends_on": "depends_on",
+    "instances": "instances",
 }
 
 _DURATION_FIELDS = frozenset(

@@ -16,6 +16,12 @@ carries it out, in the event loop, in this order:
    removed worker held is free by then), in dependency order;
 4. unchanged workers are not touched: same process, same PID.
 
+A worker is a group of copies (``instances``): every copy of a changed
+worker takes the new settings; a changed ``instances`` adds the missing
+copies (started like added workers) and removes the highest-numbered ones
+(stopped like removed workers); a change of ``instances`` alone leaves the
+copies that stay untouched.
+
 The answer (or, for SIGHUP, the log) has one line per worker that the
 reload touched, sent once each has made its transition, and one line
 counting the unchanged ones.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 
 from ..config import StackConfig, WorkerConfig
 from ..outcome import StopOutcome
@@ -80,20 +86,27 @@ def _changes_text(changes: list[Change]) -> str:
 
 
 class StackReload:
-    """Carries out a :class:`ReloadPlan` on the supervisor's workers."""
+    """Carries out a :class:`ReloadPlan` on the supervisor's workers (copies grouped by worker).
+
+    ``make_copies(config, indices, count)`` makes copies ``indices`` of a
+    worker (registered, not started), each told there are ``count``.
+    """
 
     def __init__(
         self,
         *,
         workers: MutableMapping[str, Worker],
         lifecycle: Lifecycle,
-        make_worker: Callable[[WorkerConfig], Worker],
+        make_copies: Callable[[WorkerConfig, Sequence[int], int], list[Worker]],
         clock: Callable[[], float],
     ) -> None:
         self._workers = workers
         self._lifecycle = lifecycle
-        self._make_worker = make_worker
+        self._make_copies = make_copies
         self._clock = clock
+
+    def _copies(self, group: str) -> dict[int, Worker]:
+        return {w.index: w for w in self._workers.values() if w.group == group}
 
     def apply(
         self, plan: ReloadPlan, new: StackConfig, batch_for: Callable[[list[str], list[str]], Batch]
@@ -103,39 +116,49 @@ class StackReload:
         footer = [f"{len(plan.unchanged)} unchanged"] if plan.unchanged else []
         if plan.empty:
             footer = [f"nothing changed ({len(plan.unchanged)} workers unchanged)"]
-        names = [*plan.removed, *plan.changed, *plan.added]
+        removed: list[Worker] = []
+        for group in plan.removed:
+            removed += [w for w in self._copies(group).values() if not w.retiring]
+        changed: list[tuple[Worker, str]] = []
+        added: list[tuple[Worker, str]] = []
+        for group in [*plan.changed, *plan.added]:
+            config = new.workers[group]
+            changes = plan.changed.get(group, [])
+            settings_changed = any(change.key != "instances" for change in changes)
+            text = f"changed: {_changes_text(changes)}" if changes else "added"
+            existing = self._copies(group)
+            for index, worker in sorted(existing.items()):
+                if index > config.instances:
+                    if not worker.retiring:
+                        removed.append(worker)
+                elif worker.retiring:  # removed by an earlier reload and still stopping: kept after all
+                    worker.retiring = False
+                    change_worker(worker, config, self._lifecycle, now, _why("added again"))
+                    if worker.proc is not None:
+                        worker.restart_after_stop = True  # its removal's stop is under way: start it after
+                    added.append((worker, text))
+                elif settings_changed:
+                    changed.append((worker, text))
+            missing = [i for i in range(1, config.instances + 1) if i not in existing]
+            added += [(worker, text) for worker in self._make_copies(config, missing, config.instances)]
+        names = [w.name for w in removed] + [w.name for w, _ in changed] + [w.name for w, _ in added]
         batch = batch_for(names, footer)
-        for name in plan.changed:
-            worker = self._workers[name]
-            what = change_worker(worker, new.workers[name], self._lifecycle, now, _why("settings changed"))
-            text = _changes_text(plan.changed[name])
+        for worker, text in changed:
+            config = new.workers[worker.group]
+            what = change_worker(worker, config, self._lifecycle, now, _why("settings changed"))
             if worker.state.has_process or worker.want_start:
-                line = functools.partial(_started, what=f"changed: {text}")
-                worker.waiters.append(batch.waiter(name, line))
+                worker.waiters.append(batch.waiter(worker.name, functools.partial(_started, what=text)))
             else:
-                batch.done(name, True, f"{name}: changed: {text} ({what})")
-        added: list[Worker] = []
-        for name in plan.added:
-            retiring = self._workers.get(name)
-            if retiring is not None:  # removed by an earlier reload and still stopping: kept after all
-                worker = retiring
-                worker.retiring = False
-                change_worker(worker, new.workers[name], self._lifecycle, now, _why("added again"))
-                if worker.proc is not None:
-                    worker.restart_after_stop = True  # its removal's stop is under way: start it after
-            else:
-                worker = self._make_worker(new.workers[name])
-                self._workers[name] = worker
-            worker.waiters.append(batch.waiter(name, lambda w: _started(w, "added")))
-            added.append(worker)
+                batch.done(worker.name, True, f"{worker.name}: {text} ({what})")
+        for worker, text in added:
+            worker.waiters.append(batch.waiter(worker.name, functools.partial(_started, what=text)))
         self._order(new)
 
         def start_added() -> None:
-            for worker in added:
+            for worker, _ in added:
                 if worker.proc is None:
                     worker.want_start = True
 
-        removed = [self._workers[name] for name in plan.removed]
         for worker in removed:
             worker.retiring = True
         OrderedStop(
@@ -149,12 +172,15 @@ class StackReload:
         batch.send_if_complete()
 
     def _order(self, new: StackConfig) -> None:
-        """Keep the workers in the new file's order (status, page); retiring ones after them."""
-        order = [name for name in new.workers if name in self._workers]
-        order += [name for name in self._workers if name not in new.workers]
-        items = [(name, self._workers[name]) for name in order]
+        """Keep the workers in the new file's order, copies by number (status, page); retiring ones after."""
+        position = {name: i for i, name in enumerate(new.workers)}
+        last = len(position)
+        ordered = sorted(
+            self._workers.values(),
+            key=lambda w: (last if w.retiring else position.get(w.group, last), w.group, w.index),
+        )
         self._workers.clear()
-        self._workers.update(items)
+        self._workers.update((w.name, w) for w in ordered)
 
 
 def _why(what: str) -> StopOutcome:

@@ -29,9 +29,9 @@ REAP_WAIT_S = 5.0
 
 
 def dependents_running(worker: Worker, workers: Mapping[str, Worker]) -> bool:
-    """True while a worker that depends on ``worker`` still has a process."""
+    """True while a copy of a worker that depends on ``worker`` still has a process."""
     return any(
-        worker.name in other.config.depends_on and other.state.has_process for other in workers.values()
+        worker.group in other.config.depends_on and other.state.has_process for other in workers.values()
     )
 
 

@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,12 +145,32 @@ def _rotate_own_log(config: StackConfig, state_dir: Path) -> None:
     )
 
 
+def stack_instance_names(config: StackConfig, known: Iterable[str]) -> set[str]:
+    """The instance names of the stack's workers among ``known``: ``PROJECT.X``, and ``PROJECT.X:K``
+    for every copy K (however many an earlier supervisor had been scaled to)."""
+    project = config.project.name
+    workers = {f"{project}.{name}" for name in config.workers}
+    copies = set()
+    for name in known:
+        base, colon, index = name.rpartition(":")
+        if colon and index.isdigit() and base in workers:
+            copies.add(name)
+    return workers | copies
+
+
 def clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
     """Stop leftovers of an earlier supervisor of this stack (we hold its lock, so all are stale).
 
     Returns the pids that were still running and have been stopped now.
     """
-    from ..instances.cleanup import CleanupPlan, Viewpoint, execute_plan, plan_cleanup, snapshot_processes
+    from ..instances.cleanup import (
+        CleanupPlan,
+        Viewpoint,
+        execute_plan,
+        namespace_names,
+        plan_cleanup,
+        snapshot_processes,
+    )
     from ..instances.lock import list_instances
     from ..proctree import StopResult
 
@@ -158,10 +178,8 @@ def clean_stale(config: StackConfig, state_dir: Path) -> set[int]:
     view = Viewpoint.current(state_dir)  # only this state directory's processes are stale
     instances = list_instances(state_dir)
     targets: dict[int, Any] = {}
-    for worker in config.workers.values():
-        plan = plan_cleanup(
-            table, view=view, instances=instances, name=f"{config.project.name}.{worker.name}"
-        )
+    for name in sorted(stack_instance_names(config, namespace_names(table, instances, view))):
+        plan = plan_cleanup(table, view=view, instances=instances, name=name)
         for target in plan.targets:
             targets.setdefault(target.process.pid, target)
     if not targets:

@@ -27,6 +27,7 @@ change (:meth:`Supervisor.view`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -37,7 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..config import StackConfig, WorkerConfig, start_order
+from ..config import StackConfig, WorkerConfig, port_clash, start_order
+from ..copies import copy_name
 from ..errors import PATH_SHOWN_MAX, ProcguardError, UsageError, shown
 from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
@@ -72,6 +74,8 @@ S = WorkerState
 PUBLISH_INTERVAL_S = 0.25
 #: A worker due for a sample this close after a regular tick is sampled at that tick.
 TICK_SLACK_S = 0.001
+#: At most this many reads of a reaped worker's output before its stop note (64 KiB each).
+DRAIN_READS = 16
 
 __all__ = [
     "PUBLISH_INTERVAL_S",
@@ -133,14 +137,17 @@ class Supervisor:
         self._view = View(project=self.project, supervisor_pid=os.getpid())
         log_dir(state_dir, self.project, create=True)
         self._terminal = terminal
-        self._width = max(len(name) for name in config.workers)
         self._procguard = list(procguard) if procguard is not None else default_procguard()
         # One id in every marker this supervisor gives out: when it is gone, its
         # watchdog stops what still carries one (a grandchild that left its group).
         self.run_id = new_run()
+        #: Every copy of every worker, by copy name, in procguard.toml's order then by copy.
         self.workers: dict[str, Worker] = {}
-        for worker_config in config.workers.values():
-            self.workers[worker_config.name] = self._make_worker(worker_config)
+        self._leaving: list[Worker] = []  # copies taken away, forgotten at the end of the loop's turn
+        self._width = max(len(copy_name(n, c.instances, plain_first=c.instances == 1))
+                          for n, c in config.workers.items())
+        for name, worker_config in config.workers.items():
+            self.add_copies(name, range(1, worker_config.instances + 1), worker_config.instances)
         self.history = History(db_path(state_dir))
         self.control: ControlServer | None = None
         self._watchdog = WatchdogLink(
@@ -171,32 +178,91 @@ class Supervisor:
             stop_all=self._stop_all,
             publish=self._publish,
             reloader=self.reload,
+            copies=self,
             clock=clock,
         )
         self._stack_reload = StackReload(
-            workers=self.workers, lifecycle=self.lifecycle, make_worker=self._make_worker, clock=clock
+            workers=self.workers, lifecycle=self.lifecycle, make_copies=self._make_copies, clock=clock
         )
         self._probing = False
 
-    def _make_worker(self, worker_config: WorkerConfig) -> Worker:
-        """A worker of this stack, its log open (at start, and for a worker a reload adds)."""
-        config = self.config
-        log = RotatingFile(
-            log_path(self.state_dir, self.project, worker_config.name),
-            max_bytes=config.project.log_max_bytes,
-            backups=config.project.log_backups,
-        )
-        width = max(self._width, len(worker_config.name))
-        output = WorkerOutput(worker_config.name, log, terminal=self._terminal, width=width, clock=self._wall)
-        return Worker(
-            worker_config,
-            project=self.project,
-            base_dir=config.path.parent,
-            procguard=self._procguard,
-            output=output,
-            state_dir=self.state_dir,
-            run=self.run_id,
-        )
+    # -- copies (procguard.toml's instances, procguard scale) -------------------------
+
+    def add_copies(self, group: str, indices: Sequence[int], count: int) -> list[Worker]:
+        """Make copies ``indices`` of worker ``group`` (not started), each told there are ``count``."""
+        return self._make_copies(self.config.workers[group], indices, count)
+
+    def _make_copies(self, config: WorkerConfig, indices: Sequence[int], count: int) -> list[Worker]:
+        """Copies ``indices`` of the worker ``config`` declares, their logs open, registered, not started
+        (at start, for ``procguard scale``, and for a worker a reload adds or grows)."""
+        group = config.name
+        made = []
+        names = [copy_name(group, index, plain_first=config.instances == 1) for index in indices]
+        width = max([self._width, *map(len, names)])
+        for index, name in zip(indices, names, strict=True):
+            log = RotatingFile(
+                log_path(self.state_dir, self.project, name),
+                max_bytes=self.config.project.log_max_bytes,
+                backups=self.config.project.log_backups,
+            )
+            output = WorkerOutput(name, log, terminal=self._terminal, width=width, clock=self._wall)
+            worker = Worker(
+                config,
+                project=self.project,
+                base_dir=self.config.path.parent,
+                procguard=self._procguard,
+                output=output,
+                state_dir=self.state_dir,
+                run=self.run_id,
+                index=index,
+                count=count,
+            )
+            self.workers[worker.name] = worker
+            made.append(worker)
+        self._order_workers()
+        return made
+
+    def _order_workers(self) -> None:
+        """Keep the workers in procguard.toml's order, each worker's copies by number."""
+        position = {name: i for i, name in enumerate(self.config.workers)}
+        last = len(position)  # workers a reload removed, still stopping
+        ordered = sorted(self.workers.values(), key=lambda w: (position.get(w.group, last), w.group, w.index))
+        self.workers.clear()  # the same dict: the stop and the commands hold it
+        self.workers.update((w.name, w) for w in ordered)
+
+    def remove_copy(self, worker: Worker) -> None:
+        """Forget a copy ``procguard scale`` took away (it has no process) once this turn of the
+        loop is over (the loop may be going through the workers now)."""
+        assert not worker.state.has_process
+        self._leaving.append(worker)
+
+    def _forget_leaving(self) -> None:
+        """Drop the copies taken away: their pipes, log, health port, place among the workers."""
+        leaving, self._leaving = self._leaving, []
+        for worker in leaving:
+            self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        self._unwatch_link(worker)
+        if worker.output_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.output_fd)
+            os.close(worker.output_fd)
+            worker.output_fd = None
+        worker.output.close()
+        self._release_health(worker)
+        del self.workers[worker.name]
+        self._probe_targets_changed()
+        self._publish_pending = True
+
+    def port_clash(self, group: str, count: int) -> str | None:
+        """The health port ``group`` with ``count`` copies would share (the others as they run now)."""
+        counts: dict[str, int] = {}
+        for worker in self.workers.values():
+            counts[worker.group] = max(counts.get(worker.group, 0), worker.index)
+        counts[group] = count
+        project = dataclasses.replace(self.config.project, status_port=self.status_port)
+        return port_clash(project, self.config.workers, counts=counts)
 
     # -- public ----------------------------------------------------------------
 
@@ -239,8 +305,9 @@ class Supervisor:
                 len(selected),
                 ", ".join(selected),
             )
-            for name in selected:
-                self.workers[name].want_start = True
+            for worker in self.workers.values():
+                if worker.group in selected:
+                    worker.want_start = True
             self._loop()
         finally:
             self._prober.stop()
@@ -292,6 +359,7 @@ class Supervisor:
             self._apply_probe_results()
             if self._health_ports is not None:
                 self._health_ports.reconcile(self.workers.values())
+            self._forget_leaving()
 
     def _next_timeout(self, now: float) -> float:
         deadlines = []
@@ -405,6 +473,7 @@ class Supervisor:
             for worker in self.workers.values():
                 if worker.pid == pid:
                     self._unwatch_link(worker)
+                    self._drain_output(worker)
                     self.lifecycle.exited(worker, status)
                     break
             # Anything else is an orphaned grandchild we adopted as subreaper: reaped, nothing more.
@@ -413,7 +482,7 @@ class Supervisor:
         now = self._clock()
         for result in self._prober.results():
             worker = self.workers.get(result.name)
-            if worker is not None:  # else removed by a reload since the probe
+            if worker is not None:  # None: removed by a reload, or a copy taken away, since
                 self.lifecycle.probe_result(worker, result, now)
 
     # -- worker output and probe targets (the lifecycle's hooks) --------------------
@@ -437,21 +506,31 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(link.fileno())
 
-    def _read_output(self, worker: Worker, fd: int) -> None:
+    def _drain_output(self, worker: Worker) -> None:
+        """Take what the reaped process wrote before it exited, so its stop note comes after it
+        (the loop may reap it before it has read the pipe). Bounded: a child of the worker that
+        still holds the pipe and keeps writing is read on the loop's next turns."""
+        for _ in range(DRAIN_READS):
+            if worker.output_fd is None or not self._read_output(worker, worker.output_fd):
+                return
+
+    def _read_output(self, worker: Worker, fd: int) -> bool:
+        """Read one chunk of the worker's output; False once none is waiting (or the pipe is closed)."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if data:
             worker.output.feed(data)
-            return
+            return True
         self._selector.unregister(fd)
         os.close(fd)
         if worker.output_fd == fd:
             worker.output_fd = None
         worker.output.flush()
+        return False
 
     def _serving_thread(self) -> ServingThread:
         if self._serving is None:
@@ -529,19 +608,8 @@ class Supervisor:
         """Workers a reload removed leave once their process is gone (between two turns of the loop)."""
         gone = [w for w in self.workers.values() if w.retiring and w.proc is None and not w.state.has_process]
         for worker in gone:
-            self._unwatch_link(worker)
-            if worker.output_fd is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(worker.output_fd)
-                os.close(worker.output_fd)
-                worker.output_fd = None
-            worker.output.close()
-            self._release_health(worker)
-            del self.workers[worker.name]
+            self._forget(worker)
             logger.info("%s: removed from the stack", worker.name)
-        if gone:
-            self._probe_targets_changed()
-            self._publish_pending = True
 
     # -- publication and the way out ---------------------------------------------------
 

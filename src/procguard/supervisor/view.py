@@ -24,6 +24,8 @@ class WorkerFigures:
     Counted by the supervisor, so they survive the worker's restarts. ``None``
     is "not known" (no process, not sampled yet, no limit, never probed): the
     family then has no sample for the worker, never a placeholder 0.
+    ``name`` is the worker's name in procguard.toml, ``copy`` the copy's number
+    ("" for a worker that runs under its plain name: no copies).
     """
 
     name: str
@@ -35,6 +37,7 @@ class WorkerFigures:
     start_time_seconds: float | None = None
     memory_limit_bytes: int | None = None
     healthy: bool | None = None
+    copy: str = ""
 
     @property
     def up(self) -> bool:
@@ -74,7 +77,8 @@ def worker_figures(worker: Worker, now: float, wall: float) -> WorkerFigures:
     if running and worker.holds_health_port:
         healthy = port_verdict(worker, now, wall)[0]  # what its port answers (the supervisor serves it)
     return WorkerFigures(
-        name=worker.name,
+        name=worker.group,
+        copy="" if worker.name == worker.group else str(worker.index),
         state=worker.state,
         restarts=worker.restarts,
         stops=dict(worker.stops_total),

@@ -48,6 +48,7 @@ helper process the worker reports over its link) are never counted.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import shlex
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WorkerConfig
+from ..copies import copy_environment, copy_name, copy_port
 from ..health.shared import DEFAULT_SIZE, PublishedView, SnapshotReader, create_buffer
 from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
@@ -84,7 +86,13 @@ _MB = 1024 * 1024
 
 
 class Worker:
-    """One ``[workers.NAME]`` under supervision (mutated only by the event loop)."""
+    """One copy of a ``[workers.NAME]`` under supervision (mutated only by the event loop).
+
+    ``index`` is the copy's number (from 1) and ``count`` how many copies the
+    worker had when this one was made (its ``PROCGUARD_INSTANCES``); its name
+    and health port follow from them (:mod:`procguard.copies`). ``group`` is
+    the worker's name in procguard.toml, shared by all its copies.
+    """
 
     def __init__(
         self,
@@ -96,9 +104,17 @@ class Worker:
         output: WorkerOutput,
         state_dir: Path,
         run: str = "",
+        index: int = 1,
+        count: int = 1,
     ) -> None:
+        self.group = config.name
+        self.index = index
+        self.count = count
+        self.name = copy_name(config.name, index, plain_first=config.instances == 1)
+        if index > 1:
+            port = copy_port(config.limits.health_port, index)
+            config = dataclasses.replace(config, limits=config.limits.with_changes(health_port=port))
         self.config = config
-        self.name = config.name
         self.project = project
         self.state_dir = state_dir
         self.namespace = namespace_of(state_dir)  # in every marker: the stack's processes are told apart
@@ -187,7 +203,7 @@ class Worker:
 
     @property
     def instance_name(self) -> str:
-        """The worker's instance name (locks, markers, cleanup): ``PROJECT.WORKER``."""
+        """The copy's instance name (locks, markers, cleanup): ``PROJECT.WORKER`` or ``PROJECT.WORKER:K``."""
         return f"{self.project}.{self.name}"
 
     def argv(self) -> list[str]:
@@ -201,7 +217,8 @@ class Worker:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.config.env)
-        env.update(label_environment(self.project, self.name))  # labels its series like everywhere else
+        env.update(label_environment(self.project, self.group))  # labels its series like everywhere else
+        env.update(copy_environment(self.index, self.count))
         env[LINK_ENV] = str(link_fd)
         # The stack's state directory reaches every process it starts, so a runner,
         # a ProcessManager in the worker and any nested procguard lock and mark in
@@ -411,6 +428,8 @@ class Worker:
         limits = self.config.limits
         return {
             "name": self.name,
+            "worker": self.group,
+            "copy": self.index,
             "state": self.state.value,
             "pid": self.pid,
             "restarts": self.restarts,
