@@ -26,8 +26,9 @@ import pytest
 from procguard.reasons import ExitStatus
 from procguard.tracing import flush_timeout, resource_attributes, wanted
 
-from .helpers import PROCGUARD, PYTHON, python_env
+from .helpers import PROCGUARD, PYTHON, python_env, wait_for
 from .otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
+from .supervisor_workers.stackkit import Stack, write_config
 
 WORKER = Path(__file__).parent / "manager_workers" / "traced.py"
 FAST = {"max_runtime_hours": 0, "memory_limit_mb": 0, "cpu_limit_percent": 0, "sample_interval_s": 0.05}
@@ -236,6 +237,44 @@ def test_procguard_run_traces_each_call_of_the_function(spawn, state_dir, tmp_pa
     for before, after in itertools.pairwise(iterations):
         assert after.start_ns - before.end_ns >= 0.18e9
     assert the_shutdown_span(receiver).event("procguard.stop").attributes["procguard.reason"] == "max_iterations"
+
+
+def test_under_procguard_up_each_life_of_a_worker_is_traced(spawn, state_dir, tmp_path, receiver):
+    (tmp_path / "traced_target.py").write_text(textwrap.dedent(TARGET))
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    config = write_config(tmp_path, {
+        "fetch": {"run": "traced_target:fetch", "interval": "0.1s", "max_iterations": 2, "env": env},
+    }, project="tracedstack")
+    up = Stack(config, state_dir, spawn, project="tracedstack")
+    up.up()
+    wait_for(lambda: len(receiver.spans("procguard.shutdown")) >= 2,
+             message=lambda: f"two lives of the worker traced: {receiver.describe()}\n{up.output()[-2000:]}")
+    assert up.cli("down").returncode == 0
+    assert up.proc is not None and up.proc.wait(timeout=30) == 0
+    lives = receiver.spans("procguard.shutdown")[:2]
+    for life in lives:
+        assert life.resource["service.name"] == "fetch"  # the worker's name in the stack, not the instance's
+        assert life.resource["procguard.stack"] == "tracedstack"
+        assert life.event("procguard.stop").attributes["procguard.reason"] == "max_iterations"
+    assert lives[0].resource["procguard.instance"] != lives[1].resource["procguard.instance"]  # one per start
+
+
+# -- what a kill loses ------------------------------------------------------------------
+
+
+def test_after_a_sigkill_what_was_sent_stays_and_no_stop_comes(spawn, state_dir, tmp_path, receiver):
+    out = tmp_path / "result.json"
+    config = {"out": str(out), "kwargs": {**FAST, "name": "killed"}, "sleep_s": 0.02}
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="100")
+    proc = spawn([PYTHON, str(WORKER), json.dumps(config)], env=env)
+    wait_for(lambda: len(receiver.spans("procguard.iteration")) >= 3, message=receiver.describe)
+    proc.kill()
+    proc.wait(timeout=10)
+    sent = [s.attributes["procguard.iteration"] for s in iteration_spans(receiver)]
+    # What was sent before the kill stays; no stop event ever comes (nothing ran after the kill).
+    assert sent == list(range(1, len(sent) + 1))
+    assert receiver.spans("procguard.shutdown") == []
+    assert not out.exists()
 
 
 # -- off: nothing imported ------------------------------------------------------------
