@@ -206,6 +206,21 @@ def test_the_operators_service_name_and_the_stack_are_kept(spawn, state_dir, tmp
     assert resource["procguard.worker"] == "nw"
 
 
+def test_the_example_of_the_tracing_page_runs_as_written(spawn, state_dir, tmp_path, receiver):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "TRACING.md").read_text()
+    example = re.search(r"`worker.py`:\n\n```python\n(.*?)```", page, re.S)
+    assert example, "docs/TRACING.md lost its worker.py example"
+    (tmp_path / "worker.py").write_text(example.group(1))
+    proc = spawn([PYTHON, "worker.py"], cwd=tmp_path, env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitStatus.MAX_ITERATIONS, err.decode()
+    iterations = by_id(iteration_spans(receiver))
+    fetches = receiver.spans("fetch")
+    assert len(iterations) == len(fetches) == 3
+    assert all(s.parent_span_id in iterations for s in fetches)
+    assert next(iter(iterations.values())).resource["service.name"] == "collector"
+
+
 # -- procguard run module:function -----------------------------------------------
 
 TARGET = '''
