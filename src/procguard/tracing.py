@@ -149,6 +149,7 @@ class IterationTracer:
 
     __slots__ = (
         "_attached",
+        "_context",
         "_last",
         "_outcome",
         "_processors",
@@ -156,6 +157,7 @@ class IterationTracer:
         "_span",
         "_started_ns",
         "_token",
+        "_trace_api",
         "_tracer",
         "_worker",
     )
@@ -175,6 +177,10 @@ class IterationTracer:
         self._outcome = OK
         self._attached: Context | None = None
         self._token: object = None
+        from opentelemetry import context, trace  # kept: imported once, not at every iteration
+
+        self._context: Any = context
+        self._trace_api: Any = trace
 
     @classmethod
     def start(cls, worker: str, stack: str | None, *, explicit: bool) -> IterationTracer | None:
@@ -206,15 +212,12 @@ class IterationTracer:
         """An iteration begins (``should_continue()`` said True): its span opens and becomes current."""
         self.pause()
         try:
-            from opentelemetry import context, trace
-
             now = time.time_ns()
             span = self._tracer.start_span(
                 ITERATION_SPAN, attributes={WORKER: self._worker, ITERATION: iteration}, start_time=now
             )
             self._span, self._last, self._started_ns, self._outcome = span, span, now, OK
-            self._attached = trace.set_span_in_context(span)
-            self._token = context.attach(self._attached)
+            self._make_current(span)
         except Exception:
             log.debug("starting an iteration span failed", exc_info=True)
 
@@ -255,15 +258,20 @@ class IterationTracer:
         except Exception:
             log.debug("marking an iteration span failed", exc_info=True)
 
-    def _detach(self) -> None:
-        """Make the span we attached no longer current, if it still is (an asyncio task may be gone)."""
-        attached, self._attached = self._attached, None
-        if attached is None:
-            return
-        from opentelemetry import context
+    def _make_current(self, span: Span) -> None:
+        self._attached = self._trace_api.set_span_in_context(span)
+        self._token = self._context.attach(self._attached)
 
-        if context.get_current() is attached:
-            context.detach(self._token)  # type: ignore[arg-type]
+    def _detach(self) -> None:
+        """Make the span we attached no longer current, if it still is.
+
+        It is not when the stop comes from another context than the loop's
+        (after ``asyncio.run`` returned, or from the monitor thread): the
+        loop's context is gone then, and with it the span's being current.
+        """
+        attached, self._attached = self._attached, None
+        if attached is not None and self._context.get_current() is attached:
+            self._context.detach(self._token)
 
     # -- the stop ---------------------------------------------------------------
 
@@ -271,15 +279,11 @@ class IterationTracer:
         """The loop is over: the open iteration ends, the shutdown's span opens (cleanups run under it)."""
         self.pause()
         try:
-            from opentelemetry import context, trace
-            from opentelemetry.trace import Link
-
             last = self._last
-            links = [Link(last.get_span_context())] if last is not None else None
+            links = [self._trace_api.Link(last.get_span_context())] if last is not None else None
             span = self._tracer.start_span(SHUTDOWN_SPAN, attributes={WORKER: self._worker}, links=links)
             self._span, self._last = span, None
-            self._attached = trace.set_span_in_context(span)
-            self._token = context.attach(self._attached)
+            self._make_current(span)
         except Exception:
             log.debug("starting the shutdown span failed", exc_info=True)
 
