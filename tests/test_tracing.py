@@ -191,6 +191,37 @@ def test_a_crash_marks_its_iteration_and_the_stop(spawn, state_dir, tmp_path, re
     assert shutdown.status_code == 2  # not an expected stop
 
 
+TWO_LIVES = """
+import sys
+from opentelemetry import trace
+from procguard.manager import ProcessManager
+
+def cleanup():
+    with trace.get_tracer("program").start_as_current_span("user.cleanup"):
+        pass
+
+for life in (1, 2):  # a program that makes a new manager after the first one stopped
+    manager = ProcessManager(name=f"life{life}", max_iterations=2, handle_signals=False)
+    manager.add_cleanup(cleanup)
+    while manager.should_continue():
+        pass
+    assert manager.shutdown() == 81
+"""
+
+
+def test_a_second_manager_in_the_same_process_is_traced_too(state_dir, tmp_path, receiver):
+    result = subprocess.run([PYTHON, "-c", TWO_LIVES], env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert len(receiver.spans("procguard.iteration")) == 4, receiver.describe()
+    shutdowns = by_id(receiver.spans("procguard.shutdown"))
+    assert len(shutdowns) == 2
+    # The cleanup callbacks run under the shutdown's span.
+    cleanups = receiver.spans("user.cleanup")
+    assert len(cleanups) == 2 and {s.parent_span_id for s in cleanups} == set(shutdowns)
+    assert [s.attributes["procguard.worker"] for s in shutdowns.values()] == ["life1", "life2"]
+
+
 def test_the_operators_service_name_and_the_stack_are_kept(spawn, state_dir, tmp_path, receiver):
     env = clean_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,

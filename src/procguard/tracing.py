@@ -45,7 +45,6 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import Span, Tracer
 
     from .outcome import StopOutcome
@@ -152,7 +151,6 @@ class IterationTracer:
         "_context",
         "_last",
         "_outcome",
-        "_processors",
         "_provider",
         "_span",
         "_started_ns",
@@ -162,15 +160,12 @@ class IterationTracer:
         "_worker",
     )
 
-    def __init__(
-        self, tracer: Tracer, worker: str, provider: Any, processors: tuple[BatchSpanProcessor, ...] = ()
-    ) -> None:
+    def __init__(self, tracer: Tracer, worker: str, provider: Any) -> None:
         self._tracer = tracer
         self._worker = worker
+        #: Flushed at the stop, never shut down: a ProcessManager created after this one in the
+        #: same process sends through it too.
         self._provider = provider
-        #: The batch processors procguard installed (none when the program brought its own provider:
-        #: that one is flushed at the stop, never shut down).
-        self._processors = processors
         self._span: Span | None = None  # the open span (an iteration's, then the shutdown's)
         self._last: Span | None = None  # the last iteration's, for the shutdown span's link
         self._started_ns = 0
@@ -192,10 +187,9 @@ class IterationTracer:
         try:
             from opentelemetry import trace
 
-            current = trace.get_tracer_provider()
-            processors: tuple[BatchSpanProcessor, ...] = ()
-            if isinstance(current, trace.ProxyTracerProvider):  # nobody set one up: procguard does
-                current, processors = _install_provider(worker, stack)
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, trace.ProxyTracerProvider):  # nobody set one up: procguard does
+                provider = _install_provider(worker, stack)
         except ImportError as error:
             msg = f"otel: OpenTelemetry is not installed ({error}); {INSTALL_HINT}"
             if explicit:
@@ -204,7 +198,7 @@ class IterationTracer:
             return None
         from . import __version__
 
-        return cls(trace.get_tracer("procguard", __version__), worker, current, processors)
+        return cls(trace.get_tracer("procguard", __version__), worker, provider)
 
     # -- iterations -------------------------------------------------------------
 
@@ -312,16 +306,9 @@ class IterationTracer:
 
     def _flush(self, timeout_s: float) -> None:
         started = time.monotonic()
-
-        def flush() -> None:
-            if not self._processors:  # the program's provider: flushed, left running
-                self._provider.force_flush(int(timeout_s * 1000))
-            for processor in self._processors:  # ours: what is queued is sent, the thread ends
-                processor.shutdown()
-
-        # The SDK's flush and shutdown wait as long as the exporter retries (10 s and more
-        # against a collector that is down): the bound is ours.
-        done = _bounded(flush, timeout_s)
+        # The SDK's flush waits as long as the exporter retries (10 s and more against a
+        # collector that is down), whatever timeout it is given: the bound is ours.
+        done = _bounded(lambda: self._provider.force_flush(int(timeout_s * 1000)), timeout_s)
         took = time.monotonic() - started
         if done:
             log.debug("%s: spans flushed in %.3fs", self._worker, took)
@@ -346,9 +333,7 @@ def stop_attributes(outcome: StopOutcome) -> dict[str, str | int | float]:
     return attributes
 
 
-def _install_provider(
-    worker: str, stack: str | None
-) -> tuple[TracerProvider, tuple[BatchSpanProcessor, ...]]:
+def _install_provider(worker: str, stack: str | None) -> TracerProvider:
     """procguard's tracer provider (resource, batch, exporters from the environment), made the global one."""
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
@@ -378,13 +363,14 @@ def _install_provider(
 
         exporters.append(OTLPSpanExporter())
     resource = Resource.create(resource_attributes(worker, stack))
+    # No exit hook of the SDK's: it would wait up to 30 s for a collector that is down. The
+    # stop flushes, within the grace.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    # Batched, the console's too: printing or sending each span from the loop would cost the loop.
-    processors = tuple(BatchSpanProcessor(exporter) for exporter in exporters)
-    for processor in processors:
-        provider.add_span_processor(processor)
+    for exporter in exporters:
+        # Batched, the console's too: printing or sending each span from the loop would cost the loop.
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    return provider, processors
+    return provider
 
 
 def _bounded(fn: Any, timeout_s: float) -> bool:
