@@ -52,12 +52,12 @@ def run_worker(spawn: Any, tmp_path: Path, env: dict[str, str], timeout: float =
     out = tmp_path / f"result-{time.monotonic_ns()}.json"
     config["kwargs"] = {**FAST, **config.get("kwargs", {})}
     proc = spawn([PYTHON, str(WORKER), json.dumps({"out": str(out), **config})], env=env)
-    _stdout, stderr = proc.communicate(timeout=timeout)
+    stdout, stderr = proc.communicate(timeout=timeout)
     log = stderr.decode(errors="replace")
     assert out.exists(), f"worker ended with {proc.returncode} without a result:\n{log}"
     result = json.loads(out.read_text())
     assert result["status"] == proc.returncode, log
-    return {**result, "log": log}
+    return {**result, "log": log, "stdout": stdout.decode(errors="replace")}
 
 
 def by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
@@ -250,6 +250,18 @@ def test_the_example_of_the_tracing_page_runs_as_written(spawn, state_dir, tmp_p
     assert len(iterations) == len(fetches) == 3
     assert all(s.parent_span_id in iterations for s in fetches)
     assert next(iter(iterations.values())).resource["service.name"] == "collector"
+
+
+def test_console_and_otlp_together_and_a_grpc_protocol_setting(spawn, state_dir, tmp_path, receiver):
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_TRACES_EXPORTER="otlp,console",
+                    OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    result = run_worker(spawn, tmp_path, env, kwargs={"name": "both", "max_iterations": 2})
+    assert result["status"] == ExitStatus.MAX_ITERATIONS, result["log"]
+    # One warning for the protocol procguard does not speak; the spans still go over HTTP.
+    warnings = [line for line in result["log"].splitlines() if "exports over http/protobuf only" in line]
+    assert len(warnings) == 1 and "'grpc'" in warnings[0], result["log"]
+    assert len(receiver.spans("procguard.iteration")) == 2
+    assert result["stdout"].count('"name": "procguard.iteration"') == 2  # and on the console
 
 
 # -- procguard run module:function -----------------------------------------------
