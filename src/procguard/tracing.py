@@ -140,7 +140,7 @@ def flush_timeout(grace_left_s: float | None) -> float:
 
 
 class IterationTracer:
-    """One worker's spans; see the module docstring. Used by the manager's loop thread only.
+    """One worker's spans; see the module docstring. Called by the manager from its loop and its stop.
 
     Built by :meth:`start`; every method is cheap when there is nothing to do
     and never raises (a tracing failure must not stop the worker).
