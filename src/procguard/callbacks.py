@@ -6,6 +6,8 @@ function, a function returning an awaitable, or a coroutine function. A
 callback that hangs must not keep the process from exiting, so each runs in
 a daemon thread that is abandoned once ``timeout_s`` has passed; one that
 raises is logged with its traceback, and the caller moves on to the next.
+The thread runs in a copy of the caller's context (``contextvars``), so a
+callback sees what the shutdown's code sees, e.g. the current tracing span.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def run_in_thread(fn: CleanupFn, *, name: str) -> concurrent.futures.Future[Any]
     """Run ``fn`` (sync, or async in a fresh loop) in a daemon thread we can abandon on timeout."""
     import asyncio
     import concurrent.futures
+    import contextvars
     import inspect
 
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -48,8 +51,9 @@ def run_in_thread(fn: CleanupFn, *, name: str) -> concurrent.futures.Future[Any]
         else:
             future.set_result(result)
 
+    context = contextvars.copy_context()
     try:
-        threading.Thread(target=target, name=name, daemon=True).start()
+        threading.Thread(target=context.run, args=(target,), name=name, daemon=True).start()
     except RuntimeError:
         # CPython 3.12.0-3.12.1 refuse new threads once the interpreter has begun
         # to exit (gh-113964, fixed in 3.12.2): while it joins non-daemon threads,

@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from .circuit import CircuitBreaker, CircuitState
     from .instances.claim import InstanceClaim
     from .sampler import ResourceSampler
+    from .tracing import IterationTracer
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ class ProcessManager:
       :meth:`start` takes the instance lock (refusing a second instance).
     - ``helper_pids`` [()]: procguard's own processes beside the worker
       (``procguard run``'s watchdog), never counted in its figures.
+    - ``otel`` [None]: OpenTelemetry spans for each iteration and the stop
+      (the ``procguard[otel]`` extra, :mod:`procguard.tracing`): None traces
+      when the environment asks (``OTEL_EXPORTER_OTLP_ENDPOINT`` ...), True
+      always, False never. ``OTEL_SDK_DISABLED=true`` turns it off in any case.
 
     Calls to external services can go through circuit breakers registered
     with :meth:`circuit`: their state shows on /health, /ready and /metrics.
@@ -175,6 +180,7 @@ class ProcessManager:
         "_link",
         "_monitor",
         "_notifier",
+        "_otel",
         "_outcome",
         "_pid",
         "_reported_helpers",
@@ -189,6 +195,7 @@ class ProcessManager:
         "_stop_event",
         "_stop_lock",
         "_stopped_at",
+        "_trace",
         "_user_ready",
         "_user_ready_reason",
         "child_grace_s",
@@ -234,6 +241,7 @@ class ProcessManager:
         single_instance: bool = True,
         state_dir: str | os.PathLike[str] | None = None,
         helper_pids: Collection[int] = (),
+        otel: bool | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name.strip()):
             msg = f"name: {name!r} is not an instance name (use a non-empty string or None)"
@@ -319,6 +327,8 @@ class ProcessManager:
         self._labels: tuple[str, str | None] = (name or "worker", None)
         self._helpers = frozenset(helper_pids)
         self._reported_helpers: set[int] = set()
+        self._otel = None if otel is None else bool(otel)
+        self._trace: IterationTracer | None = None  # set at start when tracing is on
 
     # ------------------------------------------------------------------ build
 
@@ -448,16 +458,27 @@ class ProcessManager:
             monitor.latest = self._sampler.sample()  # baseline: the CPU window starts here
         except Exception:
             log.debug("first sample failed", exc_info=True)
+        self._trace = self._start_tracing()
         # Running from here on: set before the monitor runs, so that a stop it
         # decides at its first tick can never be overwritten by start().
         self._started = True
         self._halt = False
-        self._gate = self._iteration_cap
+        # Traced, every should_continue() takes the slow path, which opens the iteration's span.
+        self._gate = self._iteration_cap if self._trace is None else 0
         self._monitor = monitor
         early = self._signals.first_signum
         if early is not None:  # a stop signal came while procguard run was still starting
             self._begin_stop(stop_for_signal(early, self._link), drain=self.limits.drain_delay_s)
         monitor.start()
+
+    def _start_tracing(self) -> IterationTracer | None:
+        """The worker's tracer when tracing is on (nothing OpenTelemetry is imported when it is off)."""
+        from .tracing import IterationTracer, wanted
+
+        if not wanted(self._otel):
+            return None
+        worker, stack = self._labels
+        return IterationTracer.start(worker, stack, explicit=bool(self._otel))
 
     def _warn_about_cgroup(self) -> None:
         limit = self.limits.memory_limit_bytes
@@ -510,9 +531,14 @@ class ProcessManager:
             if self._shut_down:
                 return False
             self.start()
+        trace = self._trace
         if self._halt:
+            if trace is not None:
+                trace.pause()
             return False
         if self._iterations >= self._iteration_cap:
+            if trace is not None:
+                trace.pause()
             self._begin_stop(
                 StopOutcome.decided(
                     StopReason.MAX_ITERATIONS,
@@ -522,6 +548,8 @@ class ProcessManager:
             )
             return False
         self._iterations += 1
+        if trace is not None:
+            trace.begin(self._iterations)
         return True
 
     # ------------------------------------------------------------------ sleep
@@ -531,7 +559,10 @@ class ProcessManager:
 
         Returns True when the full time was slept, False when woken by a stop.
         Time asleep here counts as a heartbeat (up to the planned wake-up).
+        Traced, the iteration's span ends here: sleeping is not its work.
         """
+        if self._trace is not None:
+            self._trace.pause()
         if self._halt and self._started:
             return False
         if seconds <= 0:
@@ -546,6 +577,8 @@ class ProcessManager:
 
     async def sleep_async(self, seconds: float) -> bool:
         """``await`` version of :meth:`sleep`: returns at once when a stop is due."""
+        if self._trace is not None:
+            self._trace.pause()
         if self._halt and self._started:
             return False
         import asyncio
@@ -633,6 +666,8 @@ class ProcessManager:
             if circuit_of(exc) in self._circuits:
                 return
         self._consecutive_failures += 1
+        if self._trace is not None:
+            self._trace.failed(exc)
         cap = self.limits.max_failures
         if cap and self._consecutive_failures >= cap:
             last = f"; last: {exc!r}" if exc is not None else ""
@@ -901,6 +936,8 @@ class ProcessManager:
         ended = self._crash or completed
         self._begin_stop(ended)
         self._make_due()
+        if self._trace is not None:
+            self._trace.begin_shutdown()  # the cleanups' own spans nest under it
 
     def _crashed_with(self, exc: BaseException) -> None:
         """The work loop ended by ``exc``: a crash when it is an exception or a failing ``sys.exit``.
@@ -920,6 +957,8 @@ class ProcessManager:
         else:
             return  # KeyboardInterrupt and friends: a stop signal, not a crash
         self._crash = StopOutcome(StopReason.CRASHED, detail, exit_status=status, by=Ender.WORKER)
+        if self._trace is not None:
+            self._trace.crashed(exc)
 
     def _finish_shutdown(self) -> int:
         if self._health_server is not None:
@@ -963,7 +1002,15 @@ class ProcessManager:
         )
         if self._link is not None:
             self._link.report_outcome(outcome)
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.finish(outcome, self._iterations, grace_left_s=self._grace_left(stop))
         return self.exit_status
+
+    def _grace_left(self, stop: StopRequest) -> float | None:
+        """Seconds left of the stop's grace period (None: no grace limit)."""
+        grace = self.limits.grace_s
+        return stop.due_at + grace - _monotonic() if grace else None
 
     def _shutdown_at_exit(self) -> None:
         """atexit: a program that forgot ``shutdown()`` still runs its cleanups and leaves no children."""
