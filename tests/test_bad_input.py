@@ -137,6 +137,11 @@ ROWS = [
         lambda ctx: "workers.a\\nb: 'a\\nb' is not a valid worker name",
     ),
     Row(
+        "a worker named all (the word that selects every worker)",
+        lambda ctx: [*PROCGUARD, "check", "-c", ctx.config(_worker("all"))],
+        lambda ctx: "workers.all: 'all' is reserved ('all' selects every worker in procguard start/stop/restart/signal/logs; use another name)",
+    ),
+    Row(
         "an env key with a newline",
         lambda ctx: [*PROCGUARD, "check", "-c", ctx.config(_worker(extra='env = { "A\\nB" = "1" }\n'))],
         lambda ctx: "workers.w.env.A\\nB: is not a valid variable name",

@@ -57,6 +57,8 @@ DEFAULT_FILENAME = "procguard.toml"
 #: object names, so they are kept to a set every one of those accepts.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 NAME_ACCEPTED = "letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
+#: Worker names the commands give a meaning of their own, and why.
+RESERVED_NAMES = {"all": "'all' selects every worker in procguard start/stop/restart/signal/logs"}
 
 _TARGET_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -496,6 +498,8 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
         prefix = f"workers.{name}"
         if not NAME_RE.match(name):
             raise ctx.error(prefix, f"{shown(name)} is not a valid worker name (use {NAME_ACCEPTED})")
+        if name in RESERVED_NAMES:
+            raise ctx.error(prefix, f"{shown(name)} is reserved ({RESERVED_NAMES[name]}; use another name)")
         own = _convert(ctx, prefix, _table(ctx, prefix, raw), WORKER_KEYS)
         values = {**defaults, **own}
         if "env" in defaults and "env" in own:
