@@ -151,7 +151,13 @@ def test_every_surface_shows_the_same_reason(event: str, tmp_path: Path, state_d
         assert f"[procguard] stopped: {token} " in log[-1], (where, log[-5:])
         if mode in ("lib", "run") and event != "sigkill":  # the worker's own last word, where it has one
             own = [line for line in log if "[procguard]" not in line and "stopped" in line]
-            assert own and f": {token}" in own[-1], (where, own[-3:] or log[-10:])
+            if event == "burst" and not own:
+                # Filling 3x the limit is one C call that holds the worker's GIL: on a loaded machine
+                # the supervisor's sample can see the ceiling before the worker's own monitor runs.
+                # Then the supervisor ends it, and says so; the token is the same on every surface.
+                assert "SIGKILL" in log[-1], (where, log[-5:])
+            else:
+                assert own and f": {token}" in own[-1], (where, own[-3:] or log[-10:])
         counts = {r: n for (name, r), n in after.items() if name == mode}  # from 0: a fresh stack
         assert {r: n for r, n in counts.items() if n} == {token: 1}, (where, counts)
         status = REASONS[reason].status
