@@ -272,3 +272,16 @@ def search_path(procguard: Sequence[str]) -> str:
     first = posixpath.dirname(procguard[0]) if procguard and procguard[0].startswith("/") else ""
     system = ["/usr/local/bin", "/usr/bin", "/bin"]
     return ":".join([first, *[d for d in system if d != first]] if first else system)
+
+
+def copies_argv(worker: WorkerConfig, argv: list[str], number: str) -> list[str]:
+    """The argv of copy ``number`` (the engine's placeholder for the copy's number) of a worker
+    with copies: ``sh -c 'exec ...'`` computing its port P+K-1, which neither supervisord nor
+    systemd can add up; unchanged without a health port. ``exec`` keeps the runner the main PID."""
+    port = worker.limits.health_port
+    if port is None:
+        return argv
+    at = argv.index("--health-port")
+    argv = [*argv[:at], "--health-port", "PROCGUARDHEALTHPORT", *argv[at + 2 :]]
+    inner = shlex.join(argv).replace("PROCGUARDHEALTHPORT", f"$(({port - 1} + {number}))")
+    return ["/bin/sh", "-c", f"exec {inner}"]

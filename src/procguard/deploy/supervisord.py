@@ -18,7 +18,6 @@ worker, nothing stays in between).
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..errors import UsageError
 from ..reasons import RECYCLE_STATUSES, SIGNAL_STOP_STATUSES
 from ..snapshot import label_environment
 from .escape import supervisor_command, supervisor_environment, supervisor_value
-from .settings import engine_limits, search_path, worker_workdir
+from .settings import copies_argv, engine_limits, search_path, worker_workdir
 from .writer import RenderedFile, header
 
 #: autorestart per restart policy. "on-failure" restarts "unexpected" exits,
@@ -40,16 +39,6 @@ DEFAULT_STARTSECS = 2.0
 #: Stands for supervisord's ``%(process_num)d`` until the escaping is done (it escapes every ``%``).
 _NUM = "PROCGUARDPROCESSNUM"
 
-
-def _copies_argv(worker: WorkerConfig, argv: list[str]) -> list[str]:
-    """The argv of copy ``_NUM`` of a worker with copies: ``sh -c 'exec ...'`` when its port is P+K-1."""
-    port = worker.limits.health_port
-    if port is None:
-        return argv
-    at = argv.index("--health-port")
-    argv = [*argv[:at], "--health-port", "PROCGUARDHEALTHPORT", *argv[at + 2 :]]
-    inner = shlex.join(argv).replace("PROCGUARDHEALTHPORT", f"$(({port - 1} + {_NUM}))")
-    return ["/bin/sh", "-c", f"exec {inner}"]
 
 
 def conf_name(config: StackConfig) -> str:
@@ -98,7 +87,7 @@ def render_program(
     argv = worker_argv(worker, procguard=procguard, name=name)
     if copies:
         env.update({INDEX_ENV: _NUM, COUNT_ENV: str(worker.instances)})
-        argv = _copies_argv(worker, argv)
+        argv = copies_argv(worker, argv, _NUM)
         prefix += f"_{_NUM}"
     lines = [
         "",

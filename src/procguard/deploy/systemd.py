@@ -23,7 +23,6 @@ goes through ``/bin/sh -c 'exec ...'`` to give copy K the port P+K-1.
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from .escape import (
     systemd_specifiers,
     systemd_text,
 )
-from .settings import engine_limits, search_path, worker_workdir
+from .settings import copies_argv, engine_limits, search_path, worker_workdir
 from .writer import RenderedFile, header
 
 #: Paths under which ProtectHome=yes would hide the program or its data.
@@ -109,16 +108,6 @@ def unit_instances(config: StackConfig, worker: WorkerConfig | str) -> list[str]
 _INSTANCE = "PROCGUARDUNITINSTANCE"
 
 
-def _copies_argv(worker: WorkerConfig, argv: list[str]) -> list[str]:
-    """The argv of copy ``_INSTANCE`` of a worker with copies: ``sh -c 'exec ...'`` for port P+K-1."""
-    port = worker.limits.health_port
-    if port is None:
-        return argv
-    at = argv.index("--health-port")
-    argv = [*argv[:at], "--health-port", "PROCGUARDHEALTHPORT", *argv[at + 2 :]]
-    inner = shlex.join(argv).replace("PROCGUARDHEALTHPORT", f"$(({port - 1} + {_INSTANCE}))")
-    return ["/bin/sh", "-c", f"exec {inner}"]
-
 
 def target_name(config: StackConfig) -> str:
     """``<project>.target``: starts and stops the whole stack."""
@@ -171,7 +160,7 @@ def render_unit(
         raise UsageError(msg)
     argv = worker_argv(worker, procguard=procguard, name=worker.name + copy)
     if copies:
-        argv = _copies_argv(worker, argv)
+        argv = copies_argv(worker, argv, _INSTANCE)
     # The main process speaks sd_notify in both modes: a function worker's
     # ProcessManager sends READY=1 and, while its loop's heartbeat is fresh,
     # WATCHDOG=1; a command worker's runner sends READY=1 once the command is

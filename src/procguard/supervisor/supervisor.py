@@ -243,6 +243,14 @@ class Supervisor:
             self._forget(worker)
 
     def _forget(self, worker: Worker) -> None:
+        self._close_output(worker)
+        self._release_health(worker)
+        del self.workers[worker.name]
+        self._probe_targets_changed()
+        self._publish_pending = True
+
+    def _close_output(self, worker: Worker) -> None:
+        """Stop reading a worker's link and output pipe; close its log."""
         self._unwatch_link(worker)
         if worker.output_fd is not None:
             with contextlib.suppress(KeyError, ValueError):
@@ -250,10 +258,6 @@ class Supervisor:
             os.close(worker.output_fd)
             worker.output_fd = None
         worker.output.close()
-        self._release_health(worker)
-        del self.workers[worker.name]
-        self._probe_targets_changed()
-        self._publish_pending = True
 
     def port_clash(self, group: str, count: int) -> str | None:
         """The health port ``group`` with ``count`` copies would share (the others as they run now)."""
@@ -623,13 +627,7 @@ class Supervisor:
     def _close(self) -> None:
         """Close what the loop used: output pipes and logs, watchdog, servers, history."""
         for worker in self.workers.values():
-            self._unwatch_link(worker)
-            if worker.output_fd is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(worker.output_fd)
-                os.close(worker.output_fd)
-                worker.output_fd = None
-            worker.output.close()
+            self._close_output(worker)
         self._watchdog.close()
         if self._health_ports is not None:
             self._health_ports.close_all()
