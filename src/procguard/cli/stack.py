@@ -448,7 +448,8 @@ def _worker_words(parser: argparse.ArgumentParser) -> None:
 def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Start stopped (or FATAL) workers of the running supervisor, each once what it depends on "
-        "runs; one line per worker. NAME: a worker, 'all', or a shell pattern ('coll*'). "
+        "runs; one line per worker. "
+        "NAME: a worker (every copy), one copy NAME:K, 'all', or a shell pattern ('coll*'). "
         "Exit status 0 once all are started, 1 if any could not start, 2 if a NAME matches no worker."
     )
     _worker_words(parser)
@@ -458,7 +459,8 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
 def configure_stop(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Stop workers (SIGTERM, SIGKILL after their grace), those that depend on others first; they "
-        "stay stopped until started. NAME: a worker, 'all', or a shell pattern ('coll*'). "
+        "stay stopped until started. "
+        "NAME: a worker (every copy), one copy NAME:K, 'all', or a shell pattern ('coll*'). "
         "Exit status 0 once all have stopped, 2 if a NAME matches no worker (nothing is stopped)."
     )
     _worker_words(parser)

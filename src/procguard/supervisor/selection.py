@@ -36,7 +36,7 @@ _PATTERN_RE = re.compile(r"[A-Za-z0-9_*?\[\]!:-]{1,200}\Z")
 _WILDCARDS = frozenset("*?[")
 
 #: How a selection may be written, for help texts and messages.
-ACCEPTED = "a worker name, 'all', or a shell pattern such as 'coll*'"
+ACCEPTED = "a worker name (every copy of it), one copy NAME:K, 'all', or a shell pattern such as 'coll*'"
 
 
 def is_pattern(word: str) -> bool:
