@@ -155,13 +155,14 @@ def run_run(args: argparse.Namespace) -> int:
         if func is None:
             from ..health.notify import SystemdNotifier
             from ..runner.command import CommandSupervisor
+            from ..runner.handoff import exec_watching_stage
 
             # Under a Type=notify unit the runner is the main process: it tells systemd.
             notifier = SystemdNotifier.from_env()
             # Standalone, the runner then executes itself into its small watching stage.
             return CommandSupervisor(
                 options, marker=marker, lock=lock, keep_pids=helpers, notifier=notifier, link=link,
-                watchdog_fd=watchdog_fd, exec_to_watch=link is None,
+                watchdog_fd=watchdog_fd, exec_to_watch=exec_watching_stage if link is None else None,
             ).run()
         from ..manager import ProcessManager
         from ..runner.function import FunctionLoop

@@ -146,11 +146,12 @@ class CommandSupervisor:
     ``link`` (under ``procguard up``) hears the command's pid and the outcome,
     and says why a stop signal was sent.
 
-    ``exec_to_watch`` (a standalone runner): once the command runs, the
-    runner executes itself again (same PID) into its watching stage, which
-    imports only what watching needs (:mod:`procguard.runner.handoff`), so
-    the process that lives as long as the command holds no parser, no lock
-    code and no spawning code. ``started`` (monotonic, wall clock) is when the
+    ``exec_to_watch`` (a standalone runner passes
+    :func:`procguard.runner.handoff.exec_watching_stage`): once the command
+    runs, it is called to execute the runner again (same PID) into its
+    watching stage, which imports only what watching needs, so the process
+    that lives as long as the command holds no parser, no lock code and no
+    spawning code; it returns only when that did not happen. ``started`` (monotonic, wall clock) is when the
     command was started, for a runner resumed after that exec.
     """
 
@@ -166,7 +167,7 @@ class CommandSupervisor:
         notifier: SystemdNotifier | None = None,
         link: ParentLink | None = None,
         watchdog_fd: int | None = None,
-        exec_to_watch: bool = False,
+        exec_to_watch: Callable[[CommandSupervisor, SignalCapture], None] | None = None,
         started: tuple[float, float] | None = None,
     ) -> None:
         self.options = options
@@ -299,10 +300,8 @@ class CommandSupervisor:
         become_child_subreaper()  # kept across the exec into the watching stage
         try:
             self._start()
-            if self.exec_to_watch:
-                from .handoff import exec_watching_stage
-
-                exec_watching_stage(self, capture)
+            if self.exec_to_watch is not None:
+                self.exec_to_watch(self, capture)
                 if self.health_listener is not None:  # no exec after all: this process serves the port
                     self._serve_health(self.health_listener)
             return self._watch_to_end(capture)
@@ -335,7 +334,7 @@ class CommandSupervisor:
             # A port taken is exit 2 before anything started.
             listener = bind_listener(lim.health_host, lim.health_port)
             self.health_listener = listener
-            if not self.exec_to_watch:
+            if self.exec_to_watch is None:
                 self._serve_health(listener)
         self.child = self._spawn()
         self._running = True
