@@ -74,6 +74,18 @@ def _target_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def worker_targets(worker: WorkerConfig) -> list[str]:
+    """``host:port`` of every health endpoint of ``worker`` (none without a ``health_port``).
+
+    The one place that says where a worker's endpoints are: a worker that
+    runs several copies lists each copy's port here.
+    """
+    port = worker.limits.health_port
+    if not port:
+        return []
+    return [f"{_target_host(worker.limits.health_host)}:{port}"]
+
+
 def _credentials(worker: WorkerConfig, options: ScrapeOptions) -> str | None:
     limits = worker.limits
     has_token = limits.health_token_file is not None or bool(worker.env.get("PROCGUARD_HEALTH_TOKEN"))
@@ -124,11 +136,10 @@ def scrape_config(config: StackConfig, options: ScrapeOptions = _NO_OPTIONS) -> 
     stack = config.project.name
     jobs: dict[_Job, list[dict[str, Any]]] = {}
     for worker in config.workers.values():
-        port = worker.limits.health_port
-        if not port:
+        targets = worker_targets(worker)
+        if not targets:
             continue
-        target = f"{_target_host(worker.limits.health_host)}:{port}"
-        entry = {"targets": [target], "labels": {"stack": stack, "worker": worker.name}}
+        entry = {"targets": targets, "labels": {"stack": stack, "worker": worker.name}}
         jobs.setdefault(_job_of(worker, options), []).append(entry)
     scrape_configs = [
         _job("procguard" if index == 0 else f"procguard-{index + 1}", job, entries, options)

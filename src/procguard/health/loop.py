@@ -345,8 +345,14 @@ class HttpLoop:
             self._respond(conn, PLAIN_REFUSAL)
             return
         plain = conn.sock
+        fd = plain.fileno()
         self._selector.unregister(plain)
-        wrapped = conn.tls.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
+        try:
+            wrapped = conn.tls.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:  # the peer went away meanwhile
+            logger.debug("%s: cannot start TLS: %s", self._name, exc)
+            self._close(fd)
+            return
         conn.tls = None
         conn.sock = wrapped  # same descriptor: the dict key stays right
         conn.state = _HANDSHAKE
