@@ -348,6 +348,8 @@ class HttpLoop:
         fd = plain.fileno()
         self._selector.unregister(plain)
         try:
+            # The handshake's flights and the answer leave at once, never held back for an ACK.
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             wrapped = conn.tls.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:  # the peer went away meanwhile
             logger.debug("%s: cannot start TLS: %s", self._name, exc)

@@ -73,6 +73,10 @@ def server_context(
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The session tickets OpenSSL sends right after the handshake are kept although nothing
+    # resumes (every answer closes its connection): they also acknowledge the client's Finished at
+    # once. Without them a client with Nagle's algorithm on (Python's sockets) holds its request
+    # back until the delayed ACK, 40 ms later (measured: /health p50 3 ms -> 47 ms).
     try:
         context.load_cert_chain(cert, key, password=_no_password)
     except ssl.SSLError as error:
