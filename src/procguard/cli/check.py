@@ -49,6 +49,8 @@ def run_check(args: argparse.Namespace) -> int:
         memory = format_bytes(limit) if limit else "no limit"
         runtime = _duration(worker.limits.max_runtime_s) if worker.limits.max_runtime_s else "no limit"
         port = f", health :{worker.limits.health_port}" if worker.limits.health_port else ""
+        if port and worker.limits.health_tls_cert:
+            port += " https"
         grace = worker.limits.grace_s
         print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{port})")
     return ExitStatus.OK
