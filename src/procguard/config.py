@@ -13,7 +13,7 @@ lifecycle keys (``memory_limit``, ``grace``, ...) are the settings of
 
 Layout::
 
-    [project]            # name, status_port, status_host, log_max_bytes, log_backups
+    [project]            # name, status_port, status_host, status_tls_cert/key, log_max_bytes, log_backups
     [defaults]           # any worker key; merged under every worker (env tables merge too)
     [workers.NAME]       # run = "pkg.mod:fn"  or  command = "prog --flag" / ["prog", "--flag"]
     [deploy.systemd]     # raw tables, validated by procguard.deploy
@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple, get_args
 from .copies import MAX_INSTANCES, copy_port
 from .copies import parse_count as parse_instances
 from .errors import ConfigError, UsageError, shown
-from .limits import SETTINGS, Setting, WorkerLimits
+from .limits import SETTINGS, SETTINGS_BY_KEY, Setting, WorkerLimits
 from .units import MB, parse_count, parse_duration, parse_port, parse_size
 
 if sys.version_info >= (3, 11):
@@ -108,6 +108,8 @@ class ProjectConfig:
     name: str
     status_port: int = 0
     status_host: str = "127.0.0.1"
+    status_tls_cert: str | None = None
+    status_tls_key: str | None = None
     log_max_bytes: int = 10 * MB
     log_backups: int = 3
 
@@ -328,6 +330,16 @@ PROJECT_KEYS: dict[str, Key] = {
         "status_port", _wrap(parse_port), "`procguard up` status page and API; default 0 = off"
     ),
     "status_host": Key("status_host", _host, "address of the status page; default 127.0.0.1"),
+    "status_tls_cert": Key(
+        "status_tls_cert",
+        _lifecycle(SETTINGS_BY_KEY["health_tls_cert"]),
+        "serve the status page, `/api/workers` and `/metrics` over HTTPS with this PEM certificate "
+        "(plain HTTP refused); needs status_tls_key; default: plain HTTP",
+    ),
+    "status_tls_key": Key(
+        "status_tls_key", _lifecycle(SETTINGS_BY_KEY["health_tls_key"]),
+        "the PEM private key of status_tls_cert"
+    ),
     "log_max_bytes": Key(
         "log_max_bytes",
         _wrap(lambda v: parse_size(v, default_unit="B")),
@@ -408,6 +420,18 @@ def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
         visit(name, [])
 
 
+#: Keys that name a file; a relative path is relative to the config file's directory.
+_PATH_KEYS = (
+    *(s.field for s in SETTINGS if s.kind == "path"),
+    "status_tls_cert",
+    "status_tls_key",
+)
+
+
+def _beside(config_path: pathlib.Path, value: str) -> str:
+    return str(config_path.parent / value)  # an absolute value stays as it is
+
+
 def port_owners(
     project: ProjectConfig, workers: Mapping[str, WorkerConfig], *, counts: Mapping[str, int] | None = None
 ) -> dict[int, str]:
@@ -483,6 +507,11 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
 
     project_values = _convert(ctx, "project", _table(ctx, "project", data.get("project", {})), PROJECT_KEYS)
     project_values.setdefault("name", _default_project_name(file_path))
+    for key in _PATH_KEYS:
+        if project_values.get(key) is not None:
+            project_values[key] = _beside(file_path, project_values[key])
+    if (project_values.get("status_tls_cert") is None) != (project_values.get("status_tls_key") is None):
+        raise ctx.error("project", "status_tls_cert and status_tls_key go together (give both, or neither)")
     project = ProjectConfig(**project_values)
 
     raw_defaults = _table(ctx, "defaults", data.get("defaults", {}))
@@ -526,6 +555,9 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
             raise ctx.error(f"{prefix}.args", "args apply to command workers only (put them in command)")
         if values.get("backoff_max_s", 30.0) < values.get("backoff_initial_s", 0.5):
             raise ctx.error(f"{prefix}.backoff_max", "is smaller than backoff_initial (use a larger value)")
+        for key in _PATH_KEYS:
+            if lifecycle.get(key) is not None:
+                lifecycle[key] = _beside(file_path, lifecycle[key])
         try:
             limits = WorkerLimits().with_changes(**lifecycle)
         except UsageError as error:
@@ -651,6 +683,8 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
         if worker.run is None and setting.applies == "loop":
             continue
         value = getattr(limits, setting.field)
+        if setting.kind == "path" and (value is None or not limits.health_port):
+            continue  # a file only where one is named, and only for a port that is served
         if setting.key == "health_host":
             if not limits.health_port:
                 continue

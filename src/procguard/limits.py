@@ -42,7 +42,7 @@ AppliesTo = Literal["all", "loop"]
 #: Where a setting has a flag: in every worker CLI (``add_lifecycle_arguments``,
 #: the seed's flags), only in ``procguard run``, or nowhere (library only).
 FlagScope = Literal["worker", "run", "none"]
-Kind = Literal["duration", "size", "percent", "count", "port", "address"]
+Kind = Literal["duration", "size", "percent", "count", "port", "address", "path"]
 
 #: What a bare number means for each kind of value, in words for help and docs.
 _BARE_WORDS = {"s": "seconds", "m": "minutes", "h": "hours", "MB": "MB", "%": "percent"}
@@ -110,7 +110,7 @@ class Setting(NamedTuple):
         """
         label = f"{what}: " if what else ""
         if value is None:
-            if self.zero is not None and self.zero_is_none:
+            if (self.zero is not None and self.zero_is_none) or self.kind == "path":
                 return None
             msg = f"{label}None is not accepted (use {self.accepted()})"
             raise UsageError(msg)
@@ -150,6 +150,8 @@ class Setting(NamedTuple):
             return "a port from 0 to 65535"
         if self.kind == "address":
             return "an IP address such as 127.0.0.1, 0.0.0.0 or ::1"
+        if self.kind == "path":
+            return "the path of a file"
         return "a whole number"
 
     def describe_default(self, value: Any) -> str:
@@ -160,7 +162,7 @@ class Setting(NamedTuple):
             size = units.DURATION_UNITS[self.bare]
             if value % size == 0:
                 return f"{value / size:g}{self.bare}"
-        if self.kind == "address":
+        if self.kind in ("address", "path"):
             return str(value)
         return self.format(value)
 
@@ -199,6 +201,16 @@ def _parse_address(s: Setting, value: object, what: str) -> str:
         raise UsageError(msg) from None
 
 
+def _parse_path(s: Setting, value: object, what: str) -> str:
+    # Only the text is checked here: whether the file can be read is checked where it is
+    # used (procguard.health.tls), so a config can be deployed to a host where the file lives.
+    if isinstance(value, str) and value.strip() and "\0" not in value:
+        return value
+    label = f"{what}: " if what else ""
+    msg = f"{label}{shown(value)} is not a file path (use {s.accepted()})"
+    raise UsageError(msg)
+
+
 _PARSERS: dict[str, Callable[[Setting, object, str], Any]] = {
     "duration": _parse_duration,
     "size": _parse_size,
@@ -206,6 +218,7 @@ _PARSERS: dict[str, Callable[[Setting, object, str], Any]] = {
     "count": _parse_count,
     "port": _parse_port,
     "address": _parse_address,
+    "path": _parse_path,
 }
 
 
@@ -393,6 +406,31 @@ class _LimitFields(NamedTuple):
         metavar="ADDRESS",
         help="address the health server binds",
     )
+    health_tls_cert: str | None = _setting(
+        None,
+        key="health_tls_cert",
+        keyword="health_tls_cert",
+        kind="path",
+        metavar="FILE",
+        help="serve the health port over HTTPS with this PEM certificate (chain); plain HTTP on the port "
+        "is refused; needs health_tls_key",
+    )
+    health_tls_key: str | None = _setting(
+        None,
+        key="health_tls_key",
+        keyword="health_tls_key",
+        kind="path",
+        metavar="FILE",
+        help="the PEM private key of health_tls_cert",
+    )
+    health_token_file: str | None = _setting(
+        None,
+        key="health_token_file",
+        keyword="health_token_file",
+        kind="path",
+        metavar="FILE",
+        help="read the bearer token /metrics requires from this file (instead of PROCGUARD_HEALTH_TOKEN)",
+    )
 
 
 
@@ -415,6 +453,13 @@ class WorkerLimits(_LimitFields):
             self._check_ceiling()
 
     def _check_ceiling(self) -> None:
+        if (self.health_tls_cert is None) != (self.health_tls_key is None):
+            given, missing = (
+                ("health_tls_cert", "health_tls_key") if self.health_tls_key is None
+                else ("health_tls_key", "health_tls_cert")
+            )
+            msg = f"{given} is set without {missing} (give both, or neither for plain HTTP)"
+            raise UsageError(msg)
         soft, hard = self.memory_limit_bytes, self.memory_hard_limit_bytes
         if soft and hard and hard < soft:
             msg = (
@@ -495,7 +540,7 @@ class WorkerLimits(_LimitFields):
 
 def _is_base(setting: Setting, value: object) -> bool:
     """True for a value in base units of the right type (what :meth:`WorkerLimits.to_json` writes)."""
-    if setting.kind == "address":
+    if setting.kind in ("address", "path"):
         return isinstance(value, str)
     if isinstance(value, bool):
         return False

@@ -230,6 +230,9 @@ class ProcessManager:
         handle_signals: bool = True,
         health_port: int | None = _UNSET,
         health_host: str = _UNSET,
+        health_tls_cert: str | None = _UNSET,
+        health_tls_key: str | None = _UNSET,
+        health_token_file: str | None = _UNSET,
         runtime_jitter_s: float = 0.0,
         memory_hard_limit_mb: float | str | None = _UNSET,
         memory_strikes: int = _UNSET,
@@ -258,6 +261,9 @@ class ProcessManager:
             "drain_delay_s": drain_delay_s,
             "health_port": health_port,
             "health_host": health_host,
+            "health_tls_cert": health_tls_cert,
+            "health_tls_key": health_tls_key,
+            "health_token_file": health_token_file,
             "memory_hard_limit_mb": memory_hard_limit_mb,
             "memory_strikes": memory_strikes,
             "max_consecutive_failures": max_consecutive_failures,
@@ -432,14 +438,19 @@ class ProcessManager:
                 self._pid,
             )
         if self.limits.health_port:
+            from .health.endpoints import worker_token
             from .health.server import serve_health
 
-            token = os.environ.get("PROCGUARD_HEALTH_TOKEN") or None
             options: dict[str, Any] = {}
-            # Under procguard up the supervisor holds the port and answers from what we publish.
+            # Under procguard up the supervisor holds the port and answers from what we publish
+            # (with its TLS and token: nothing of them is needed here).
             mapping = self._link.health_mapping(self.limits.health_port) if self._link is not None else None
             if mapping is not None:
                 options = {"mode": "published", "shared_fd": mapping.fd, "shared_size": mapping.size}
+                token = None
+            else:
+                token = worker_token(self.limits.health_token_file, os.environ) or None
+                options = {"tls_cert": self.limits.health_tls_cert, "tls_key": self.limits.health_tls_key}
             self._health_server = serve_health(
                 self.snapshot, host=self.limits.health_host, port=self.limits.health_port, token=token,
                 **options,

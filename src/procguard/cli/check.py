@@ -2,7 +2,9 @@
 
 Checks what ``up`` and ``deploy`` would refuse: the config itself (keys,
 types, units, names, ports, dependencies), the ``[deploy.*]`` tables, and the
-timeout/memory budget. Prints one line per worker when all is well.
+timeout/memory budget, and the files the stack names on this machine (TLS
+certificates and keys, token files: readable, PEM, a key that matches its
+certificate). Prints one line per worker when all is well.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def run_check(args: argparse.Namespace) -> int:
     """Validate; exit 0 when valid, 2 (one line naming file and key) when not."""
     from ..deploy import all_settings
     from ..deploy.budget import enforce_budget
+    from ..health.tls import check_stack
 
     config = load_config(args.config)
     enforce_budget(config, all_settings(config))
+    check_stack(config)
     if args.quiet:
         return ExitStatus.OK
     print(f"{config.path}: project {config.project.name!r}, {len(config.workers)} workers, OK")
@@ -49,6 +53,8 @@ def run_check(args: argparse.Namespace) -> int:
         if port:
             ports = f", health :{port}" + (f"-{port + worker.instances - 1}" if worker.instances > 1 else "")
         copies = f", {worker.instances} copies" if worker.instances > 1 else ""
+        if ports and worker.limits.health_tls_cert:
+            ports += " https"
         grace = worker.limits.grace_s
         print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{ports}{copies})")
     return ExitStatus.OK

@@ -1,4 +1,4 @@
-"""``procguard deploy systemd|supervisor|kubernetes``: write engine files from procguard.toml.
+"""``procguard deploy systemd|supervisor|kubernetes|prometheus``: write engine files from procguard.toml.
 
 Nothing is written when the config or the timeout/memory budget is wrong:
 the render is complete (and checked) before the first file is written.
@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 def configure_deploy(parser: argparse.ArgumentParser) -> None:
     """Flags of ``procguard deploy``."""
     parser.add_argument(
-        "target", choices=("systemd", "supervisor", "kubernetes"), help="the engine to generate for"
+        "target", choices=("systemd", "supervisor", "kubernetes", "prometheus"),
+        help="the engine to generate for (prometheus: a scrape config and alert rules)",
     )
     parser.add_argument("-c", "--config", metavar="FILE", help="procguard.toml (default: ./procguard.toml)")
     parser.add_argument(
@@ -42,6 +43,21 @@ def configure_deploy(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--image", metavar="IMG", help="kubernetes: the container image")
     parser.add_argument("--namespace", metavar="NS", help="kubernetes: the namespace")
+    parser.add_argument(
+        "--credentials-file",
+        metavar="PATH",
+        help="prometheus: the file holding the bearer token on the Prometheus host "
+        "(default: each worker's health_token_file)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="prometheus: the CA certificate that signed the health certificates "
+        "(default: each worker's health_tls_cert, for a self-signed certificate)",
+    )
+    parser.add_argument(
+        "--server-name", metavar="NAME", help="prometheus: the name the health certificates are issued for"
+    )
 
 
 def run_deploy(args: argparse.Namespace) -> int:
@@ -49,9 +65,15 @@ def run_deploy(args: argparse.Namespace) -> int:
     from ..deploy import all_settings, render, write_files
 
     config = load_config(args.config)
-    flags = {key: getattr(args, key) for key in ("user", "venv", "workdir", "image", "namespace")}
-    settings = all_settings(config, flags)
-    files = render(args.target, config, settings)
+    if args.target == "prometheus":
+        from ..deploy.prometheus import options_from, render_prometheus
+
+        flags = {key: getattr(args, key) for key in ("credentials_file", "ca_file", "server_name")}
+        files = render_prometheus(config, options_from(flags))
+    else:
+        flags = {key: getattr(args, key) for key in ("user", "venv", "workdir", "image", "namespace")}
+        settings = all_settings(config, flags)
+        files = render(args.target, config, settings)
     if args.output == "-":
         for record in files:
             sys.stdout.write(f"# ---- {record.filename}\n{record.text}")

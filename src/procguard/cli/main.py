@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("stack", "print (or follow) the logs of one worker, or of all, interleaved"),
     "history": ("stack", "show past starts and stops, newest first"),
     "check": ("check", "validate procguard.toml without starting anything"),
-    "deploy": ("deploy", "generate systemd, supervisord or Kubernetes files"),
+    "deploy": ("deploy", "generate systemd, supervisord, Kubernetes or Prometheus files"),
 }
 
 _LOG_FORMAT = "%(asctime)s procguard[%(process)d] %(levelname)s %(name)s: %(message)s"

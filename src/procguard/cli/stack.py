@@ -303,6 +303,9 @@ def run_up(args: argparse.Namespace) -> int:
 
     config, state_dir = _load(args)
     args.names = _selected(config, args.names)
+    from ..health.tls import check_stack  # ssl itself only when TLS is configured
+
+    check_stack(config)  # a bad certificate, key or token file: exit 2 before any start
     status_port = None if args.status_port is None else parse_port(args.status_port, what="--status-port")
     if args.detach:
         return _detach(args, config, state_dir, status_port)

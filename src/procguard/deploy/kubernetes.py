@@ -15,10 +15,20 @@ wins over ``[deploy.kubernetes] replicas``). Each pod is one copy with the
 health port P (pods do not share a network namespace, so no P+K-1 there);
 the pods of a Deployment are interchangeable and have no number, so they get
 no ``PROCGUARD_INSTANCE_INDEX``.
+
+TLS and the token never appear in a manifest: a worker with
+``health_tls_cert``/``health_tls_key`` reads them from the Secret
+``<project>-health-tls`` (type ``kubernetes.io/tls``: keys ``tls.crt`` and
+``tls.key``) mounted at ``/etc/procguard/tls``, and its probes use ``scheme:
+HTTPS``; a worker with ``health_token_file`` (or ``PROCGUARD_HEALTH_TOKEN`` in
+its ``env``) reads the token from the Secret ``<project>-health-token`` (key
+``token``), mounted at ``/etc/procguard/token`` (or referenced by
+``secretKeyRef``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -35,6 +45,12 @@ from .writer import RenderedFile, header
 DEFAULT_HEALTH_PORT = 9091
 DEFAULT_RUN_AS_USER = 10001
 STATE_DIR = "/var/run/procguard"
+#: Where the health port's Secrets are mounted in the pod.
+TLS_MOUNT = "/etc/procguard/tls"
+TOKEN_MOUNT = "/etc/procguard/token"
+TOKEN_ENV = "PROCGUARD_HEALTH_TOKEN"
+#: Secret files readable by the pod's group (fsGroup) only.
+_SECRET_MODE = 0o440
 
 
 def object_name(config: StackConfig, worker: WorkerConfig) -> str:
@@ -62,9 +78,20 @@ def _mebibytes(size: int) -> str:
     return f"{math.ceil(size / MB)}Mi"
 
 
-def _probe(path: str, *, period: int, timeout: int, failures: int, initial: int = 0) -> dict[str, Any]:
+def secret_names(config: StackConfig) -> tuple[str, str]:
+    """The Secrets a stack's pods read: ``(<project>-health-tls, <project>-health-token)``."""
+    base = re.sub(r"-+", "-", config.project.name.lower().replace("_", "-")).strip("-")[:45].rstrip("-")
+    return f"{base}-health-tls", f"{base}-health-token"
+
+
+def _probe(
+    path: str, *, period: int, timeout: int, failures: int, initial: int = 0, https: bool = False
+) -> dict[str, Any]:
+    get: dict[str, Any] = {"path": path, "port": "health"}
+    if https:
+        get["scheme"] = "HTTPS"  # the kubelet does not verify the certificate; it needs no CA
     probe: dict[str, Any] = {
-        "httpGet": {"path": path, "port": "health"},
+        "httpGet": get,
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -85,6 +112,16 @@ def deployment(
         raise UsageError(msg)
     limits = engine_limits(worker, settings)
     name = object_name(config, worker)
+    tls_secret, token_secret = secret_names(config)
+    https = worker.limits.health_tls_cert is not None
+    token_in_file = worker.limits.health_token_file is not None
+    mounted: dict[str, Any] = {}
+    if https:
+        mounted.update(health_tls_cert=f"{TLS_MOUNT}/tls.crt", health_tls_key=f"{TLS_MOUNT}/tls.key")
+    if token_in_file:
+        mounted["health_token_file"] = f"{TOKEN_MOUNT}/token"
+    if mounted:  # the files come from the Secrets, at their mount paths
+        worker = dataclasses.replace(worker, limits=worker.limits.with_changes(**mounted))
     port = worker.limits.health_port or int(own.get("health_port", DEFAULT_HEALTH_PORT))
     procguard = list(own.get("procguard", ("procguard",)))
     argv = worker_argv(worker, procguard=procguard, name=worker.name, health_host="0.0.0.0")
@@ -99,12 +136,18 @@ def deployment(
         "app.kubernetes.io/component": label_value(worker.name),
         "app.kubernetes.io/managed-by": "procguard",
     }
-    env = [{"name": "PROCGUARD_STATE_DIR", "value": STATE_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    env: list[dict[str, Any]] = [
+        {"name": "PROCGUARD_STATE_DIR", "value": STATE_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}
+    ]
     label_env = label_environment(config.project.name, worker.name)
     env += [{"name": key, "value": value} for key, value in label_env.items()]
     env += [
-        kubernetes_env(key, value, what) for key, value in worker.env.items() if key != "PROCGUARD_STATE_DIR"
+        kubernetes_env(key, value, what)
+        for key, value in worker.env.items()
+        if key not in ("PROCGUARD_STATE_DIR", TOKEN_ENV)
     ]
+    if TOKEN_ENV in worker.env and not token_in_file:  # referenced, never inlined
+        env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}})
 
     resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
     if limits.kubernetes_memory_request is not None:
@@ -126,9 +169,9 @@ def deployment(
         "command": argv,
         "env": env,
         "ports": [{"name": "health", "containerPort": port, "protocol": "TCP"}],
-        "startupProbe": _probe("/health", period=2, timeout=3, failures=30),
-        "livenessProbe": _probe("/health", period=10, timeout=5, failures=6),
-        "readinessProbe": _probe("/ready", period=5, timeout=2, failures=2),
+        "startupProbe": _probe("/health", period=2, timeout=3, failures=30, https=https),
+        "livenessProbe": _probe("/health", period=10, timeout=5, failures=6, https=https),
+        "readinessProbe": _probe("/ready", period=5, timeout=2, failures=2, https=https),
         "resources": resources,
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -147,6 +190,15 @@ def deployment(
         # The root file system is read-only; these stay writable (replace the
         # emptyDir with a PersistentVolumeClaim for data that must survive a pod).
         container["volumeMounts"].append({"name": f"data-{index}", "mountPath": path})
+    secret_volumes = []
+    if https:
+        secret_volumes.append({"name": "health-tls", "secret": {"secretName": tls_secret,
+                                                              "defaultMode": _SECRET_MODE}})
+        container["volumeMounts"].append({"name": "health-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    if token_in_file:
+        secret_volumes.append({"name": "health-token", "secret": {"secretName": token_secret,
+                                                                "defaultMode": _SECRET_MODE}})
+        container["volumeMounts"].append({"name": "health-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
     workdir = own.get("workdir")
     if workdir:
         container["workingDir"] = worker_workdir(worker, workdir)
@@ -168,6 +220,7 @@ def deployment(
             {"name": "procguard-state", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             *({"name": f"data-{index}", "emptyDir": {}} for index in range(len(extra))),
+            *secret_volumes,
         ],
     }
     metadata: dict[str, Any] = {"name": name, "labels": labels}
@@ -193,6 +246,7 @@ def deployment(
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(port),
                         "prometheus.io/path": "/metrics",
+                        **({"prometheus.io/scheme": "https"} if https else {}),
                     },
                 },
                 "spec": pod_spec,

@@ -18,10 +18,17 @@ target). Copy K runs under the instance name ``<worker>:K``, with
 ``PROCGUARD_INSTANCE_INDEX=K``, ``PROCGUARD_INSTANCES=N`` and its own runtime
 directory; systemd's specifiers cannot add, so with a health port the command
 goes through ``/bin/sh -c 'exec ...'`` to give copy K the port P+K-1.
+
+The health port's TLS certificate and key and the token file are handed in
+as credentials (``LoadCredential=``): systemd reads them as root and gives
+the unit's own (possibly dynamic) user a private copy in ``%d``, the
+credentials directory, which the ``procguard run`` flags point at. A key
+readable by root only thus works without opening its permissions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -84,6 +91,19 @@ _HARDENING = (
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     "UMask=0077",
 )
+
+
+def _credentials(worker: WorkerConfig) -> dict[str, str]:
+    """The files the worker's health port needs (setting field -> path), when it serves one."""
+    limits = worker.limits
+    if not limits.health_port:
+        return {}
+    files = {
+        "health_tls_cert": limits.health_tls_cert,
+        "health_tls_key": limits.health_tls_key,
+        "health_token_file": limits.health_token_file,
+    }
+    return {field: path for field, path in files.items() if path is not None}
 
 
 def unit_name(config: StackConfig, worker: WorkerConfig | str) -> str:
@@ -158,9 +178,16 @@ def render_unit(
     if copies and any(_INSTANCE in text for text in [*own_texts(worker), *procguard, workdir, venv or ""]):
         msg = f"{what}: the text {_INSTANCE} cannot be written in a generated systemd unit"
         raise UsageError(msg)
+    credentials = _credentials(worker)
+    if credentials:  # the flags name placeholders, replaced by %d/<id> once the line is escaped
+        placeholders = {field: f"procguard-credential-{field}" for field in credentials}
+        worker = dataclasses.replace(worker, limits=worker.limits.with_changes(**placeholders))
     argv = worker_argv(worker, procguard=procguard, name=worker.name + copy)
     if copies:
         argv = copies_argv(worker, argv, _INSTANCE)
+    exec_line = systemd_exec_line(argv, what + ".command")
+    for field in credentials:
+        exec_line = exec_line.replace(f"procguard-credential-{field}", f"%d/{field}")
     # The main process speaks sd_notify in both modes: a function worker's
     # ProcessManager sends READY=1 and, while its loop's heartbeat is fresh,
     # WATCHDOG=1; a command worker's runner sends READY=1 once the command is
@@ -171,8 +198,10 @@ def render_unit(
         "[Service]",
         "Type=notify",
         "NotifyAccess=main",
-        f"ExecStart={systemd_exec_line(argv, what + '.command')}",
+        f"ExecStart={exec_line}",
     ]
+    for field, path in credentials.items():
+        service.append(f"LoadCredential={field}:{systemd_path(path, f'{what}.{field}')}")
     cwd = worker_workdir(worker, workdir)
     service.append(f"WorkingDirectory={systemd_path(cwd, what + '.cwd')}")
     user = own.get("user")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..snapshot import HealthStatus, WorkerSnapshot
 from .protocol import BadRequest, Request, Response, body_error, error, parse_head
@@ -31,6 +31,21 @@ TOKEN_ENV = "PROCGUARD_HEALTH_TOKEN"
 
 ALLOWED_METHODS = ("GET", "HEAD")
 PATHS = ("/health", "/ready", "/metrics")
+
+
+
+def worker_token(token_file: str | None, env: Mapping[str, str]) -> str:
+    """A worker's bearer token: the file of ``health_token_file`` when set, else ``PROCGUARD_HEALTH_TOKEN``.
+
+    "" means /metrics is open. A token file that cannot be read, or is empty,
+    is a one-line :class:`~procguard.errors.UsageError`.
+    """
+    if token_file is not None:
+        from .tls import read_token_file  # only with a token file
+
+        return read_token_file(token_file)
+    return env.get(TOKEN_ENV, "")
+
 
 _ALLOW = (("Allow", ", ".join(ALLOWED_METHODS)),)
 _CHALLENGE = (("WWW-Authenticate", 'Bearer realm="procguard metrics"'),)

@@ -51,7 +51,7 @@ def bind_listener(host: str, port: int, *, backlog: int = 512) -> socket.socket:
     return sock
 
 
-def listener_url(host: str, port: int) -> str:
-    """``http://HOST:PORT`` for a health port (an IPv6 host in brackets)."""
+def listener_url(host: str, port: int, *, tls: bool = False) -> str:
+    """``http://HOST:PORT`` (``https://`` with ``tls``) for a health port (an IPv6 host in brackets)."""
     shown_host = f"[{host}]" if ":" in host else host
-    return f"http://{shown_host}:{port}"
+    return f"{'https' if tls else 'http'}://{shown_host}:{port}"

@@ -21,6 +21,13 @@ thread of the supervisor serves every port it answers for (the status page
 and its command workers' health ports): :meth:`HttpLoop.add_listener` and
 :meth:`HttpLoop.remove_listener` add and drop ports while it runs, each
 with its own handler.
+
+TLS: a listener added with an :class:`ssl.SSLContext` speaks HTTPS only. The
+first byte of each connection says which protocol the client speaks: a TLS
+handshake is completed without blocking (within the same deadline as the
+request head), anything else is answered in clear with one fixed line, 400
+"this port speaks HTTPS", and closed, so nothing of the port's content is
+ever served in clear. ``ssl`` is loaded only when such a listener is added.
 """
 
 from __future__ import annotations
@@ -33,8 +40,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .protocol import BadRequest, head_complete
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -45,29 +56,43 @@ STOP_DRAIN_S = 0.5
 _READ_CHUNK = 16 * 1024
 _MAX_DISCARD = 64 * 1024
 
-_READING, _WRITING, _LINGERING = 0, 1, 2
+_READING, _WRITING, _LINGERING, _SNIFFING, _HANDSHAKE = 0, 1, 2, 3, 4
+#: States of a connection that has not delivered its request head yet.
+_ARRIVING = (_SNIFFING, _HANDSHAKE, _READING)
+#: The first byte of a TLS record carrying a handshake (a ClientHello).
+_TLS_HANDSHAKE_RECORD = 0x16
+_PLAIN_BODY = b"this port speaks HTTPS: use https://\n"
+#: The only answer a plain HTTP request gets on a TLS port.
+PLAIN_REFUSAL = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_PLAIN_BODY), _PLAIN_BODY)
+)
 
 
 Handler = Callable[[bytes], bytes]
 
 
 class _Listener:
-    __slots__ = ("handle", "sock")
+    __slots__ = ("handle", "sock", "tls")
 
-    def __init__(self, sock: socket.socket, handle: Handler) -> None:
+    def __init__(self, sock: socket.socket, handle: Handler, tls: ssl.SSLContext | None) -> None:
         self.sock = sock
         self.handle = handle
+        self.tls = tls
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "discarded", "handle", "out", "sock", "state")
+    __slots__ = ("buf", "deadline", "discarded", "handle", "out", "sock", "state", "tls")
 
-    def __init__(self, sock: socket.socket, deadline: float, handle: Handler) -> None:
+    def __init__(
+        self, sock: socket.socket, deadline: float, handle: Handler, tls: ssl.SSLContext | None
+    ) -> None:
         self.sock = sock
         self.handle = handle
+        self.tls = tls  # the context while the protocol is not settled; None once it is (or plain)
         self.buf = bytearray()
         self.out = b""
-        self.state = _READING
+        self.state = _READING if tls is None else _SNIFFING
         self.deadline = deadline
         self.discarded = 0
 
@@ -75,7 +100,7 @@ class _Conn:
 class HttpLoop:
     """Serve ``handle(request_head) -> response_bytes`` on listening sockets.
 
-    ``listener`` (with ``handle``) is served from the start; more listeners,
+    ``listener`` (with ``handle``, over TLS with ``tls``) is served from the start; more listeners,
     each with its own handler, come and go with :meth:`add_listener` and
     :meth:`remove_listener` (from any thread, also while serving).
 
@@ -98,14 +123,20 @@ class HttpLoop:
         tick: Callable[[], bool] | None = None,
         tick_interval: float = 0.5,
         name: str = "health server",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._listeners: dict[int, _Listener] = {}  # fd -> listener, owned by the serving thread
-        self._changes: list[tuple[socket.socket, Handler | None, threading.Event | None]] = []
+        self._changes: list[
+            tuple[socket.socket, Handler | None, ssl.SSLContext | None, threading.Event | None]
+        ] = []
         self._changes_lock = threading.Lock()
         self._serving = False
+        #: What a non-blocking socket raises when it must wait (TLS adds its own two).
+        self._retry: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
         if listener is not None:
             assert handle is not None, "a listener needs its handler"
-            self._changes.append((listener, handle, None))
+            self._changes.append((listener, handle, tls, None))
+            self._expect_tls(tls)
         self._name = name
         self._max_connections = max_connections
         self._request_timeout = request_timeout
@@ -126,11 +157,20 @@ class HttpLoop:
         self._stopping = True
         self._wake()
 
-    def add_listener(self, listener: socket.socket, handle: Handler) -> None:
-        """Serve ``handle`` on ``listener`` too (picked up at once by a running loop)."""
+    def add_listener(
+        self, listener: socket.socket, handle: Handler, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Serve ``handle`` on ``listener`` too, over TLS with ``tls`` (picked up at once when running)."""
+        self._expect_tls(tls)
         with self._changes_lock:
-            self._changes.append((listener, handle, None))
+            self._changes.append((listener, handle, tls, None))
         self._wake()
+
+    def _expect_tls(self, tls: ssl.SSLContext | None) -> None:
+        if tls is not None and len(self._retry) == 2:
+            import ssl  # only once a TLS port exists
+
+            self._retry = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
     def remove_listener(self, listener: socket.socket, *, timeout: float = 2.0) -> None:
         """Stop accepting on ``listener`` and close it; returns once the port is released.
@@ -145,7 +185,7 @@ class HttpLoop:
                 self._changes = [c for c in self._changes if c[0] is not listener]
                 listener.close()
                 return
-            self._changes.append((listener, None, done))
+            self._changes.append((listener, None, None, done))
         self._wake()
         done.wait(timeout)
 
@@ -158,10 +198,10 @@ class HttpLoop:
     def _apply_changes(self) -> None:
         with self._changes_lock:
             changes, self._changes = self._changes, []
-        for sock, handle, done in changes:
+        for sock, handle, tls, done in changes:
             if handle is not None:
                 sock.setblocking(False)
-                entry = _Listener(sock, handle)
+                entry = _Listener(sock, handle, tls)
                 self._listeners[sock.fileno()] = entry
                 if not self._stopping:
                     self._selector.register(sock, selectors.EVENT_READ, entry)
@@ -214,7 +254,7 @@ class HttpLoop:
             with self._changes_lock:
                 self._serving = False
                 pending, self._changes = self._changes, []
-            for sock, _handle, done in pending:
+            for sock, _handle, _tls, done in pending:
                 if done is not None:  # a removal the loop did not get to: release the port now
                     sock.close()
                     done.set()
@@ -238,15 +278,15 @@ class HttpLoop:
             if len(self._conns) >= self._max_connections:
                 self._evict_one()
             sock.setblocking(False)
-            conn = _Conn(sock, time.monotonic() + self._request_timeout, listener.handle)
+            conn = _Conn(sock, time.monotonic() + self._request_timeout, listener.handle, listener.tls)
             self._conns[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _evict_one(self) -> None:
         """Drop the oldest connection still sending its head (else one already answered)."""
-        for state in (_READING, _LINGERING):
+        for states in (_ARRIVING, (_LINGERING,)):
             for fd, conn in self._conns.items():
-                if conn.state == state:
+                if conn.state in states:
                     self._close(fd)
                     return
         self._close(next(iter(self._conns)))
@@ -256,9 +296,15 @@ class HttpLoop:
         if conn.state == _WRITING:
             self._send(conn)
             return
+        if conn.state == _SNIFFING:
+            self._sniff(conn)
+            return
+        if conn.state == _HANDSHAKE:
+            self._handshake(conn)
+            return
         try:
             data = conn.sock.recv(_READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except self._retry:
             return
         except OSError:
             self._close(fd)
@@ -281,6 +327,62 @@ class HttpLoop:
         if length:
             self._respond(conn, conn.handle(bytes(conn.buf[:length])))
 
+    def _sniff(self, conn: _Conn) -> None:
+        """A TLS port's first byte: a handshake goes on in TLS, anything else gets the one refusal."""
+        assert conn.tls is not None
+        try:
+            first = conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn.sock.fileno())
+            return
+        if not first:
+            self._close(conn.sock.fileno())
+            return
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            conn.tls = None
+            self._respond(conn, PLAIN_REFUSAL)
+            return
+        plain = conn.sock
+        fd = plain.fileno()
+        self._selector.unregister(plain)
+        try:
+            # The handshake's flights and the answer leave at once, never held back for an ACK.
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wrapped = conn.tls.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:  # the peer went away meanwhile
+            logger.debug("%s: cannot start TLS: %s", self._name, exc)
+            self._close(fd)
+            return
+        conn.tls = None
+        conn.sock = wrapped  # same descriptor: the dict key stays right
+        conn.state = _HANDSHAKE
+        self._selector.register(wrapped, selectors.EVENT_READ, conn)
+        self._handshake(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        import ssl  # loaded already: only TLS connections get here
+
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
+            return
+        except OSError as exc:  # a failed handshake: nothing was served, nothing to answer
+            logger.debug("%s: TLS handshake failed: %s", self._name, exc)
+            self._close(sock.fileno())
+            return
+        conn.state = _READING
+        self._selector.modify(sock, selectors.EVENT_READ, conn)
+        if sock.pending():
+            self._service(conn, selectors.EVENT_READ)
+
     def _respond(self, conn: _Conn, payload: bytes) -> None:
         conn.buf = bytearray()
         conn.out = payload
@@ -292,7 +394,7 @@ class HttpLoop:
         fd = conn.sock.fileno()
         try:
             sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
+        except self._retry:
             sent = 0
         except OSError:
             self._close(fd)
@@ -302,6 +404,8 @@ class HttpLoop:
             self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
             return
         try:
+            if len(self._retry) > 2:  # a TLS port: say close_notify first, where the socket speaks TLS
+                self._close_tls(conn.sock)
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close(fd)
@@ -309,6 +413,15 @@ class HttpLoop:
         conn.state = _LINGERING
         conn.deadline = time.monotonic() + LINGER_S
         self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _close_tls(self, sock: socket.socket) -> None:
+        import ssl
+
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.unwrap()
+            except self._retry:  # close_notify sent; the peer's is not awaited
+                pass
 
     def _next_deadline(self, default: float) -> float:
         if not self._conns:

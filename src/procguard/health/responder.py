@@ -66,12 +66,18 @@ def main(config: Mapping[str, Any]) -> None:
     buffer = mmap.mmap(int(config["shm_fd"]), int(config["shm_size"]), prot=mmap.PROT_READ)
     view = PublishedView(SnapshotReader(buffer), float(config["stale_after_s"]))
     endpoints = Endpoints(view.current, config.get("token") or None)
+    tls = None
+    if config.get("tls"):
+        from .tls import server_context  # checked by the worker before it started this process
+
+        tls = server_context(*config["tls"])
     loop = HttpLoop(
         listener,
         endpoints.handle,
         max_connections=int(config["max_connections"]),
         request_timeout=float(config["request_timeout_s"]),
         tick=lambda: os.getppid() == parent,
+        tls=tls,
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: loop.stop())
     try:

@@ -101,6 +101,10 @@ class HealthServer:
     publish into; the server owns the descriptor from then on and closes it.
     ``listener``: a socket the caller already bound and listens on (served
     instead of binding ``host:port``; the server closes it).
+    ``tls_cert``/``tls_key``: PEM files; the port then speaks HTTPS only (a
+    plain HTTP request gets 400 "this port speaks HTTPS"). Both files are
+    checked by :meth:`start` before anything is served (one-line
+    :class:`~procguard.errors.UsageError`); the responder loads them itself.
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class HealthServer:
         shared_fd: int | None = None,
         shared_size: int = DEFAULT_SIZE,
         listener: socket.socket | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if mode not in (None, *_MODES):
             msg = f"health server mode {mode!r} is not known (use 'process' or 'thread')"
@@ -125,6 +131,11 @@ class HealthServer:
         if (mode == "published") != (shared_fd is not None):
             msg = "health server: mode 'published' goes with shared_fd (the mapping to publish into)"
             raise UsageError(msg)
+        if (tls_cert is None) != (tls_key is None):
+            msg = "health server: tls_cert and tls_key go together (give both, or neither for plain HTTP)"
+            raise UsageError(msg)
+        self._tls_files = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        self._tls: Any = None  # the checked ssl.SSLContext (thread mode serves with it)
         self._source = source
         self._host = host
         self._requested_port = port
@@ -167,7 +178,7 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        return listener_url(self._host, self._port)
+        return listener_url(self._host, self._port, tls=self._tls_files is not None)
 
     @property
     def responder_pid(self) -> int | None:
@@ -187,6 +198,10 @@ class HealthServer:
                 raise
             logger.info("health on %s served by the supervisor (pid %d publishes)", self.url, os.getpid())
             return self
+        if self._tls_files is not None:
+            from .tls import server_context  # only with TLS: ssl stays out of a plain server
+
+            self._tls = server_context(*self._tls_files)  # a bad file is one line before any socket
         listener = self._given_listener or bind_listener(self._host, self._requested_port)
         self._listener = listener
         self._port = int(listener.getsockname()[1])
@@ -263,6 +278,7 @@ class HealthServer:
             endpoints.handle,
             max_connections=self._max_connections,
             request_timeout=self._request_timeout_s,
+            tls=self._tls,
         )
         self._thread = threading.Thread(target=self._loop.serve, name="procguard-health", daemon=True)
         self._thread.start()
@@ -329,6 +345,7 @@ class HealthServer:
             "stale_after_s": self._stale_after_s,
             "max_connections": self._max_connections,
             "request_timeout_s": self._request_timeout_s,
+            "tls": list(self._tls_files) if self._tls_files is not None else None,
         }
         env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
         self._last_spawn = time.monotonic()

@@ -328,6 +328,10 @@ class CommandSupervisor:
         check_command(self.options.command)
         lim = self.limits
         listener = None
+        if lim.health_port and (lim.health_tls_cert or lim.health_token_file):
+            from ..health.tls import check_files  # a bad file is exit 2 before the command starts
+
+            check_files(lim.health_tls_cert, lim.health_tls_key, lim.health_token_file)
         if lim.health_port:
             from ..health.listen import bind_listener  # only with a port: no HTTP code otherwise
 
@@ -358,12 +362,16 @@ class CommandSupervisor:
             )
 
     def _serve_health(self, listener: socket.socket) -> None:
+        from ..health.endpoints import worker_token
         from ..health.server import serve_health
 
         # The runner's own thread never runs user code, so it answers
         # probes promptly from a thread: no responder process needed.
+        lim = self.limits
         self.health = serve_health(
-            self.snapshot, host=self.limits.health_host, mode="thread", listener=listener,
+            self.snapshot, host=lim.health_host, mode="thread", listener=listener,
+            token=worker_token(lim.health_token_file, os.environ) or None,
+            tls_cert=lim.health_tls_cert, tls_key=lim.health_tls_key,
         )
 
     def _watch_to_end(self, capture: SignalCapture) -> StopOutcome:

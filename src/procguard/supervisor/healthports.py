@@ -12,9 +12,11 @@ limits: at most ``MAX_CONNECTIONS`` connections per loop (the oldest one
 still sending its head is dropped for a new one), a request head and its
 answer within ``REQUEST_TIMEOUT_S``, 405 for methods other than GET and
 HEAD, and the status page's ``Host`` check (a page on another origin that
-re-resolves its name to 127.0.0.1 gets 403). ``PROCGUARD_HEALTH_TOKEN`` (the
-worker's ``env`` first, then the supervisor's environment) guards /metrics
-as it does for ``procguard run``.
+re-resolves its name to 127.0.0.1 gets 403). The worker's
+``health_token_file``, else ``PROCGUARD_HEALTH_TOKEN`` (the worker's ``env``
+first, then the supervisor's environment) guards /metrics as it does for
+``procguard run``; with ``health_tls_cert``/``health_tls_key`` the port
+speaks HTTPS only, as it does for ``procguard run``.
 
 When a port is bound and released (:meth:`HealthPorts.reconcile`):
 
@@ -38,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..health.endpoints import TOKEN_ENV, Endpoints
+from ..health.endpoints import Endpoints, worker_token
 from ..health.listen import bind_listener
 from ..health.loop import HttpLoop
 from .command_health import command_snapshot
@@ -119,9 +121,14 @@ class HealthPorts:
             return
         limits = worker.config.limits
         assert limits.health_port is not None
+        tls = None
+        if limits.health_tls_cert is not None and limits.health_tls_key is not None:
+            from ..health.tls import server_context  # only with TLS
+
+            tls = server_context(limits.health_tls_cert, limits.health_tls_key)
+        token = worker_token(limits.health_token_file, {**os.environ, **worker.config.env})
         listener = bind_listener(limits.health_host, limits.health_port)
         listener.set_inheritable(False)
-        token = worker.config.env.get(TOKEN_ENV, os.environ.get(TOKEN_ENV, ""))
         clock, wall = self._clock, self._wall
         snapshot = function_snapshot if worker.publishes_health else command_snapshot
         endpoints = Endpoints(
@@ -130,7 +137,7 @@ class HealthPorts:
             allow_host=HostCheck(limits.health_host).allows,
         )
         self._held[worker.name] = listener
-        self._serving.loop().add_listener(listener, endpoints.handle)
+        self._serving.loop().add_listener(listener, endpoints.handle, tls)
         logger.info("%s: health on %s:%s (served by the supervisor)", worker.name, limits.health_host,
                     listener.getsockname()[1])
 

@@ -48,6 +48,8 @@ from ..health.loop import HttpLoop
 from ..health.protocol import BadRequest, Request, Response, body_error, error, parse_head
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..health.exposition import MetricsFormat
     from .view import View
 
@@ -222,7 +224,8 @@ class StatusServer:
 
     ``serving``: a running :class:`HttpLoop` to serve on (``procguard up``'s
     one HTTP thread, shared with the health ports it answers); without it
-    the page gets a loop and a thread of its own. Raises OSError when
+    the page gets a loop and a thread of its own. ``tls``: serve HTTPS only
+    (a plain request gets 400 "this port speaks HTTPS"). Raises OSError when
     ``host:port`` cannot be listened on.
     """
 
@@ -235,8 +238,10 @@ class StatusServer:
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT_S,
         serving: HttpLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._listener = _listen(host, port)
+        self._tls = tls is not None
         self.host = host
         self.port = int(self._listener.getsockname()[1])
         self.page = StatusPage(view_source, HostCheck(host))
@@ -244,7 +249,7 @@ class StatusServer:
         self._thread: threading.Thread | None = None
         if serving is not None:
             self._loop = serving
-            serving.add_listener(self._listener, self.page.handle)
+            serving.add_listener(self._listener, self.page.handle, tls)
             return
         self._loop = HttpLoop(
             self._listener,
@@ -252,6 +257,7 @@ class StatusServer:
             max_connections=max_connections,
             request_timeout=request_timeout,
             name="status page",
+            tls=tls,
         )
         self._thread = threading.Thread(target=self._loop.serve, name="procguard-status", daemon=True)
         self._thread.start()
@@ -259,7 +265,7 @@ class StatusServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}/"
 
     def close(self) -> None:
         if self._shared:

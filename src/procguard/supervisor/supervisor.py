@@ -333,10 +333,18 @@ class Supervisor:
     def _start_status_server(self) -> None:
         from .statuspage import StatusServer  # only when asked for
 
-        host = self.config.project.status_host
+        project = self.config.project
+        host = project.status_host
+        tls = None
+        if project.status_tls_cert is not None and project.status_tls_key is not None:
+            from ..health.tls import server_context  # only with TLS
+
+            tls = server_context(
+                project.status_tls_cert, project.status_tls_key, keys=("status_tls_cert", "status_tls_key")
+            )
         try:
             self.status_server = StatusServer(
-                self.view, host=host, port=self.status_port, serving=self._serving_thread().loop()
+                self.view, host=host, port=self.status_port, serving=self._serving_thread().loop(), tls=tls
             )
         except OSError as error:
             port = self.status_port
