@@ -59,6 +59,13 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 NAME_ACCEPTED = "letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
 
 _TARGET_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+#: The one name a worker cannot have: ``procguard logs supervisor`` is the supervisor's own log
+#: (``supervisor.log`` beside the workers' logs, which a worker of that name would write into).
+SUPERVISOR_NAME = "supervisor"
+SUPERVISOR_NAME_TAKEN = (
+    "'supervisor' is the supervisor's own name ('procguard logs supervisor' shows its log); "
+    "name the worker something else"
+)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 DEPLOY_TARGETS: tuple[str, ...] = ("systemd", "supervisor", "kubernetes")
@@ -496,6 +503,8 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
         prefix = f"workers.{name}"
         if not NAME_RE.match(name):
             raise ctx.error(prefix, f"{shown(name)} is not a valid worker name (use {NAME_ACCEPTED})")
+        if name == SUPERVISOR_NAME:
+            raise ctx.error(prefix, SUPERVISOR_NAME_TAKEN)
         own = _convert(ctx, prefix, _table(ctx, prefix, raw), WORKER_KEYS)
         values = {**defaults, **own}
         if "env" in defaults and "env" in own:
