@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("stack", "show past starts and stops, newest first"),
     "check": ("check", "validate procguard.toml without starting anything"),
     "deploy": ("deploy", "generate systemd, supervisord or Kubernetes files"),
+    "completion": ("completion", "print the shell completion script for bash or zsh"),
 }
 
 _LOG_FORMAT = "%(asctime)s procguard[%(process)d] %(levelname)s %(name)s: %(message)s"
