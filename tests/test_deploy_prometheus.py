@@ -65,7 +65,9 @@ def test_the_generated_files_pass_promtool(tmp_path: Path) -> None:
     result = _deploy(config, tmp_path / "out")
     assert result.returncode == 0, result.stderr
     scrape, alerts = tmp_path / "out" / f"{STACK}-scrape.yml", tmp_path / "out" / f"{STACK}-alerts.yml"
-    assert result.stdout.split() == [str(scrape), str(alerts)]
+    out = result.stdout.splitlines()
+    assert out[:3] == [str(scrape), str(alerts), "next:"], out
+    assert "  promtool check config /etc/prometheus/prometheus.yml" in out  # what to run next
     checked = _promtool("check", "config", str(scrape))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     checked = _promtool("check", "rules", str(alerts))

@@ -82,7 +82,9 @@ def test_deploy_command_writes_files_and_prints_their_paths(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     written = sorted(out.iterdir())
-    assert result.stdout.splitlines() == [str(p) for p in sorted(written, key=lambda p: result.stdout.find(p.name))]
+    paths, _, steps = result.stdout.partition("next:\n")
+    assert paths.splitlines() == [str(p) for p in sorted(written, key=lambda p: paths.find(p.name))]
+    assert "sudo systemctl daemon-reload" in steps.splitlines()[1], steps  # what to run next follows
     for path in written:
         assert path.read_text() == (DEPLOY / "systemd" / path.name).read_text()
         assert oct(path.stat().st_mode & 0o777) == oct(0o644)

@@ -299,7 +299,7 @@ _POSITIONALS = {"run": ["pkg.mod:fn"], "cleanup": ["all"], "start": ["api"], "st
 
 
 @pytest.mark.parametrize("command", ["run", "ps", "cleanup", "up", "down", "status", "start", "stop",
-                                     "restart", "signal", "scale", "reload", "logs", "history"])
+                                     "restart", "signal", "scale", "reload", "logs", "history", "completion"])
 def test_every_command_that_touches_state_takes_state_dir(command: str) -> None:
     from procguard.cli.main import COMMANDS, build_parser
 
@@ -313,7 +313,7 @@ def test_the_state_dir_check_covers_every_command_but_check_and_deploy() -> None
     from procguard.cli.main import COMMANDS
 
     covered = {"run", "ps", "cleanup", "up", "down", "status", "start", "stop", "restart", "signal", "scale", "reload",
-               "logs", "history"}
+               "logs", "history", "completion"}  # completion: the worker names of a running stack
     assert set(COMMANDS) - {"check", "deploy"} == covered
 
 

@@ -57,10 +57,16 @@ DEFAULT_FILENAME = "procguard.toml"
 #: object names, so they are kept to a set every one of those accepts.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 NAME_ACCEPTED = "letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
-#: Worker names the commands give a meaning of their own, and why.
-RESERVED_NAMES = {"all": "'all' selects every worker in procguard start/stop/restart/signal/logs"}
 
 _TARGET_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+#: ``procguard logs supervisor`` is the supervisor's own log (``supervisor.log`` beside the
+#: workers' logs, which a worker of that name would write into).
+SUPERVISOR_NAME = "supervisor"
+#: Worker names the commands give a meaning of their own, and why.
+RESERVED_NAMES = {
+    "all": "'all' selects every worker in procguard start/stop/restart/signal/logs",
+    SUPERVISOR_NAME: "'supervisor' is the supervisor's own name: 'procguard logs supervisor' shows its log",
+}
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 DEPLOY_TARGETS: tuple[str, ...] = ("systemd", "supervisor", "kubernetes")

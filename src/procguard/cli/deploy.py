@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from ..config import load_config
 from ..reasons import ExitStatus
@@ -61,8 +62,11 @@ def configure_deploy(parser: argparse.ArgumentParser) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    """Render, check the budget, then write (or print) the files."""
-    from ..deploy import all_settings, render, write_files
+    """Render, check the budget, then write (or print) the files; then say what would not work as
+    generated (stderr, one line each) and what to run next."""
+    from ..deploy import all_settings, host_paths, render, write_files
+    from ..deploy.advice import deploy_warnings, next_steps
+    from .colour import YELLOW, paint, wanted
 
     config = load_config(args.config)
     if args.target == "prometheus":
@@ -70,16 +74,34 @@ def run_deploy(args: argparse.Namespace) -> int:
 
         flags = {key: getattr(args, key) for key in ("credentials_file", "ca_file", "server_name")}
         files = render_prometheus(config, options_from(flags))
+        warnings: list[str] = []
+        settings: dict[str, Any] = {}
     else:
         flags = {key: getattr(args, key) for key in ("user", "venv", "workdir", "image", "namespace")}
         settings = all_settings(config, flags)
         files = render(args.target, config, settings)
+        workdir, procguard = host_paths(args.target, config, settings)
+        warnings = deploy_warnings(args.target, config, settings, workdir=workdir, procguard=procguard)
+    on = wanted(sys.stderr)
+
+    def warn() -> None:  # once the files are out: a failed write stays one line
+        for line in warnings:
+            sys.stderr.write(paint(f"procguard deploy: warning: {line}", YELLOW, on=on) + "\n")
+
     if args.output == "-":
         for record in files:
             sys.stdout.write(f"# ---- {record.filename}\n{record.text}")
+        warn()
         return ExitStatus.OK
     out_dir = args.output or str(config.path.parent / "deploy" / args.target)
     label = "-o" if args.output else "output directory"
-    for path in write_files(files, out_dir, label=label):
+    written = write_files(files, out_dir, label=label)
+    for path in written:
         print(path)
+    warn()
+    steps = next_steps(args.target, config, settings, written)
+    if steps:
+        print("next:")
+        for step in steps:
+            print(f"  {step}")
     return ExitStatus.OK

@@ -109,18 +109,22 @@ def run_ps(args: argparse.Namespace) -> int:
     if not rows:
         print("no running instances")
         return ExitStatus.OK
-    print(
-        f"{'NAME':<20} {'PID':>7} {'STATE':<11} {'UPTIME':>7} {'MEMORY':>9} {'HEALTH':<11} "
-        f"{'RESTARTS':>8}  COMMAND"
-    )
+    from .table import print_table
+
+    table = [["NAME", "PID", "STATE", "UPTIME", "MEMORY", "HEALTH", "RESTARTS", "COMMAND"]]
     for row in rows:
-        uptime = format_duration(row["uptime_seconds"]) if row["uptime_seconds"] is not None else "-"
-        memory = f"{row['memory_mb']:.1f}MB" if row["memory_mb"] is not None else "-"
-        health = row["health"] or "-"
-        restarts = "-" if row["restarts"] is None else str(row["restarts"])
         command = row["command"] if len(row["command"]) <= 60 else row["command"][:57] + "..."
-        print(
-            f"{row['name']:<20} {row['pid'] or '-':>7} {row['state']:<11} {uptime:>7} {memory:>9} "
-            f"{health:<11} {restarts:>8}  {command}"
+        table.append(
+            [
+                row["name"],
+                str(row["pid"] or "-"),
+                row["state"],
+                format_duration(row["uptime_seconds"]) if row["uptime_seconds"] is not None else "-",
+                f"{row['memory_mb']:.1f}MB" if row["memory_mb"] is not None else "-",
+                row["health"] or "-",
+                "-" if row["restarts"] is None else str(row["restarts"]),
+                command,
+            ]
         )
+    print_table(table, right=(1, 3, 4, 6), states=(2, 5))
     return ExitStatus.OK

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("stack", "show past starts and stops, newest first"),
     "check": ("check", "validate procguard.toml without starting anything"),
     "deploy": ("deploy", "generate systemd, supervisord, Kubernetes or Prometheus files"),
+    "completion": ("completion", "print the shell completion script for bash or zsh"),
 }
 
 _LOG_FORMAT = "%(asctime)s procguard[%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -78,6 +79,12 @@ def _configure_logging() -> None:
     if not isinstance(level, int):
         level = logging.INFO
     logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
+
+
+def _error(line: str) -> None:
+    from .colour import error
+
+    error(line)
 
 
 def build_parser(command: str) -> tuple[CommandParser, object]:
@@ -132,12 +139,10 @@ def _main(args: list[str]) -> int:
         try:
             return resume_watching_stage()
         except ProcguardError as error:
-            sys.stderr.write(f"procguard {command}: {error}\n")
+            _error(f"procguard {command}: {error}")
             return int(error.exit_status)
     if command not in COMMANDS:
-        sys.stderr.write(
-            f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})\n"
-        )
+        _error(f"procguard: unknown command {command!r} (use one of: {', '.join(COMMANDS)})")
         return ExitStatus.USAGE
     try:
         parser, module = build_parser(command)
@@ -145,7 +150,7 @@ def _main(args: list[str]) -> int:
         _configure_logging()
         return int(getattr(module, f"run_{command.replace('-', '_')}")(namespace))
     except ProcguardError as error:
-        sys.stderr.write(f"procguard {command}: {error}\n")
+        _error(f"procguard {command}: {error}")
         return int(error.exit_status)
     except KeyboardInterrupt:
         return 128 + 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, NoReturn
 
 from ..reasons import ExitStatus
@@ -24,5 +23,7 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see '{self.prog} --help')\n")
+        from .colour import error
+
+        error(f"{self.prog}: {message} (see '{self.prog} --help')")
         raise SystemExit(ExitStatus.USAGE)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import ProcguardError, UsageError
 from ..reasons import ExitStatus
 from ..units import format_duration, parse_count, parse_port
+from .colour import error as error_line
 
 if TYPE_CHECKING:
     from ..config import StackConfig
@@ -334,7 +335,7 @@ def _detach(args: argparse.Namespace, config: StackConfig, state_dir: Path, stat
     if answer.word == ALREADY:
         print(f"stack {project!r} is already running (supervisor PID {supervisor}); {NOTHING_STARTED}")
         return ExitStatus.OK
-    sys.stderr.write(f"procguard up: {answer.detail} (see {supervisor_log_path(state_dir, project)})\n")
+    error_line(f"procguard up: {answer.detail} (see {supervisor_log_path(state_dir, project)})")
     return answer.exit_status
 
 
@@ -368,7 +369,7 @@ def run_down(args: argparse.Namespace) -> int:
     with sock:
         sock.sendall(b'{"cmd": "down"}\n')
         if not wait_closed(sock, budget):
-            sys.stderr.write(f"procguard down: stack {project!r} still stopping after {budget:.0f}s\n")
+            error_line(f"procguard down: stack {project!r} still stopping after {budget:.0f}s")
             return ExitStatus.ERROR
     print(f"stack {project!r} stopped in {time.monotonic() - started:.2f}s")
     return ExitStatus.OK
@@ -383,7 +384,8 @@ TROUBLED_STATES = ("fatal", "backoff")
 
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Show each worker's state, pid, uptime, restarts, memory and last exit. "
+        "Show each worker's state, pid, uptime, restarts, memory, CPU and last exit "
+        "(NAME...: only those workers). "
         "Exit status 0 when every worker is as asked, 1 when any is fatal or in backoff, "
         "3 when no supervisor runs for the stack."
     )
@@ -402,7 +404,7 @@ def run_status(args: argparse.Namespace) -> int:
         payload["names"] = args.names
     reply = _request(target, payload, timeout=10.0)
     if not reply.get("ok", True):
-        sys.stderr.write(f"procguard status: {reply.get('error', 'failed')}\n")
+        error_line(f"procguard status: {reply.get('error', 'failed')}")
         return int(reply.get("exit_status", ExitStatus.ERROR))
     workers: list[dict[str, Any]] = reply.get("workers", [])
     troubled = any(w.get("state") in TROUBLED_STATES for w in workers)
@@ -411,9 +413,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(workers, indent=2))
         return status
     print(f"stack {target.project} (supervisor PID {reply.get('pid')})")
-    rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "LAST EXIT"]]
+    rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU", "LAST EXIT"]]
     for w in workers:
         last = w.get("last_exit") or {}
+        cpu = w.get("cpu_percent")
         rows.append(
             [
                 w["name"],
@@ -422,10 +425,11 @@ def run_status(args: argparse.Namespace) -> int:
                 "-" if w["uptime_seconds"] is None else format_duration(w["uptime_seconds"]),
                 str(w["restarts"]),
                 "-" if w["memory_mb"] is None else f"{w['memory_mb']:.1f} MB",
+                "-" if cpu is None else f"{cpu:.1f}%",
                 str(last.get("reason", "-")),
             ]
         )
-    _print_table(rows)
+    _print_table(rows, state_column=1)
     return status
 
 
@@ -433,10 +437,10 @@ def _short(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+def _print_table(rows: list[list[str]], *, state_column: int | None = None) -> None:
+    from .table import print_table
+
+    print_table(rows, states=() if state_column is None else (state_column,))
 
 
 # -- start / stop / restart / signal ---------------------------------------------------
@@ -483,13 +487,13 @@ def _print_lines(cmd: str, reply: dict[str, Any]) -> int:
     """Print a supervisor's answer about several workers: one line each; exit 1 if any failed."""
     lines = reply.get("lines")
     if not isinstance(lines, list):  # one error for the whole request
-        sys.stderr.write(f"procguard {cmd}: {reply.get('error', 'failed')}\n")
+        error_line(f"procguard {cmd}: {reply.get('error', 'failed')}")
         return int(reply.get("exit_status", ExitStatus.ERROR))
     for line in lines:
         if line.get("ok"):
             print(line.get("message", ""))
         else:
-            sys.stderr.write(f"procguard {cmd}: {line.get('message', 'failed')}\n")
+            error_line(f"procguard {cmd}: {line.get('message', 'failed')}")
     return ExitStatus.OK if reply.get("ok") else int(reply.get("exit_status", ExitStatus.ERROR))
 
 
@@ -621,10 +625,14 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
         "Print the last lines of workers' logs (works without a running supervisor). One NAME: its "
         "lines as they are; no NAME (all workers), several, or a shell pattern: their lines "
         "interleaved in time order, each behind 'name | ' (a worker with copies: every copy's, "
-        "'api:2 | '). Exit status 1 when there is no log yet."
+        "'api:2 | '). NAME 'supervisor': the supervisor's own log. "
+        "Exit status 1 when there is no log yet."
     )
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help="a worker, 'all', or a shell pattern (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="a worker, 'all', a shell pattern, or 'supervisor' (default: all workers)",
     )
     _common(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
@@ -672,6 +680,7 @@ def _copies_of(names: list[str]) -> dict[str, tuple[str, int]]:
 
 
 def run_logs(args: argparse.Namespace) -> int:
+    from ..config import SUPERVISOR_NAME
     from ..supervisor.logview import since_stamp
     from ..supervisor.selection import check_words, is_pattern, select
 
@@ -683,15 +692,20 @@ def run_logs(args: argparse.Namespace) -> int:
     elif since is not None:
         lines = None
     target = _target(args, files="logs")
+    # 'supervisor' (never a worker's name) is the supervisor's own log, alone or among workers.
+    own = [SUPERVISOR_NAME] if SUPERVISOR_NAME in args.names else []
+    words = [word for word in args.names if word != SUPERVISOR_NAME]
+    if own and not words:
+        return _one_log(args, target, SUPERVISOR_NAME, lines, since)
     known = _logged_workers(target)
-    if target.config is None and len(args.names) == 1 and not is_pattern(args.names[0]):
+    if target.config is None and len(words) == 1 and not own and not is_pattern(words[0]):
         # A stack known by its logs only: the name may be right and its log not written yet.
-        return _one_log(args, target, args.names[0], lines, since)
-    if args.names and not known:
-        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        return _one_log(args, target, words[0], lines, since)
+    if words and not known:
+        error_line(f"procguard logs: no logs of stack {target.project!r} yet")
         return ExitStatus.ERROR
-    selected = select(args.names, known, _copies_of(known)) if args.names else known
-    if args.names and len(selected) == 1:
+    selected = (select(words, known, _copies_of(known)) if words else known) + own
+    if words and len(selected) == 1:
         return _one_log(args, target, selected[0], lines, since)
     return _many_logs(args, target, selected, lines, since)
 
@@ -699,16 +713,23 @@ def run_logs(args: argparse.Namespace) -> int:
 def _one_log(
     args: argparse.Namespace, target: Target, name: str, lines: int | None, since: bytes | None
 ) -> int:
+    from ..config import SUPERVISOR_NAME
     from ..supervisor.logs import follow, log_path
     from ..supervisor.logview import merge, read_log
 
     path = log_path(target.state_dir, target.project, name)
+    if not path.exists() and name == SUPERVISOR_NAME:
+        error_line(
+            f"procguard logs: no supervisor log of stack {target.project!r} ({path} does not exist): "
+            "a supervisor started without --detach logs to the terminal it runs in"
+        )
+        return ExitStatus.ERROR
     if not path.exists():
         others = ""
         if target.config is None:
             logged = sorted(p.name[: -len(".log")] for p in path.parent.glob("*.log"))
             others = f"; logs of stack {target.project!r}: {', '.join(logged) or 'none'}"
-        sys.stderr.write(f"procguard logs: no log for {name!r} yet ({path} does not exist{others})\n")
+        error_line(f"procguard logs: no log for {name!r} yet ({path} does not exist{others})")
         return ExitStatus.ERROR
     out = sys.stdout.buffer
     content = read_log(path, lines=lines if since is None else None)  # --since: read back past N
@@ -725,18 +746,17 @@ def _one_log(
 def _many_logs(
     args: argparse.Namespace, target: Target, names: list[str], lines: int | None, since: bytes | None
 ) -> int:
-    import os
-
     from ..supervisor.logs import log_path
     from ..supervisor.logview import Line, Prefixer, follow_logs, merge, read_log
+    from . import colour
 
     paths = {name: log_path(target.state_dir, target.project, name) for name in names}
     present = {name: path for name, path in paths.items() if path.exists()}
     if not present and not args.follow:
-        sys.stderr.write(f"procguard logs: no logs of stack {target.project!r} yet\n")
+        error_line(f"procguard logs: no logs of stack {target.project!r} yet")
         return ExitStatus.ERROR
     out = sys.stdout.buffer
-    prefix = Prefixer(names, colour=out.isatty() and not os.environ.get("NO_COLOR"))
+    prefix = Prefixer(names, colour=colour.wanted(sys.stdout))
     each = lines if since is None else None
     contents = [(name, read_log(path, lines=each)) for name, path in present.items()]
     for name, line in merge(contents, lines=lines, since=since):

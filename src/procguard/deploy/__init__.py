@@ -32,6 +32,20 @@ def local_procguard(venv: str | None) -> list[str]:
     return [python, "-m", "procguard"]
 
 
+def host_paths(
+    target: str,
+    config: StackConfig,
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    workdir: str | None = None,
+    procguard: Sequence[str] | None = None,
+) -> tuple[str, list[str]]:
+    """A host engine's working directory (the config's, unless told) and how it starts procguard."""
+    own = settings.get(target, {})
+    base = workdir or own.get("workdir") or str(config.path.parent)
+    return base, list(procguard) if procguard else local_procguard(own.get("venv"))
+
+
 def render(
     target: str,
     config: StackConfig,
@@ -42,13 +56,11 @@ def render(
 ) -> list[RenderedFile]:
     """Render ``target``'s files for ``config`` (pure); raises BudgetError/UsageError."""
     enforce_budget(config, settings)
-    own = settings.get(target, {})
-    base = workdir or own.get("workdir") or str(config.path.parent)
+    base, command = host_paths(target, config, settings, workdir=workdir, procguard=procguard)
     if target == "kubernetes":
         from .kubernetes import render_kubernetes
 
         return render_kubernetes(config, settings)
-    command = list(procguard) if procguard else local_procguard(own.get("venv"))
     if target == "systemd":
         from .systemd import render_systemd
 
@@ -61,4 +73,12 @@ def render(
     raise ValueError(msg)
 
 
-__all__ = ["TARGETS", "RenderedFile", "all_settings", "local_procguard", "render", "write_files"]
+__all__ = [
+    "TARGETS",
+    "RenderedFile",
+    "all_settings",
+    "host_paths",
+    "local_procguard",
+    "render",
+    "write_files",
+]

@@ -91,9 +91,11 @@ class Event:
     by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The ``history --json`` row: the same keys on every row (a start's stop fields are null),
+        so a reader can index any row without checking its kind."""
         data = asdict(self)
-        if self.peak_memory_bytes is not None:
-            data["peak_memory_mb"] = round(self.peak_memory_bytes / (1024 * 1024), 1)
+        peak = self.peak_memory_bytes
+        data["peak_memory_mb"] = None if peak is None else round(peak / (1024 * 1024), 1)
         return data
 
 

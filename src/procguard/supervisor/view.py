@@ -60,7 +60,9 @@ def build_view(project: str, supervisor_pid: int, workers: Iterable[Worker], now
     figures: list[WorkerFigures] = []
     for worker in workers:
         status = worker.status(now)
-        status["samples"] = list(worker.samples)
+        status["samples"] = samples = list(worker.samples)
+        oldest = samples[0][0] if samples else None
+        status["run_starts"] = [t for t in worker.run_starts if oldest is not None and t > oldest]
         statuses.append(status)
         figures.append(worker_figures(worker, now, wall))
     return View(project=project, supervisor_pid=supervisor_pid, workers=statuses, figures=figures)

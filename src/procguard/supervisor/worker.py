@@ -156,6 +156,9 @@ class Worker:
         self.next_sample_at: float | None = None  # when this worker is due for its next sample
         self.hard_killed = False  # SIGKILLed at the hard memory ceiling (once per process)
         self.samples: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=SAMPLE_HISTORY)
+        #: Unix times of this worker's recent starts: the chart breaks its lines there (no line
+        #: drawn across the time the worker was down).
+        self.run_starts: collections.deque[float] = collections.deque(maxlen=SAMPLE_HISTORY)
         self.sampler: TreeSampler | None = None
         self.tracker: LimitTracker | None = None
         #: CPU seconds of the worker's trees, over all its processes (a counter that never goes back).
@@ -310,6 +313,7 @@ class Worker:
         self.generation += 1
         self.started_at = now
         self.started_wall = wall
+        self.run_starts.append(round(wall, 1))
         self.peak_memory_bytes = 0
         self.last_sample = None
         self.last_sample_at = None
