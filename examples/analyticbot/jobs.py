@@ -23,6 +23,7 @@ Kubernetes HorizontalPodAutoscaler would with the average over the pods.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ from typing import NamedTuple
 from . import settings
 
 JOBS_DB = "jobs.sqlite3"
-#: A taken job not finished within this many seconds goes back to the queue (its consumer was killed).
+#: A taken job not finished within this many seconds goes back to the queue (its consumer was killed);
+#: ``ANALYTICBOT_JOB_LEASE`` (seconds) changes it.
 DEFAULT_LEASE_S = 30.0
+LEASE_ENV = "ANALYTICBOT_JOB_LEASE"
 #: A consumer not seen for this long no longer counts among those sharing the backlog.
 CONSUMER_ALIVE_S = 2.0
 
@@ -88,7 +91,9 @@ class JobQueue:
 
     @classmethod
     def in_data_dir(cls, explicit: str | None = None) -> JobQueue:
-        return cls(settings.data_dir(explicit) / JOBS_DB)
+        """The queue of the data directory, with the lease ``$ANALYTICBOT_JOB_LEASE`` says (default 30 s)."""
+        lease = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
+        return cls(settings.data_dir(explicit) / JOBS_DB, lease_s=lease)
 
     def _write(self, statements: Sequence[tuple[str, tuple[object, ...]]]) -> list[sqlite3.Cursor]:
         conn = settings.connect(self.path)
