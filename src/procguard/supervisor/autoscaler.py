@@ -11,8 +11,8 @@ new copies after the last, the newest drained and stopped first) and is
 written as a ``scale`` history row (from, to, the metric's total) and one
 log line. While a scale-down is still stopping copies no reading is taken.
 
-A metric that no running copy publishes for longer than a minute is named
-in one warning (a typo in ``metric``, or a program that never calls
+A metric that no running copy publishes for longer than a minute
+(``UNKNOWN_METRIC_WARN_AFTER_S``) is named in one warning (a typo in ``metric``, or a program that never calls
 ``set_gauge``); the stack goes on at its current count.
 """
 
@@ -79,8 +79,10 @@ class Autoscaler:
         scaler: Scaler,
         history: History,
         wall_clock: Callable[[], float],
+        warn_missing_after_s: float = UNKNOWN_METRIC_WARN_AFTER_S,
     ) -> None:
         self._project = project
+        self._warn_after_s = warn_missing_after_s
         self._rules = rules
         self._scaler = scaler
         self._history = history
@@ -142,7 +144,7 @@ class Autoscaler:
             return
         if group.missing_since is None:
             group.missing_since = now
-        elif not group.warned and now - group.missing_since >= UNKNOWN_METRIC_WARN_AFTER_S:
+        elif not group.warned and now - group.missing_since >= self._warn_after_s:
             group.warned = True
             logger.warning(
                 "%s: autoscale metric %r not published by any copy for %.0f s (the program calls"

@@ -189,6 +189,7 @@ class Supervisor:
             scaler=self._commands,
             history=self.history,
             wall_clock=wall_clock,
+            warn_missing_after_s=self.settings.autoscale_missing_warn_s,
         )
         self._stack_reload = StackReload(
             workers=self.workers, lifecycle=self.lifecycle, make_copies=self._make_copies, clock=clock
