@@ -110,5 +110,8 @@ def test_a_gauge_value_must_be_finite(value: float) -> None:
     manager = ProcessManager(name="w", handle_signals=False, single_instance=False)
     with pytest.raises(UsageError, match="not a finite number"):
         manager.set_gauge("queue_depth", value)
-    with pytest.raises((TypeError, ValueError)):
-        manager.set_gauge("queue_depth", "many")  # type: ignore[arg-type]
+    manager.set_gauge("queue_depth", 1)
+    for bad in (value, "many", None):
+        with pytest.raises(UsageError, match="not a finite number"):
+            manager.set_gauge("queue_depth", bad)  # type: ignore[arg-type]  # a known name too
+    assert manager.gauges == {"queue_depth": 1.0}

@@ -774,10 +774,22 @@ class ProcessManager:
         ``value``: a finite number. Anything else raises UsageError.
         """
         gauges = self._gauges
-        number = float(value) if type(value) is not float else value
-        if number - number != 0.0:  # NaN or infinite
+        kind = value.__class__
+        if name in gauges and (kind is int or (kind is float and value - value == 0.0)):
+            gauges[name] = value  # the hot path: a known name, a finite number
+            return
+        self._set_new_gauge(name, value)
+
+    def _set_new_gauge(self, name: str, value: float) -> None:
+        """``set_gauge`` off its hot path: a new name, or a value that is not a plain int or float."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number - number != 0.0:  # NaN or infinite, or no number at all
             msg = f"set_gauge: {value!r} is not a finite number (use an int or a float)"
             raise UsageError(msg)
+        gauges = self._gauges
         if name in gauges:
             gauges[name] = number
             return
@@ -787,7 +799,7 @@ class ProcessManager:
     @property
     def gauges(self) -> dict[str, float]:
         """The program's gauges as set so far (a copy)."""
-        return dict(self._gauges)
+        return {name: float(value) for name, value in self._gauges.items()}
 
     # ----------------------------------------------------------------- health
 
@@ -879,7 +891,7 @@ class ProcessManager:
             cpu_limit_percent=lim.cpu_limit_percent,
             stop_reason=stop.outcome.reason.value if stop is not None else None,
             circuits=self._circuit_snapshots(),
-            gauges=tuple(self._gauges.items()),
+            gauges=tuple((name, float(value)) for name, value in self._gauges.items()),
             copy=_copy_index(),
         )
 
