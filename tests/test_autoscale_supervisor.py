@@ -133,3 +133,28 @@ def _page_shows_the_rule(port: int) -> None:
             assert errors == []
         finally:
             browser.close()
+
+
+def test_reload_keeps_the_autoscaled_count_and_a_rule_change_restarts_nothing(
+    tmp_path: Path, state_dir: Path, spawn: Spawn
+) -> None:
+    stack, gauge = _stack(tmp_path, state_dir, spawn)
+    stack.up()
+    stack.wait_state("w", "running")
+    gauge.write_text("25")
+    wait_for(lambda: _copies(stack) == 3, timeout=10, message=lambda: f"3 copies; {stack.output()[-2000:]}")
+    for name in ("w:2", "w:3"):
+        stack.wait_state(name, "running")
+    pids = {w["name"]: w["pid"] for w in stack.status() or []}
+    text = stack.config.read_text()
+    stack.config.write_text(text.replace("target = 10", "target = 20").replace('"1.5s"', '"60s"'))
+    result = stack.cli("reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "autoscale 1..3 on queue_depth target 10 -> 1..3 on queue_depth target 20" in result.stdout
+    wait_for(lambda: (stack.worker("w") or {}).get("autoscale", {}).get("target") == 20.0, timeout=5,
+             message="the new rule in status")
+    assert {w["name"]: w["pid"] for w in stack.status() or []} == pids  # nothing restarted, nothing removed
+    stack.config.write_text(stack.config.read_text().replace("max = 3", "max = 2"))
+    assert stack.cli("reload").returncode == 0
+    wait_for(lambda: _copies(stack) == 2, timeout=15, message="the count within the new max")
+    assert {w["name"]: w["pid"] for w in stack.status() or []} == {k: v for k, v in pids.items() if k != "w:3"}

@@ -460,8 +460,9 @@ class Worker:
         rule = self.config.autoscale
         if rule is None:
             return None
-        if self.autoscale_shown is not None and self.autoscale_shown.get("metric") == rule.metric:
-            return self.autoscale_shown
+        shown = self.autoscale_shown
+        if shown is not None and all(shown.get(key) == value for key, value in rule.to_json().items()):
+            return shown
         return {**rule.to_json(), "value": None, "copies_read": 0, "copies_unknown": None, "wanted": None,
                 "why": "no reading yet"}
 
