@@ -58,7 +58,7 @@ def copy_value(worker: Worker, metric: str) -> float | None:
 class _Group:
     """One autoscaled worker's running state."""
 
-    __slots__ = ("last", "memory", "missing_since", "next_at", "warned")
+    __slots__ = ("last", "memory", "missing_since", "next_at", "refused", "warned")
 
     def __init__(self, now: float) -> None:
         self.memory = Memory()
@@ -66,6 +66,7 @@ class _Group:
         self.last: Decision | None = None
         self.missing_since: float | None = None
         self.warned = False
+        self.refused = ""  # the last reason a scale could not be done (said once until it changes)
 
 
 class Autoscaler:
@@ -131,7 +132,9 @@ class Autoscaler:
         refused = self._scaler.scale_group(name, decision.change_to, None, by=BY, done=done)
         if refused is None:
             group.memory = memory
-        else:
+            group.refused = ""
+        elif refused[0] != group.refused:
+            group.refused = refused[0]
             logger.warning("%s: autoscale to %d copies not done: %s", name, decision.change_to, refused[0])
 
     def _watch_missing(
