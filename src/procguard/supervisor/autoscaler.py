@@ -58,12 +58,11 @@ def copy_value(worker: Worker, metric: str) -> float | None:
 class _Group:
     """One autoscaled worker's running state."""
 
-    __slots__ = ("last", "memory", "missing_since", "next_at", "refused", "warned")
+    __slots__ = ("memory", "missing_since", "next_at", "refused", "warned")
 
     def __init__(self, now: float) -> None:
         self.memory = Memory()
         self.next_at = now
-        self.last: Decision | None = None
         self.missing_since: float | None = None
         self.warned = False
         self.refused = ""  # the last reason a scale could not be done (said once until it changes)
@@ -120,7 +119,6 @@ class Autoscaler:
         reading = Reading(tuple(copy_value(worker, rule.metric) for worker in copies))
         self._watch_missing(name, rule, group, copies, now, known=bool(reading.known))
         decision, memory = decide(rule, len(copies), reading, now, group.memory)
-        group.last = decision
         self._show(copies, rule, decision, reading)
         if decision.change_to is None or decision.change_to == len(copies):
             group.memory = memory
