@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "analyticbot stack: status page http://127.0.0.1:9100/ - health on 9091-9093 - Ctrl-C stops it"
+	@echo "analyticbot stack: status page http://127.0.0.1:9100/ - health on 9091-9097 - Ctrl-C stops it"
+	@echo "autoscaling: in another shell, $(BIN)/python -m examples.analyticbot.burst 2000 enqueues 2,000 jobs;"
+	@echo "  the jobs worker goes from 1 to 4 copies, and back to 1 once the queue has been empty for 30 s"
 	$(BIN)/procguard up -c examples/analyticbot/procguard.toml
 
 test: $(STAMP)

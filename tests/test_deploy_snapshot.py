@@ -171,4 +171,4 @@ def test_example_manifests_pass_kubernetes_validate() -> None:
         [str(validate), "--strict", *paths], capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(paths) == 3
+    assert result.stdout.count("passed") == len(paths) == 5  # 4 Deployments, 1 HorizontalPodAutoscaler

@@ -6,6 +6,11 @@ A small stdlib HTTP service (no procguard inside; ``procguard run -- python
     GET /health                      {"status": "ok"}
     GET /api/channels                {"channels": [{"id": ..., "title": ...}, ...]}
     GET /api/channels/<id>/stats     {"channel_id", "title", "subscribers", "views", "posts", "as_of"}
+    POST /api/jobs {"count": N}      enqueue N jobs -> {"enqueued": N, "queued", "taken", "done", "depth"}
+    GET /api/jobs                    {"queued", "taken", "done", "depth"}
+
+Jobs go into ``jobs.sqlite3`` in the data directory (:mod:`.jobs`): they
+survive a restart of the API or of the workers that consume them.
 
 The channels live in ``api.sqlite3`` in the data directory, seeded on first
 start. Every stats request moves the numbers on a little (the "activity" of
@@ -32,8 +37,13 @@ from types import FrameType
 from typing import Any
 
 from . import settings
+from .jobs import JOBS_DB, JobQueue
 
 log = logging.getLogger("analyticbot.api")
+
+#: Most jobs one POST may enqueue, and the largest body it reads.
+MAX_JOBS = 100_000
+MAX_BODY = 4096
 
 SEED_CHANNELS = [
     ("python-news", "Python News", 12000, 480000, 310),
@@ -127,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if parts == ["health"]:
                 self._send(200, {"status": "ok"})
+            elif parts == ["api", "jobs"]:
+                self._send(200, self._counts())
             elif parts == ["api", "channels"]:
                 self._send(200, {"channels": self.server.store.channels()})
             elif len(parts) == 4 and parts[:2] == ["api", "channels"] and parts[3] == "stats":
@@ -140,6 +152,34 @@ class _Handler(BaseHTTPRequestHandler):
         except sqlite3.Error:
             log.exception("database error serving %s", path)
             self._send(503, {"error": "database unavailable"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path != "/api/jobs":
+            self._send(404, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}") if 0 <= length <= MAX_BODY else None
+            count = body.get("count") if isinstance(body, dict) else None
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_JOBS:
+                self._send(400, {"error": f'give {{"count": N}} with N from 1 to {MAX_JOBS}'})
+                return
+        except ValueError:
+            self._send(400, {"error": "the body is not JSON"})
+            return
+        try:
+            queue = self.server.jobs
+            start = time.time()
+            queue.enqueue([f"job-{start:.6f}-{i}" for i in range(count)])
+            self._send(200, {"enqueued": count, **self._counts()})
+        except sqlite3.Error:
+            log.exception("database error enqueueing jobs")
+            self._send(503, {"error": "database unavailable"})
+
+    def _counts(self) -> dict[str, int]:
+        counts = self.server.jobs.counts()
+        return {**counts._asdict(), "depth": counts.depth}
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -156,15 +196,16 @@ class _Handler(BaseHTTPRequestHandler):
 class _ApiServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: StatsStore) -> None:
+    def __init__(self, address: tuple[str, int], store: StatsStore, jobs: JobQueue) -> None:
         self.store = store
+        self.jobs = jobs
         super().__init__(address, _Handler)
 
 
 def serve(host: str, port: int, db_path: Path) -> _ApiServer:
     """Initialise the database and bind the server (port 0 picks a free one)."""
     init_db(db_path)
-    return _ApiServer((host, port), StatsStore(db_path))
+    return _ApiServer((host, port), StatsStore(db_path), JobQueue(db_path.parent / JOBS_DB))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, get_args
 
+from .autoscale import AutoscaleRule, parse_rule
 from .copies import MAX_INSTANCES, copy_port
 from .copies import parse_count as parse_instances
 from .errors import ConfigError, UsageError, shown
@@ -100,6 +101,13 @@ class WorkerConfig:
     start_limit_interval_s: float = 60.0
     depends_on: tuple[str, ...] = ()
     instances: int = 1
+    #: ``[workers.NAME.autoscale]`` (None: a fixed number of copies).
+    autoscale: AutoscaleRule | None = None
+
+    @property
+    def most_copies(self) -> int:
+        """The most copies the worker may run: ``autoscale``'s max, else ``instances``."""
+        return self.autoscale.max if self.autoscale is not None else self.instances
 
     @property
     def mode(self) -> str:
@@ -235,6 +243,14 @@ def _host(ctx: _Ctx, key: str, value: object) -> str:
     return text
 
 
+def _autoscale(ctx: _Ctx, key: str, value: object) -> AutoscaleRule:
+    try:
+        return parse_rule(_table(ctx, key, value))
+    except UsageError as error:
+        inner, _, message = str(error).partition(": ")
+        raise ctx.error(f"{key}.{inner}", message) from None
+
+
 def _restart(ctx: _Ctx, key: str, value: object) -> str:
     if value not in RESTART_POLICIES:
         accepted = ", ".join(RESTART_POLICIES)
@@ -311,10 +327,17 @@ _STACK_KEYS: dict[str, Key] = {
         f"copies of this worker, each its own process `NAME:K` with health port P+K-1; 1 to"
         f" {MAX_INSTANCES}, default 1 (in `[workers.NAME]` only)",
     ),
+    "autoscale": Key(
+        "autoscale",
+        _autoscale,
+        "`[workers.NAME.autoscale]`: `min`, `max`, `metric`, `target`, `scale_down_after` (default 5m),"
+        " `interval` (default 5s): run ceil(sum of `metric` over the copies / `target`) copies within"
+        " [min, max]; a `run` worker with a `health_port` (in `[workers.NAME]` only)",
+    ),
 }
 
 #: Keys that describe one worker and have no meaning in ``[defaults]``.
-_WORKER_ONLY = frozenset({"instances"})
+_WORKER_ONLY = frozenset({"instances", "autoscale"})
 
 #: The lifecycle keys, from their one declaration in procguard.limits.
 LIFECYCLE_KEYS: dict[str, Key] = {
@@ -458,7 +481,7 @@ def _owners(
     if project.status_port:
         owners[project.status_port] = "project.status_port"
     for worker in workers.values():
-        count = counts.get(worker.name, worker.instances)
+        count = counts.get(worker.name, worker.most_copies)
         for index in range(1, count + 1):
             port = copy_port(worker.limits.health_port, index)
             if port is None:
@@ -492,6 +515,29 @@ def _check_ports(ctx: _Ctx, project: ProjectConfig, workers: Mapping[str, Worker
     clash = port_clash(project, workers)
     if clash is not None:
         raise ConfigError(clash, path=ctx.path)
+
+
+def _check_autoscale(
+    ctx: _Ctx, prefix: str, values: dict[str, Any], limits: WorkerLimits, *, given_instances: bool
+) -> None:
+    """An autoscaled worker publishes its metric (a ``run`` worker) where it can be read (a
+    ``health_port``); it starts ``instances`` copies (default ``min``), within [min, max]."""
+    rule: AutoscaleRule = values["autoscale"]
+    if values.get("run") is None:
+        msg = (
+            "needs a run worker (the copies publish the metric with set_gauge; a command's health port"
+            " is answered by procguard, which cannot see the program's gauges)"
+        )
+        raise ctx.error(f"{prefix}.autoscale", msg)
+    if not limits.health_port:
+        raise ctx.error(
+            f"{prefix}.autoscale", "needs a health_port (copy K publishes its metric on port P+K-1; add one)"
+        )
+    if not given_instances:
+        values["instances"] = rule.min
+    elif not rule.min <= values["instances"] <= rule.max:
+        msg = f"{values['instances']} is outside autoscale's {rule.min}..{rule.max} (use a count within)"
+        raise ctx.error(f"{prefix}.instances", msg)
 
 
 def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> StackConfig:
@@ -568,6 +614,8 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
             limits = WorkerLimits().with_changes(**lifecycle)
         except UsageError as error:
             raise ctx.error(prefix, str(error)) from None
+        if "autoscale" in values:
+            _check_autoscale(ctx, prefix, values, limits, given_instances="instances" in own)
         workers[name] = WorkerConfig(name=name, limits=limits, **values)
 
     _check_depends(ctx, workers)

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from . import policy
 from .callbacks import CleanupFn, callable_name, run_cleanup, run_cleanup_async
 from .children import terminate_children
+from .copies import INDEX_ENV
 from .errors import UsageError
 from .limits import SETTINGS, Setting, WorkerLimits
 from .monitor import Monitor, StopRequest, format_mb
@@ -69,7 +70,10 @@ from .parent_link import ParentLink, claim, stop_for_signal
 from .reasons import Ender, ExitStatus, StopReason
 from .signals import STOP_SIGNALS, SignalCapture
 from .snapshot import (
+    GAUGE_NAME_ACCEPTED,
+    GAUGE_NAME_RE,
     HEALTHY,
+    RESERVED_GAUGE_PREFIX,
     CircuitSnapshot,
     HealthStatus,
     WorkerSnapshot,
@@ -169,6 +173,7 @@ class ProcessManager:
         "_deadline",
         "_failed_iterations",
         "_gate",
+        "_gauges",
         "_halt",
         "_health_server",
         "_helpers",
@@ -320,6 +325,9 @@ class ProcessManager:
         self._failed_iterations = 0
         self._cleanups: list[CleanupFn] = []
         self._circuits: dict[str, CircuitBreaker] = {}  # name -> breaker, shown on /health, /ready, /metrics
+        # name -> value (set_gauge). A new name replaces the dict whole, a known one is set in place,
+        # so the health publisher's copy never sees the dict change size under it.
+        self._gauges: dict[str, float] = {}
         self._stop_event = StopEvent()
 
         # --- what start() sets up ---------------------------------------------
@@ -761,6 +769,49 @@ class ProcessManager:
     def _on_circuit_change(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         self._refresh_health()
 
+    # ----------------------------------------------------------------- gauges
+
+    def set_gauge(self, name: str, value: float) -> None:
+        """Publish a figure of the program's own (``queue_depth``, ``jobs_in_flight``) on /metrics.
+
+        Shown in the JSON under ``gauges`` and in Prometheus text as a gauge
+        family ``name`` with the ``worker`` label (and ``copy`` for a copy of
+        a worker under ``procguard up``); the value is the latest one set.
+        Cheap enough to call every iteration (a dict store; the name is
+        checked the first time only). This is what ``[workers.X.autoscale]``
+        reads: the supervisor sums ``metric`` over the copies.
+
+        ``name``: a Prometheus metric name not starting with ``procguard_``;
+        ``value``: a finite number. Anything else raises UsageError.
+        """
+        gauges = self._gauges
+        kind = value.__class__
+        if name in gauges and (kind is int or (kind is float and value - value == 0.0)):
+            gauges[name] = value  # the hot path: a known name, a finite number
+            return
+        self._set_new_gauge(name, value)
+
+    def _set_new_gauge(self, name: str, value: float) -> None:
+        """``set_gauge`` off its hot path: a new name, or a value that is not a plain int or float."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number - number != 0.0:  # NaN or infinite, or no number at all
+            msg = f"set_gauge: {value!r} is not a finite number (use an int or a float)"
+            raise UsageError(msg)
+        gauges = self._gauges
+        if name in gauges:
+            gauges[name] = number
+            return
+        _check_gauge_name(name)
+        self._gauges = {**gauges, name: number}
+
+    @property
+    def gauges(self) -> dict[str, float]:
+        """The program's gauges as set so far (a copy)."""
+        return {name: float(value) for name, value in self._gauges.items()}
+
     # ----------------------------------------------------------------- health
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
@@ -851,6 +902,8 @@ class ProcessManager:
             cpu_limit_percent=lim.cpu_limit_percent,
             stop_reason=stop.outcome.reason.value if stop is not None else None,
             circuits=self._circuit_snapshots(),
+            gauges=tuple((name, float(value)) for name, value in self._gauges.items()),
+            copy=_copy_index(),
         )
 
     def metrics(self) -> dict[str, Any]:
@@ -1075,6 +1128,22 @@ class ProcessManager:
         if exc is not None:
             self._crashed_with(exc)
         await self.shutdown_async()
+
+
+def _check_gauge_name(name: object) -> None:
+    """UsageError unless ``name`` may name a program's gauge."""
+    if not isinstance(name, str) or not GAUGE_NAME_RE.match(name) or name.startswith(RESERVED_GAUGE_PREFIX):
+        msg = (
+            f"set_gauge: {name!r} is not a gauge name (use {GAUGE_NAME_ACCEPTED};"
+            f" {RESERVED_GAUGE_PREFIX}* is procguard's own)"
+        )
+        raise UsageError(msg)
+
+
+def _copy_index() -> int | None:
+    """This process's copy number (``PROCGUARD_INSTANCE_INDEX``), None when it is no copy."""
+    text = os.environ.get(INDEX_ENV, "")
+    return int(text) if text.isdigit() else None
 
 
 def _keyword_of(setting: Setting) -> str:

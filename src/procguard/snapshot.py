@@ -11,6 +11,7 @@ snapshot can be copied to another thread or process as it is.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -48,6 +49,13 @@ class HealthStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {"is_healthy": self.is_healthy, "reason": self.reason}
+
+
+#: What a gauge of the program's own may be called: a Prometheus metric name.
+GAUGE_NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*\Z")
+GAUGE_NAME_ACCEPTED = "letters, digits, _ and :, not starting with a digit, like queue_depth"
+#: Gauge names procguard's own families use: a program's gauge may not take one.
+RESERVED_GAUGE_PREFIX = "procguard_"
 
 
 #: ``procguard_circuit_state``'s value for each circuit state token.
@@ -147,6 +155,17 @@ class WorkerSnapshot:
     stop_reason: str | None = None
     #: The worker's circuit breakers (none: the ``circuits`` key is left out of the JSON).
     circuits: tuple[CircuitSnapshot, ...] = ()
+    #: The program's own gauges (``ProcessManager.set_gauge``), ``(name, value)`` in the order first set.
+    gauges: tuple[tuple[str, float], ...] = ()
+    #: Which copy of its worker this process is (``X:K`` under ``procguard up``), None outside copies.
+    copy: int | None = None
+
+    def gauge(self, name: str) -> float | None:
+        """The value of the program's gauge ``name``, None when it never set it."""
+        for gauge_name, value in self.gauges:
+            if gauge_name == name:
+                return value
+        return None
 
     def to_metrics_json(self) -> dict[str, Any]:
         """The ``/metrics`` JSON document, exactly the documented keys."""
@@ -175,6 +194,8 @@ class WorkerSnapshot:
         }
         if self.circuits:
             doc["circuits"] = [circuit.to_json() for circuit in self.circuits]
+        if self.gauges:
+            doc["gauges"] = dict(self.gauges)
         return doc
 
 

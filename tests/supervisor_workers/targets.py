@@ -27,3 +27,14 @@ def write_copy_env() -> None:
     with open(f"{path}.tmp", "w") as out:
         out.write(json.dumps(facts))
     os.replace(f"{path}.tmp", path)
+
+
+def publish_gauge(manager) -> None:
+    """Publish the gauge $GAUGE_NAME: copy 1 the number in $GAUGE_FILE, the other copies 0 (so the
+    copies' sum is the file's number)."""
+    import os
+
+    first = os.environ.get("PROCGUARD_INSTANCE_INDEX", "1") == "1"
+    with open(os.environ["GAUGE_FILE"]) as source:
+        value = float(source.read().strip() or 0) if first else 0.0
+    manager.set_gauge(os.environ.get("GAUGE_NAME", "queue_depth"), value)

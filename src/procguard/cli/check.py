@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config, start_order
+from ..config import WorkerConfig, load_config, start_order
 from ..limits import format_bytes
 from ..reasons import ExitStatus
 
@@ -50,11 +50,25 @@ def run_check(args: argparse.Namespace) -> int:
         runtime = _duration(worker.limits.max_runtime_s) if worker.limits.max_runtime_s else "no limit"
         port = worker.limits.health_port
         ports = ""
+        most = worker.most_copies
         if port:
-            ports = f", health :{port}" + (f"-{port + worker.instances - 1}" if worker.instances > 1 else "")
+            ports = f", health :{port}" + (f"-{port + most - 1}" if most > 1 else "")
         copies = f", {worker.instances} copies" if worker.instances > 1 else ""
         if ports and worker.limits.health_tls_cert:
             ports += " https"
         grace = worker.limits.grace_s
         print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{ports}{copies})")
+        if worker.autoscale is not None:
+            print(f"    autoscale: {worker.autoscale.describe()}")
+            print(f"    {fixed_count_note(worker)}")
     return ExitStatus.OK
+
+
+def fixed_count_note(worker: WorkerConfig) -> str:
+    """What the engines without autoscaling run for an autoscaled worker, in one line."""
+    rule = worker.autoscale
+    assert rule is not None
+    return (
+        f"deploy: systemd and supervisord run a fixed {worker.instances} (they cannot scale on a metric);"
+        f" kubernetes gets a HorizontalPodAutoscaler {rule.min}..{rule.max} on {rule.metric}"
+    )

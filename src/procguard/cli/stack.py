@@ -430,7 +430,32 @@ def run_status(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(rows, state_column=1)
+    for line in _autoscale_lines(workers):
+        print(line)
     return status
+
+
+def _autoscale_lines(workers: list[dict[str, Any]]) -> list[str]:
+    """One line per autoscaled worker: its rule and the latest reading (the first copy carries it)."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for w in workers:
+        rule = w.get("autoscale")
+        group = str(w.get("worker") or w["name"])
+        if not rule or group in seen:
+            continue
+        seen.add(group)
+        value = rule.get("value")
+        if value is None:
+            reading = "no reading yet"
+        else:
+            unknown = f", {rule['copies_unknown']} unknown" if rule.get("copies_unknown") else ""
+            reading = f"now {value:g} ({rule['copies_read']} read{unknown}), wants {rule['wanted']}"
+        lines.append(
+            f"{group}: autoscale {rule['min']}..{rule['max']} copies on {rule['metric']}"
+            f" (target {rule['target']:g} per copy): {reading}"
+        )
+    return lines
 
 
 def _short(text: str, width: int = 90) -> str:

@@ -24,6 +24,18 @@ HTTPS``; a worker with ``health_token_file`` (or ``PROCGUARD_HEALTH_TOKEN`` in
 its ``env``) reads the token from the Secret ``<project>-health-token`` (key
 ``token``), mounted at ``/etc/procguard/token`` (or referenced by
 ``secretKeyRef``).
+
+A worker with ``[workers.X.autoscale]`` also gets an ``autoscaling/v2``
+HorizontalPodAutoscaler (``<project>-<worker>-hpa.yaml``): the same rule as
+``procguard up`` applies, on the pods' Prometheus gauge of the same name (a
+``Pods`` metric with an average value of ``target`` per pod, so the
+HorizontalPodAutoscaler's ceil(pods x average / target) is procguard's
+ceil(total / target)), ``min``/``max`` replicas, and a scale-down
+stabilization window of ``scale_down_after`` (scale-up at once). Its
+Deployment then has no ``replicas`` (the autoscaler owns the count).
+Kubernetes reads a pod's own gauge only through a custom metrics adapter
+(prometheus-adapter or KEDA) that serves it from Prometheus' scrape of the
+pods' /metrics; docs/PRODUCTION_DEPLOYMENT.md shows the adapter rule.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..autoscale import AutoscaleRule
 from ..config import StackConfig, WorkerConfig, worker_argv
 from ..errors import UsageError
 from ..snapshot import label_environment
@@ -226,12 +239,15 @@ def deployment(
     metadata: dict[str, Any] = {"name": name, "labels": labels}
     if own.get("namespace"):
         metadata["namespace"] = own["namespace"]
+    replicas: dict[str, int] = {}
+    if worker.autoscale is None:  # else the HorizontalPodAutoscaler owns the count
+        replicas["replicas"] = worker.instances if worker.instances > 1 else int(own.get("replicas", 1))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": worker.instances if worker.instances > 1 else int(own.get("replicas", 1)),
+            **replicas,
             # One instance per name, also during a rollout: the old pod stops first.
             "strategy": {"type": "Recreate"},
             "selector": {
@@ -255,6 +271,53 @@ def deployment(
     }
 
 
+def quantity(value: float) -> str:
+    """A Kubernetes quantity for ``value``: ``100``, or ``2500m`` for 2.5."""
+    if value == int(value):
+        return str(int(value))
+    return f"{math.ceil(value * 1000)}m"
+
+
+def autoscaler(
+    config: StackConfig, worker: WorkerConfig, rule: AutoscaleRule, namespace: str | None
+) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler of an autoscaled worker's Deployment, as plain data (pure)."""
+    name = object_name(config, worker)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {
+            "app.kubernetes.io/name": label_value(config.project.name),
+            "app.kubernetes.io/component": label_value(worker.name),
+            "app.kubernetes.io/managed-by": "procguard",
+        },
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": rule.min,
+            "maxReplicas": rule.max,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": rule.metric},
+                        "target": {"type": "AverageValue", "averageValue": quantity(rule.target)},
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0},
+                "scaleDown": {"stabilizationWindowSeconds": math.ceil(rule.scale_down_after_s)},
+            },
+        },
+    }
+
+
 def render_kubernetes(config: StackConfig, settings: Mapping[str, Mapping[str, Any]]) -> list[RenderedFile]:
     """One ``<project>-<worker>.yaml`` Deployment per worker (pure)."""
     files: list[RenderedFile] = []
@@ -271,4 +334,8 @@ def render_kubernetes(config: StackConfig, settings: Mapping[str, Mapping[str, A
         body = yaml_json(deployment(config, worker, settings))
         text = f"# {header(config.path.name)}\n{body}\n"
         files.append(RenderedFile(f"{name}.yaml", text))
+        if worker.autoscale is not None:
+            namespace = settings.get("kubernetes", {}).get("namespace")
+            body = yaml_json(autoscaler(config, worker, worker.autoscale, namespace))
+            files.append(RenderedFile(f"{name}-hpa.yaml", f"# {header(config.path.name)}\n{body}\n"))
     return files

@@ -39,6 +39,10 @@ worker where the value does not apply, e.g. no limit configured):
 ``procguard_max_iterations``       limit: iterations
 ``procguard_memory_limit_bytes``   limit: memory
 ``procguard_cpu_limit_ratio``      limit: CPU (1.0 = one core)
+``<name>``                         the program's own gauges
+                                   (``ProcessManager.set_gauge``), each its
+                                   own family, labelled like the rest plus
+                                   ``copy`` for a copy of a worker
 ================================== ==========================================
 
 Every sample carries ``worker`` (the worker's name in procguard.toml when it
@@ -221,6 +225,28 @@ class SnapshotCollector:
         yield failed
         if any(snap.circuits for snap in snaps):
             yield from _circuit_families(snaps, labels, values)
+        if any(snap.gauges for snap in snaps):
+            yield from _program_gauges(snaps, labels, values)
+
+
+def _program_gauges(
+    snaps: list[WorkerSnapshot], labels: list[str], values: Callable[[WorkerSnapshot], list[str]]
+) -> Iterator[Metric]:
+    """One family per gauge the programs set (``set_gauge``), with ``copy`` where a snapshot has one."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    with_copy = any(snap.copy is not None for snap in snaps)
+    names = list(dict.fromkeys(name for snap in snaps for name, _value in snap.gauges))
+    for name in names:
+        own_labels = [*labels, "copy"] if with_copy else labels
+        family = GaugeMetricFamily(name, "Set by the worker's program (set_gauge).", labels=own_labels)
+        for snap in snaps:
+            value = snap.gauge(name)
+            if value is None:
+                continue
+            extra = [str(snap.copy or "")] if with_copy else []
+            family.add_metric([*values(snap), *extra], value)
+        yield family
 
 
 def _circuit_families(

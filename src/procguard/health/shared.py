@@ -72,6 +72,7 @@ def decode_snapshot(payload: bytes) -> WorkerSnapshot:
         CircuitSnapshot(**{k: v for k, v in circuit.items() if k in _KNOWN_CIRCUIT})
         for circuit in fields.get("circuits", ())
     )
+    fields["gauges"] = tuple((str(name), float(value)) for name, value in fields.get("gauges", ()))
     return WorkerSnapshot(**fields)
 
 
@@ -217,3 +218,18 @@ class PublishedView:
             raise LookupError(msg)
         _sequence, published_at, snapshot = decoded
         return age_snapshot(snapshot, time.monotonic() - published_at, self._stale_after_s)
+
+    def fresh_gauges(self) -> dict[str, float] | None:
+        """The program's gauges as last published, or None when nothing was published or it is stale.
+
+        What an autoscaler reads: a worker that stopped publishing (hung,
+        stopped) has no known value, rather than its last one.
+        """
+        try:
+            snapshot = self.current()
+        except LookupError:
+            return None
+        decoded = self._decoded
+        if decoded is None or time.monotonic() - decoded[1] > self._stale_after_s:
+            return None
+        return dict(snapshot.gauges)

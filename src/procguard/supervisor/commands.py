@@ -253,7 +253,6 @@ class ControlCommands:
             peer.send({"ok": False, "exit_status": 1, "error": f"reload failed: {error}"})
 
     def _scale(self, name: object, count: object, peer: Peer) -> None:
-        copies = self._copies
         try:
             if not isinstance(name, str):
                 raise UsageError(f"scale takes a worker name, not {name!r}")
@@ -262,48 +261,76 @@ class ControlCommands:
                 msg = f"scale takes a worker, not a copy ({name!r}; use {address.name})"
                 raise UsageError(msg)
             group = address.name
-            current = [w for w in self._workers.values() if w.group == group and not w.retiring]
-            if not current:
+            if not self.copies_of(group):
                 groups = ", ".join(dict.fromkeys(w.group for w in self._workers.values()))
                 raise UsageError(f"unknown worker {name!r} (use one of: {groups})")
             want = parse_count(count, what="count")
         except UsageError as error:
             peer.send(_error(str(error)))
             return
+        refused = self.scale_group(group, want, peer)
+        if refused is not None:
+            peer.send(_error(*refused))
+
+    def scale_group(
+        self, group: str, want: int, peer: Peer | None, *, by: str = "procguard scale",
+        done: Callable[[int, int], None] | None = None,
+    ) -> tuple[str, int] | None:
+        """Bring worker ``group`` to ``want`` copies (``procguard scale``, the autoscaler).
+
+        Returns ``(why, exit status)`` when it cannot be done now, else None:
+        added copies are started by the loop, removed ones drained and
+        stopped newest first; ``peer`` (if any) hears the answer when that is
+        over, ``done(from, to)`` is called when the count changed.
+        """
+        copies = self._copies
         if copies is None:
-            peer.send(_error("this supervisor cannot scale", 1))
-            return
+            return "this supervisor cannot scale", 1
         if group in self._scaling:
-            peer.send(_error(f"a scale of {group} is under way (wait for it to finish)", 1))
-            return
+            return f"a scale of {group} is under way (wait for it to finish)", 1
+        current = self.copies_of(group)
         have = len(current)
         plan = plan_scale([w.index for w in current], want)
         if not plan.add and not plan.remove:
-            peer.send(_lines(f"{group} has {have} copies already; nothing to do"))
-            return
+            if peer is not None:
+                peer.send(_lines(f"{group} has {have} copies already; nothing to do"))
+            return None
         if plan.add:
             clash = copies.port_clash(group, want)
             if clash is not None:
-                peer.send(_error(f"cannot scale {group} to {want}: {clash}"))
-                return
+                return f"cannot scale {group} to {want}: {clash}", 2
             added = copies.add_copies(group, plan.add, want)
             batch = Batch(peer, [w.name for w in added], header=f"{group}: {have} -> {want} copies")
             for worker in added:
                 worker.waiters.append(batch.waiter(worker.name, started_line))
                 worker.want_start = True  # started by the loop once its dependencies run
-            return
+            if done is not None:
+                done(have, want)
+            return None
         self._scaling.add(group)
         leaving = [next(w for w in current if w.index == index) for index in plan.remove]
 
-        def done(stopped: list[str]) -> None:
+        def stopped_all(stopped: list[str]) -> None:
             self._scaling.discard(group)
             left = have - len(stopped)
             what = f"stopped {', '.join(stopped)}" if stopped else "nothing stopped"
-            peer.send(_lines(f"{group}: {have} -> {left} copies; {what} (newest first)"))
+            if peer is not None:
+                peer.send(_lines(f"{group}: {have} -> {left} copies; {what} (newest first)"))
             self._publish(self._clock())
 
+        if done is not None:
+            done(have, want)
         ScaleDown(leaving, lifecycle=self._lifecycle, remove=copies.remove_copy, clock=self._clock,
-                  done=done).next()
+                  done=stopped_all, by=by).next()
+        return None
+
+    def copies_of(self, group: str) -> list[Worker]:
+        """The copies of worker ``group`` that stay (not on their way out after a reload)."""
+        return [w for w in self._workers.values() if w.group == group and not w.retiring]
+
+    def scaling(self, group: str) -> bool:
+        """True while a scale-down of ``group`` is stopping copies."""
+        return group in self._scaling
 
     # -- scale ------------------------------------------------------------------------------
 

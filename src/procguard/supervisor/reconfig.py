@@ -49,6 +49,7 @@ _STACK_FIELDS: dict[str, str] = {
     "start_limit_interval": "start_limit_interval_s",
     "depends_on": "depends_on",
     "instances": "instances",
+    "autoscale": "autoscale",
 }
 
 _DURATION_FIELDS = frozenset(
@@ -94,6 +95,8 @@ def _text(field_name: str, value: Any) -> str:
         return shlex.join(value) if value else "[]"
     if field_name == "depends_on":
         return "[" + ", ".join(value) + "]"
+    if field_name == "autoscale":
+        return f"{value.min}..{value.max} on {value.metric} target {value.target:g}"
     return str(value)
 
 

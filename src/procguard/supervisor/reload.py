@@ -20,7 +20,9 @@ A worker is a group of copies (``instances``): every copy of a changed
 worker takes the new settings; a changed ``instances`` adds the missing
 copies (started like added workers) and removes the highest-numbered ones
 (stopped like removed workers); a change of ``instances`` alone leaves the
-copies that stay untouched.
+copies that stay untouched. An autoscaled worker keeps the count it has
+(brought within a new ``[min, max]``): the autoscaler owns it, and a change
+of its rule alone touches no copy (the next reading uses the new rule).
 
 The answer (or, for SIGHUP, the log) has one line per worker that the
 reload touched, sent once each has made its transition, and one line
@@ -29,9 +31,10 @@ counting the unchanged ones.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 
 from ..config import StackConfig, WorkerConfig
 from ..outcome import StopOutcome
@@ -81,6 +84,20 @@ def change_worker(
     return "stopped; new settings at its next start"
 
 
+#: Keys whose change alone leaves the copies that stay running untouched.
+_COUNT_KEYS = frozenset({"instances", "autoscale"})
+
+
+def copies_after_reload(config: WorkerConfig, existing: Iterable[Worker]) -> int:
+    """How many copies a worker has after a reload: ``instances``, or for an autoscaled worker
+    that runs, the count it has now within the new ``[min, max]``."""
+    rule = config.autoscale
+    running = sum(1 for worker in existing if not worker.retiring)
+    if rule is None or running == 0:
+        return config.instances
+    return max(rule.min, min(rule.max, running))
+
+
 def _changes_text(changes: list[Change]) -> str:
     return ", ".join(str(change) for change in changes)
 
@@ -121,14 +138,18 @@ class StackReload:
             removed += [w for w in self._copies(group).values() if not w.retiring]
         changed: list[tuple[Worker, str]] = []
         added: list[tuple[Worker, str]] = []
+        ruled: list[tuple[str, str]] = []  # workers whose autoscale rule alone changed: (name, line)
         for group in [*plan.changed, *plan.added]:
             config = new.workers[group]
             changes = plan.changed.get(group, [])
-            settings_changed = any(change.key != "instances" for change in changes)
+            settings_changed = any(change.key not in _COUNT_KEYS for change in changes)
             text = f"changed: {_changes_text(changes)}" if changes else "added"
             existing = self._copies(group)
+            count = copies_after_reload(config, existing.values())
+            if any(change.key == "autoscale" for change in changes) and existing and not settings_changed:
+                ruled.append((group, f"{group}: changed: {_changes_text(changes)} (its copies run on)"))
             for index, worker in sorted(existing.items()):
-                if index > config.instances:
+                if index > count:
                     if not worker.retiring:
                         removed.append(worker)
                 elif worker.retiring:  # removed by an earlier reload and still stopping: kept after all
@@ -139,10 +160,14 @@ class StackReload:
                     added.append((worker, text))
                 elif settings_changed:
                     changed.append((worker, text))
-            missing = [i for i in range(1, config.instances + 1) if i not in existing]
-            added += [(worker, text) for worker in self._make_copies(config, missing, config.instances)]
+                else:  # only the count or the rule changed: the copy keeps running, and knows the rule
+                    worker.config = dataclasses.replace(worker.config, autoscale=config.autoscale)
+            missing = [i for i in range(1, count + 1) if i not in existing]
+            added += [(worker, text) for worker in self._make_copies(config, missing, count)]
         names = [w.name for w in removed] + [w.name for w, _ in changed] + [w.name for w, _ in added]
-        batch = batch_for(names, footer)
+        batch = batch_for([*(group for group, _ in ruled), *names], footer)
+        for group, line in ruled:
+            batch.done(group, True, line)
         for worker, text in changed:
             config = new.workers[worker.group]
             what = change_worker(worker, config, self._lifecycle, now, _why("settings changed"))

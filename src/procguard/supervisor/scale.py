@@ -52,6 +52,7 @@ class ScaleDown:
         remove: Callable[[Worker], None],
         clock: Callable[[], float],
         done: Callable[[list[str]], None],
+        by: str = "procguard scale",
     ) -> None:
         self._queue = list(copies)
         self._lifecycle = lifecycle
@@ -59,6 +60,7 @@ class ScaleDown:
         self._clock = clock
         self._done = done
         self._stopped: list[str] = []
+        self._by = by
 
     def next(self) -> None:
         """Stop the next copy (or report once none is left)."""
@@ -67,13 +69,13 @@ class ScaleDown:
             return
         worker = self._queue.pop(0)
         worker.waiters.append(self._stopped_one)
-        self._lifecycle.request_stop(worker, self._clock(), operator_stop("procguard scale"))
+        self._lifecycle.request_stop(worker, self._clock(), operator_stop(self._by))
 
     def _stopped_one(self, worker: Worker) -> None:
         if worker.state.has_process:  # restarted on its way out: it still goes
             worker.waiters.append(self._stopped_one)
             worker.restart_after_stop = False
-            self._lifecycle.request_stop(worker, self._clock(), operator_stop("procguard scale"))
+            self._lifecycle.request_stop(worker, self._clock(), operator_stop(self._by))
             return
         self._remove(worker)
         self._stopped.append(worker.name)

@@ -33,6 +33,8 @@ class Settings:
     probe_timeout_s: float = 2.0
     probe_failure_threshold: int = 3  # consecutive failures -> restart
     orphan_grace_s: float = 2.0  # leftover group members: TERM, then KILL after this
+    # an autoscale metric no running copy publishes for this long is named in one warning
+    autoscale_missing_warn_s: float = 60.0
     watchdog: bool = True
 
     @classmethod

@@ -45,6 +45,7 @@ from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
 from ..instances.statedir import namespace_of
+from .autoscaler import Autoscaler
 from .bulk import Batch
 from .commands import ControlCommands
 from .control import ControlServer, Peer, socket_path
@@ -63,6 +64,7 @@ from .watchdog import WatchdogLink
 from .worker import Worker, default_procguard
 
 if TYPE_CHECKING:
+    from ..autoscale import AutoscaleRule
     from .healthports import HealthPorts, ServingThread
     from .statuspage import StatusServer
 
@@ -181,6 +183,14 @@ class Supervisor:
             copies=self,
             clock=clock,
         )
+        self._autoscaler = Autoscaler(
+            project=self.project,
+            rules=self._autoscale_rules,
+            scaler=self._commands,
+            history=self.history,
+            wall_clock=wall_clock,
+            warn_missing_after_s=self.settings.autoscale_missing_warn_s,
+        )
         self._stack_reload = StackReload(
             workers=self.workers, lifecycle=self.lifecycle, make_copies=self._make_copies, clock=clock
         )
@@ -221,6 +231,10 @@ class Supervisor:
             made.append(worker)
         self._order_workers()
         return made
+
+    def _autoscale_rules(self) -> dict[str, AutoscaleRule]:
+        """The autoscaled workers of the running config, with their rules."""
+        return {name: c.autoscale for name, c in self.config.workers.items() if c.autoscale is not None}
 
     def _order_workers(self) -> None:
         """Keep the workers in procguard.toml's order, each worker's copies by number."""
@@ -388,6 +402,9 @@ class Supervisor:
                 deadlines.append(deadline)
         if self._leftovers:
             deadlines.append(now + 0.05)
+        scaling = self._autoscaler.next_due()
+        if scaling is not None and not self.lifecycle.exiting:
+            deadlines.append(scaling)
         if not deadlines:  # nothing is due: the loop waits for an event (or the longest sampling period)
             return self.settings.rest_sample_interval_s
         return max(0.0, min(deadlines) - now)
@@ -409,6 +426,7 @@ class Supervisor:
                 ):
                     worker.want_start = False
                     self.lifecycle.spawn(worker, now)
+            self._autoscaler.tick(now)
         if states != [worker.state for worker in self.workers.values()]:
             self._publish_pending = True  # a timer moved a worker: the page shows it within a moment
         sampled = now >= self._next_sample

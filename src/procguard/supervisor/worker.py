@@ -138,6 +138,8 @@ class Worker:
         self.started_at: float | None = None  # monotonic
         self.started_wall: float | None = None
         self.want_start = False  # waiting for dependencies to run
+        #: The autoscale rule with its latest reading (set by the autoscaler): status and the page.
+        self.autoscale_shown: dict[str, Any] | None = None
         self.next_start_at: float | None = None  # BACKOFF: when to start again
         self.stop_deadline: float | None = None  # STOPPING: when to SIGKILL the group
         self.term_at: float | None = None  # STOPPING after a drain: when to send SIGTERM
@@ -451,10 +453,22 @@ class Worker:
             ),
             "health": self._health_text(now),
             "circuits": published_circuits(self, now, time.time()),
+            "autoscale": self._autoscale_status(),
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
             ),
         }
+
+    def _autoscale_status(self) -> dict[str, Any] | None:
+        """The rule and its latest reading (``value`` None until the first one); None without autoscale."""
+        rule = self.config.autoscale
+        if rule is None:
+            return None
+        shown = self.autoscale_shown
+        if shown is not None and all(shown.get(key) == value for key, value in rule.to_json().items()):
+            return shown
+        return {**rule.to_json(), "value": None, "copies_read": 0, "copies_unknown": None, "wanted": None,
+                "why": "no reading yet"}
 
     def _health_text(self, now: float) -> str | None:
         if self.config.limits.health_port is None or not self.state.has_process:
