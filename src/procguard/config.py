@@ -316,6 +316,8 @@ WORKER_KEYS: dict[str, Key] = {**_STACK_KEYS, **LIFECYCLE_KEYS}
 
 #: Lifecycle keys that mean something only for a loop procguard runs (``run =`` workers).
 _LOOP_ONLY: frozenset[str] = frozenset(s.field for s in SETTINGS if s.applies == "loop")
+#: Lifecycle keys that mean something only for a program run from outside (``command =`` workers).
+_COMMAND_ONLY: frozenset[str] = frozenset(s.field for s in SETTINGS if s.applies == "command")
 
 #: ``[project]`` keys.
 PROJECT_KEYS: dict[str, Key] = {
@@ -518,6 +520,15 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
                     )
             # [defaults] values for run workers do not concern a command.
             lifecycle = {f: v for f, v in lifecycle.items() if f not in _LOOP_ONLY}
+        else:
+            for key in own:
+                if key in LIFECYCLE_KEYS and LIFECYCLE_KEYS[key].field in _COMMAND_ONLY:
+                    raise ctx.error(
+                        f"{prefix}.{key}",
+                        "applies to command workers only: a run worker is stopped by procguard's own"
+                        " runner (remove it here)",
+                    )
+            lifecycle = {f: v for f, v in lifecycle.items() if f not in _COMMAND_ONLY}
         if has_run and values.get("args"):
             raise ctx.error(f"{prefix}.args", "args apply to command workers only (put them in command)")
         if values.get("backoff_max_s", 30.0) < values.get("backoff_initial_s", 0.5):
@@ -634,7 +645,8 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
 
     Every setting with a flag that applies to the worker's mode is spelled
     out (from its declaration in :mod:`procguard.limits`), so the worker
-    does not depend on the defaults of the procguard version that runs it;
+    does not depend on the defaults of the procguard version that runs it
+    (a setting declared ``always_written=False`` only when it is set);
     ``health_host`` overrides the bind address (the Kubernetes renderer
     passes ``0.0.0.0``). ``procguard up`` does not use this: it hands the
     settings over as a value.
@@ -644,9 +656,11 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
     for setting in SETTINGS:
         if setting.flag_scope == "none":
             continue
-        if worker.run is None and setting.applies == "loop":
+        if setting.applies == ("loop" if worker.run is None else "command"):
             continue
         value = getattr(limits, setting.field)
+        if not setting.always_written and value == setting.default:
+            continue
         if setting.key == "health_host":
             if not limits.health_port:
                 continue

@@ -132,8 +132,9 @@ class Lifecycle:
             self.spawn(worker, now)
         elif state is S.STOPPING and worker.term_at is not None and now >= worker.term_at:
             worker.term_at = None
-            logger.info("%s: drain over, sending SIGTERM (pid %s)", worker.name, worker.pid)
-            worker.signal(signal.SIGTERM, group=worker.group_signals)
+            logger.info("%s: drain over, sending %s (pid %s)", worker.name,
+                        signal_name(worker.stop_signum), worker.pid)
+            worker.signal(worker.stop_signum, group=worker.group_signals)
         if state is S.STOPPING and worker.stop_deadline is not None and now >= worker.stop_deadline:
             logger.warning(
                 "%s: did not stop within %.1fs (drain + grace), killing its process group (pid %s)",
@@ -359,9 +360,10 @@ class Lifecycle:
             # Its /ready (served here) reads 503 from now on while it keeps working, as a runner's
             # drain does; a limit or a failed probe stops it at once, as a runner's own verdicts do.
             worker.term_at = now + drain
-            logger.info("%s: not ready, draining for %gs before SIGTERM", worker.name, drain)
+            logger.info("%s: not ready, draining for %gs before %s", worker.name, drain,
+                        signal_name(worker.stop_signum))
             return
-        worker.signal(signal.SIGTERM, group=worker.group_signals)
+        worker.signal(worker.stop_signum, group=worker.group_signals)
 
     def worker_reported(self, worker: Worker, now: float) -> None:
         """What the worker said on its link: a stop it decided itself makes it STOPPING now.
@@ -448,9 +450,9 @@ class Lifecycle:
             regular_s=self.settings.sample_interval_s,
             rest_s=self.settings.rest_sample_interval_s,
         )
-        runtime = limits.max_runtime_s
-        if runtime is not None and worker.started_at is not None:
-            delay = min(delay, max(0.0, worker.started_at + runtime - now))  # the recycle comes on time
+        recycle_at = worker.recycle_at  # max_runtime less this process's jitter
+        if recycle_at is not None:
+            delay = min(delay, max(0.0, recycle_at - now))  # the recycle comes on time
         worker.next_sample_at = now + delay
         if verdict is not None:
             why = StopOutcome.decided(
@@ -461,13 +463,16 @@ class Lifecycle:
             else:
                 self.request_stop(worker, now, why)
             return
-        if runtime is not None and worker.started_at is not None and now - worker.started_at >= runtime:
+        if recycle_at is not None and worker.started_at is not None and now >= recycle_at:
+            runtime = limits.max_runtime_s or 0.0
+            early = worker.started_at + runtime - recycle_at
+            jitter = f", {early:.1f}s early (runtime_jitter)" if early > 0 else ""
             self.request_stop(
                 worker,
                 now,
                 StopOutcome.decided(
                     StopReason.MAX_RUNTIME,
-                    f"ran {now - worker.started_at:.1f}s, max runtime {runtime:g}s",
+                    f"ran {now - worker.started_at:.1f}s, max runtime {runtime:g}s{jitter}",
                     by=Ender.PROCGUARD,
                 ),
             )

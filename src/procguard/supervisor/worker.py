@@ -68,7 +68,7 @@ from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..outcome import StopOutcome
 from ..parent_link import HealthMapping
-from ..policy import LimitTracker
+from ..policy import LimitTracker, runtime_deadline
 from ..snapshot import label_environment
 from .backoff import Policy, Record
 from .function_health import port_verdict, published_circuits
@@ -136,6 +136,8 @@ class Worker:
         #: Stops by reason token, counted by the supervisor: they survive every restart.
         self.stops_total: collections.Counter[str] = collections.Counter()
         self.started_at: float | None = None  # monotonic
+        #: When the current process is recycled for max_runtime (less its jitter, drawn at each spawn).
+        self.recycle_at: float | None = None
         self.started_wall: float | None = None
         self.want_start = False  # waiting for dependencies to run
         self.next_start_at: float | None = None  # BACKOFF: when to start again
@@ -200,6 +202,11 @@ class Worker:
     def group_signals(self) -> bool:
         """Signal the whole group (direct commands) or the runner alone (it stops its own children)."""
         return not self.via_runner
+
+    @property
+    def stop_signum(self) -> int:
+        """The signal a graceful stop sends: the command's ``stop_signal``; a runner always gets SIGTERM."""
+        return signal.SIGTERM if self.via_runner else self.config.limits.stop_signal
 
     @property
     def instance_name(self) -> str:
@@ -310,6 +317,8 @@ class Worker:
         self.generation += 1
         self.started_at = now
         self.started_wall = wall
+        limits = self.config.limits
+        self.recycle_at = runtime_deadline(now, limits.max_runtime_s, limits.runtime_jitter_s)
         self.peak_memory_bytes = 0
         self.last_sample = None
         self.last_sample_at = None
