@@ -60,15 +60,32 @@ def next_deadline(worker: Worker, start_period_s: float) -> float | None:
     return None
 
 
-def deps_ready(worker: Worker, workers: Mapping[str, Worker]) -> bool:
-    """True when every copy of every worker ``worker`` depends on runs, or is stopped and not coming."""
+def deps_ready(
+    worker: Worker, workers: Mapping[str, Worker], answers_ready: Callable[[Worker], bool] = lambda dep: True
+) -> bool:
+    """True when every copy of every worker ``worker`` depends on is there, or is stopped and not coming.
+
+    "There" is what ``depends_on`` asks of it: running (alive through its
+    start period), or for ``{ X = "ready" }`` running with ``answers_ready(copy)``
+    (its health port's /ready answers 200 now).
+    """
     for dep in workers.values():
-        if dep.group not in worker.config.depends_on or dep.state is S.RUNNING:
+        if dep.group not in worker.config.depends_on:
             continue
         if dep.state in (S.STOPPED, S.FATAL) and not dep.want_start:
             continue  # not coming: do not wait for it forever
-        return False
+        if worker.config.waits_for_ready(dep.group):
+            if dep.state in (S.STARTING, S.RUNNING) and answers_ready(dep):
+                continue
+            return False
+        if dep.state is not S.RUNNING:
+            return False
     return True
+
+
+def waits_for_readiness(worker: Worker) -> bool:
+    """True while ``worker`` is to start once a dependency's /ready answers 200 (the loop polls for it)."""
+    return worker.want_start and "ready" in worker.config.depends_on.values()
 
 
 def operator_stop(detail: str) -> StopOutcome:

@@ -70,6 +70,7 @@ from ..outcome import StopOutcome
 from ..parent_link import HealthMapping
 from ..policy import LimitTracker, runtime_deadline
 from ..snapshot import label_environment
+from .accounts import Account, resolve_account
 from .backoff import Policy, Record
 from .function_health import port_verdict, published_circuits
 from .logs import WorkerOutput
@@ -220,9 +221,11 @@ class Worker:
         command = [*self.config.command, *self.config.args]
         return command
 
-    def environment(self, link_fd: int) -> dict[str, str]:
+    def environment(self, link_fd: int, account: Account | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if account is not None:
+            env.update(account.env)  # HOME, USER, LOGNAME of the worker's user (its env wins)
         env.update(self.config.env)
         env.update(label_environment(self.project, self.group))  # labels its series like everywhere else
         env.update(copy_environment(self.index, self.count))
@@ -275,6 +278,7 @@ class Worker:
 
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
+        account = resolve_account(self.config)  # before anything is opened: an unknown user fails the start
         read_fd, write_fd = os.pipe()
         self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
         link = WorkerLink(self.config.limits)
@@ -292,12 +296,13 @@ class Worker:
             proc = spawn_process(
                 self.argv(),
                 marker=self.marker,
-                env=self.environment(link.child_fd),
+                env=self.environment(link.child_fd, account),
                 cwd=self.cwd(),
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
                 pass_fds=tuple(pass_fds),
+                **account.popen_kwargs(),
             )
         except BaseException:
             os.close(read_fd)
