@@ -37,6 +37,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "supervisord: directory": ("test_env_file_is_read_under_env_relative_to_the_config",),
     "supervisord: environment": ("test_env_file_is_read_under_env_relative_to_the_config",),
     "supervisord: user": ("test_user_group_and_umask_apply_to_the_worker",
+                          "test_a_program_the_user_cannot_run_names_the_user",
                           "test_a_user_that_cannot_be_had_fails_up_in_one_line"),
     "supervisord: umask": ("test_user_group_and_umask_apply_to_the_worker",),
     "supervisord: autorestart": ("test_supervisor_states::test_policies_on_failure_and_never",
@@ -248,6 +249,23 @@ def test_user_group_and_umask_apply_to_the_worker(tmp_path: Path, state_dir: Pat
     assert f"uid=0 gid={nobody.pw_gid} groups={nobody.pw_gid} " in grouped
     worker = stack.worker("dropped")
     assert worker is not None and worker["state"] in ("starting", "running")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_program_the_user_cannot_run_names_the_user(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
+    """Row: supervisord `user` / `umask` -> `user`, `group`, `umask` (a start the account cannot make)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    program = private / "prog.sh"
+    program.write_text("#!/bin/sh\nexec sleep 600\n")
+    program.chmod(0o755)
+    stack = make_stack(tmp_path, state_dir, spawn, {
+        "locked": {"command": [str(program)], "user": "nobody", "start_limit": 1},
+    })
+    stack.up()
+    worker = stack.wait_state("locked", "fatal")
+    assert worker["last_exit"]["detail"].startswith(
+        "cannot start: Permission denied as user nobody (that account must be able to enter cwd")
 
 
 def test_a_user_that_cannot_be_had_fails_up_in_one_line(tmp_path: Path, state_dir: Path) -> None:

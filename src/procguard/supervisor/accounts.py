@@ -35,6 +35,15 @@ class Account(NamedTuple):
     groups: tuple[int, ...] | None
     env: Mapping[str, str]
     umask: int | None
+    who: str = ""  # "user app", "group staff": how a refusal names the account
+
+    def denied(self, error: OSError) -> UsageError:
+        """A start refused by the system once the credentials were dropped, with what to check."""
+        why = error.strerror or str(error)
+        return UsageError(
+            f"{why} as {self.who} (that account must be able to enter cwd and run the program,"
+            " its interpreter and their directories)"
+        )
 
     def popen_kwargs(self) -> dict[str, Any]:
         """The :class:`subprocess.Popen` keywords that apply it in the child before exec."""
@@ -91,7 +100,8 @@ def resolve_account(worker: WorkerConfig, *, euid: int | None = None) -> Account
         gid = _group(worker, worker.group)
         if groups is None:
             groups = ()  # root's supplementary groups do not follow a worker into another group
-    return Account(uid, gid, groups, env, worker.umask)
+    who = f"user {worker.user}" if worker.user else f"group {worker.group}" if worker.group else ""
+    return Account(uid, gid, groups, env, worker.umask, who)
 
 
 def check_accounts(config: StackConfig) -> None:

@@ -304,9 +304,11 @@ class Worker:
                 pass_fds=tuple(pass_fds),
                 **account.popen_kwargs(),
             )
-        except BaseException:
+        except BaseException as error:
             os.close(read_fd)
             link.close()
+            if isinstance(error, PermissionError) and account.who:
+                raise account.denied(error) from None
             raise
         finally:
             os.close(write_fd)
