@@ -87,7 +87,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "circus: circusctl incr, decr": ("test_supervisor_copies::test_three_copies_run_are_shown_stopped_and_scaled",),
     "circus: graceful_timeout": ("test_supervisor::test_down_stops_all_workers_in_parallel_within_grace",),
     "circus: stop_signal": ("test_stop_signal_is_what_a_graceful_stop_sends",),
-    "circus: max_age, max_age_variance": ("test_runtime_jitter_spreads_the_recycles_of_a_command",),
+    "circus: max_age, max_age_variance": ("test_runtime_jitter_spreads_the_recycles_of_a_command",
+                                          "test_runtime_jitter_under_procguard_run"),
     "circus: respawn": ("test_supervisor_states::test_policies_on_failure_and_never",),
     "circus: max_retry": ("test_start_limit_zero_retries_forever_with_backoff",),
     "circus: uid, gid": ("test_user_group_and_umask_apply_to_the_worker",),
@@ -330,6 +331,24 @@ def test_runtime_jitter_spreads_the_recycles_of_a_command(tmp_path: Path, state_
              for e in ended]
     assert all(0 <= d <= 1.2 for _, d in drawn) and any(d >= 0.2 for _, d in drawn), drawn
     assert all(r >= 1.5 - d - 0.1 for r, d in drawn), drawn  # recycled at its own draw, not sooner
+
+
+def test_runtime_jitter_under_procguard_run(tmp_path: Path, state_dir: Path, spawn: Any) -> None:
+    """Row: circus `max_age` + `max_age_variance` -> `max_runtime` + `runtime_jitter` (the runner of
+    the generated files)."""
+    drawn = []
+    for _ in range(5):
+        proc = spawn([*PROCGUARD, "run", "--name", "aging", "--health-port", "0", "--max-runtime", "1.5s",
+                      "--runtime-jitter", "1.2s", "--", "sleep", "600"],
+                     env=python_env(PROCGUARD_STATE_DIR=str(state_dir)), stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 80, out  # max_runtime
+        match = re.search(r"stopped: max_runtime \(ran ([0-9.]+)s, max runtime 1.5s(?:, ([0-9.]+)s early)?", out)
+        assert match, out
+        drawn.append((float(match.group(1)), float(match.group(2) or 0)))
+    assert all(r <= 1.5 + 0.5 and d <= 1.2 for r, d in drawn), drawn  # never later than the limit (+ a wake-up)
+    assert any(d >= 0.2 for _, d in drawn), drawn  # five draws all below 0.2 s: 1 in 7776
 
 
 def test_iterations_jitter_spreads_the_recycles_of_a_function(tmp_path: Path, state_dir: Path, spawn: Any) -> None:

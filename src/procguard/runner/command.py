@@ -60,7 +60,7 @@ from ..instances.childproc import ChildHandle, reap_children, tree_pids
 from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import stop_for_signal
-from ..policy import LimitTracker, next_sample_delay, runtime_deadline
+from ..policy import LimitTracker, next_sample_delay, runtime_deadline, runtime_detail
 from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
 from ..signals import SignalCapture
 from .tree import TreeReading, TreeSampler, kill_tree, stop_pids
@@ -436,7 +436,7 @@ class CommandSupervisor:
                     child,
                     StopOutcome.decided(
                         StopReason.MAX_RUNTIME,
-                        f"ran for {now - self.started_at:.1f}s, the limit is {self.limits.max_runtime_s:g}s",
+                        runtime_detail(now, self.started_at, self.deadline, self.limits.max_runtime_s),
                         by=Ender.PROCGUARD,
                     ),
                 )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 from ..errors import UsageError
 from ..outcome import StopOutcome, outcome_of_exit
-from ..policy import next_sample_delay
+from ..policy import next_sample_delay, runtime_detail
 from ..reasons import STOP_SIGNUMS, Ender, StopReason, signal_name
 from .backoff import Action, decide
 from .history import Event, History
@@ -481,15 +481,12 @@ class Lifecycle:
                 self.request_stop(worker, now, why)
             return
         if recycle_at is not None and worker.started_at is not None and now >= recycle_at:
-            runtime = limits.max_runtime_s or 0.0
-            early = worker.started_at + runtime - recycle_at
-            jitter = f", {early:.1f}s early (runtime_jitter)" if early > 0 else ""
             self.request_stop(
                 worker,
                 now,
                 StopOutcome.decided(
                     StopReason.MAX_RUNTIME,
-                    f"ran {now - worker.started_at:.1f}s, max runtime {runtime:g}s{jitter}",
+                    runtime_detail(now, worker.started_at, recycle_at, limits.max_runtime_s),
                     by=Ender.PROCGUARD,
                 ),
             )
