@@ -95,7 +95,7 @@ def test_full_config_is_parsed_into_base_units() -> None:
     assert collector.limits.max_iterations == 100
     assert collector.limits.heartbeat_timeout_s == 900.0
     assert collector.limits.drain_delay_s == 2.0
-    assert collector.depends_on == ("api",)
+    assert dict(collector.depends_on) == {"api": "running"}  # the list form: each waited for until running
     assert (collector.backoff_initial_s, collector.backoff_max_s) == (1.0, 60.0)
     assert (collector.start_limit, collector.start_limit_interval_s) == (3, 120.0)
     assert dict(collector.env) == {"SHARED": "1", "OVERRIDDEN": "defaults"}
@@ -180,8 +180,20 @@ BAD = [
     ("[workers.a]\nrun = 'm:f'\nhealth_port = 'http'\n", "workers.a.health_port", "0 to 65535"),
     ("[workers.a]\nrun = 'm:f'\nhealth_host = '0.0.0.0 --evil'\n", "workers.a.health_host", "is not an IP address"),
     ("[workers.a]\nrun = 'm:f'\nrestart = 'sometimes'\n", "workers.a.restart", "always, on-failure, never"),
-    ("[workers.a]\nrun = 'm:f'\nstart_limit = 0\n", "workers.a.start_limit", "1 or more"),
+    ("[workers.a]\nrun = 'm:f'\nstart_limit = -1\n", "workers.a.start_limit", "0 or more"),
     ("[workers.a]\nrun = 'm:f'\nmax_iterations = 1.5\n", "workers.a.max_iterations", "whole number"),
+    ("[workers.a]\ncommand = 'x'\nenv_file = []\n", "workers.a.env_file", "list of paths"),
+    ("[workers.a]\ncommand = 'x'\nenv_file = 3\n", "workers.a.env_file", "list of paths"),
+    ("[workers.a]\ncommand = 'x'\ndepends_on = { b = 'up' }\n[workers.b]\ncommand = 'y'\n",
+     "workers.a.depends_on.b", '"running" or "ready"'),
+    ("[workers.a]\ncommand = 'x'\ndepends_on = { c = 'running' }\n", "workers.a.depends_on", "another worker"),
+    ("[workers.a]\ncommand = 'x'\nuser = 'root; rm'\n", "workers.a.user", "is not a user or group"),
+    ("[workers.a]\ncommand = 'x'\ngroup = -1\n", "workers.a.group", "string"),
+    ("[workers.a]\ncommand = 'x'\numask = '0o1000'\n", "workers.a.umask", "is not a umask"),
+    ("[workers.a]\ncommand = 'x'\numask = 512\n", "workers.a.umask", "is not a umask"),
+    ("[workers.a]\ncommand = 'x'\nstop_signal = 'SIGSTOP'\n", "workers.a.stop_signal", "cannot be caught"),
+    ("[workers.a]\ncommand = 'x'\nruntime_jitter = -1\n", "workers.a.runtime_jitter", "zero or positive"),
+    ("[workers.a]\ncommand = 'x'\niterations_jitter = 3\n", "workers.a.iterations_jitter", "run workers only"),
     ("[workers.a]\nrun = 'm:f'\ngrace = true\n", "workers.a.grace", "duration"),
     ("[workers.a]\nrun = 'm:f'\nenv = 'X=1'\n", "workers.a.env", "table"),
     ("[workers.a]\nrun = 'm:f'\nenv = { 'BAD NAME' = '1' }\n", "workers.a.env.BAD NAME", "variable name"),
@@ -351,3 +363,25 @@ def test_every_setting_is_declared_once_and_documented() -> None:
     assert sorted(spec.field for spec in PROJECT_KEYS.values()) == sorted(f.name for f in dataclasses.fields(ProjectConfig))
     for page, marker, generate in TABLES:
         assert section((DOCS / page).read_text(), marker) == generate(), f"{page} drifted: run make docs"
+
+
+def test_keys_users_of_other_supervisors_expect(tmp_path: Path) -> None:
+    """env_file (several, later wins, env wins over all), depends_on as a table, user/group/umask, stop_signal."""
+    import signal
+
+    (tmp_path / "base.env").write_text("A=base\nB=base\nC=base\n")
+    (tmp_path / "local.env").write_text("B=local\nC=local\n")
+    (tmp_path / "procguard.toml").write_text(
+        '[defaults]\nenv_file = "base.env"\numask = "0o027"\n'
+        '[workers.api]\ncommand = "x"\nhealth_port = 0\n'
+        '[workers.web]\ncommand = "y"\nenv_file = ["base.env", "local.env"]\nenv = { C = "env" }\n'
+        'depends_on = { api = "running" }\nuser = 1000\ngroup = "staff"\numask = 0o077\nstop_signal = "sigquit"\n'
+    )
+    config = load_config(tmp_path / "procguard.toml")
+    api, web = config.workers["api"], config.workers["web"]
+    assert dict(api.env) == {"A": "base", "B": "base", "C": "base"} and api.umask == 0o027
+    assert dict(web.env) == {"A": "base", "B": "local", "C": "env"}
+    assert dict(web.depends_on) == {"api": "running"} and not web.waits_for_ready("api")
+    assert (web.user, web.group, web.umask) == ("1000", "staff", 0o077)
+    assert web.limits.stop_signal == signal.SIGQUIT and api.limits.stop_signal == signal.SIGTERM
+    assert api.limits.runtime_jitter_s == 0.0 and api.limits.iterations_jitter == 0

@@ -276,7 +276,7 @@ def test_keywords_are_the_settings_declared_for_the_library() -> None:
     params = inspect.signature(ProcessManager).parameters
     declared = {s.keyword for s in SETTINGS if s.keyword}
     own = {"name", "limits", "sample_interval_s", "include_children", "use_uss", "handle_signals",
-           "runtime_jitter_s", "cleanup_timeout_s", "child_grace_s", "terminate_children", "single_instance",
+           "cleanup_timeout_s", "child_grace_s", "terminate_children", "single_instance",
            "state_dir", "helper_pids", "otel"}
     assert set(params) - own == declared
 

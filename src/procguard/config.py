@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
+#: What a worker waits for from one it depends on: alive through its start period, or /ready 200.
+DependsOn = Literal["running", "ready"]
+DEPENDS_CONDITIONS: tuple[str, ...] = get_args(DependsOn)
 
 DEFAULT_FILENAME = "procguard.toml"
 
@@ -84,6 +87,10 @@ class WorkerConfig:
     up``) or to the deploy working directory (``procguard deploy``).
     Durations are seconds. ``instances`` is how many copies run
     (:mod:`procguard.copies`); ``limits.health_port`` is the first copy's.
+    ``env`` already holds what the ``env_file`` files say, under the
+    table's own values. ``depends_on`` maps each worker this one waits for
+    to what it waits for: ``"running"`` (alive through its start period)
+    or ``"ready"`` (its health port's /ready answers 200).
     """
 
     name: str
@@ -91,6 +98,7 @@ class WorkerConfig:
     command: tuple[str, ...] | None = None
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env_file: tuple[str, ...] = ()
     cwd: str | None = None
     limits: WorkerLimits = field(default_factory=WorkerLimits)
     restart: RestartPolicy = "always"
@@ -99,7 +107,7 @@ class WorkerConfig:
     backoff_reset_s: float = 60.0
     start_limit: int = 5
     start_limit_interval_s: float = 60.0
-    depends_on: tuple[str, ...] = ()
+    depends_on: Mapping[str, DependsOn] = field(default_factory=lambda: MappingProxyType({}))
     instances: int = 1
     #: ``[workers.NAME.autoscale]`` (None: a fixed number of copies).
     autoscale: AutoscaleRule | None = None
@@ -108,6 +116,13 @@ class WorkerConfig:
     def most_copies(self) -> int:
         """The most copies the worker may run: ``autoscale``'s max, else ``instances``."""
         return self.autoscale.max if self.autoscale is not None else self.instances
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
+
+    def waits_for_ready(self, other: str) -> bool:
+        """True when this worker starts only once ``other`` answers /ready with 200."""
+        return self.depends_on.get(other) == "ready"
 
     @property
     def mode(self) -> str:
@@ -232,6 +247,52 @@ def _env(ctx: _Ctx, key: str, value: object) -> dict[str, str]:
     return env
 
 
+def _paths(ctx: _Ctx, key: str, value: object) -> tuple[str, ...]:
+    """One path or a list of paths (later ones win), each a non-empty string."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        accepted = 'use ".env" or [".env", "local.env"]'
+        raise ctx.error(key, f"{shown(value)} is not a path or a list of paths ({accepted})")
+    return tuple(_nonempty_str(ctx, key, item) for item in items)
+
+
+def _depends_on(ctx: _Ctx, key: str, value: object) -> Mapping[str, str]:
+    """A list of names (each waited for running) or a table ``{ name = "running" | "ready" }``."""
+    if isinstance(value, dict):
+        accepted = " or ".join(f'"{c}"' for c in DEPENDS_CONDITIONS)
+        for name, condition in value.items():
+            if condition not in DEPENDS_CONDITIONS:
+                raise ctx.error(f"{key}.{name}", f"{shown(condition)} is not a condition (use {accepted})")
+        return MappingProxyType(dict(value))
+    return MappingProxyType(dict.fromkeys(_str_list(ctx, key, value), "running"))
+
+
+_POSIX_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z", re.IGNORECASE)
+
+
+def _account(ctx: _Ctx, key: str, value: object) -> str:
+    """A user or group: a POSIX name or a numeric id (looked up when the worker starts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    text = _str(ctx, key, value).strip()
+    if not (_POSIX_NAME_RE.match(text) or text.isdigit()):
+        raise ctx.error(key, f"{shown(value)} is not a user or group (use a name like 'app' or a numeric id)")
+    return text
+
+
+def _umask(ctx: _Ctx, key: str, value: object) -> int:
+    """An octal mask: ``"027"`` / ``"0o027"`` as text, or the number written as an integer (``0o027``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"(0o)?[0-7]{1,4}", value.strip()):
+        number = int(value.strip().removeprefix("0o"), 8)
+    else:
+        number = -1
+    if not 0 <= number <= 0o777:
+        raise ctx.error(key, f'{shown(value)} is not a umask (use octal text like "027", or 0o027)')
+    return number
+
+
 _HOST_RE = re.compile(r"[A-Za-z0-9._:%-]{1,253}\Z")
 
 
@@ -303,6 +364,12 @@ _STACK_KEYS: dict[str, Key] = {
     "command": Key("command", _command, "a program: a string split like a shell, or a list taken as is"),
     "args": Key("args", _str_list, "extra arguments appended to `command`"),
     "env": Key("env", _env, "environment variables (a table; `[defaults]` and worker tables merge)"),
+    "env_file": Key(
+        "env_file",
+        _paths,
+        "dotenv file(s) (`NAME=value` lines, quotes, `#` comments, `export`), relative to the config file's"
+        " directory, read at `check`, `up` and `reload`; `env` wins over them, a later file over an earlier",
+    ),
     "cwd": Key("cwd", _nonempty_str, "working directory, relative to the config file's directory"),
     "restart": Key("restart", _restart, "`always` (default), `on-failure` or `never`"),
     "backoff_initial": Key("backoff_initial_s", _wrap(parse_duration), "first restart delay; default 0.5s"),
@@ -312,15 +379,21 @@ _STACK_KEYS: dict[str, Key] = {
     ),
     "start_limit": Key(
         "start_limit",
-        _wrap(lambda v: parse_count(v, minimum=1)),
-        "failed starts within `start_limit_interval` before the worker is FATAL; default 5",
+        _wrap(parse_count),
+        "failed starts within `start_limit_interval` before the worker is FATAL; default 5;"
+        " 0 = never FATAL: retry forever, paced by the backoff",
     ),
     "start_limit_interval": Key(
         "start_limit_interval_s",
         _wrap(_positive(parse_duration, "a duration like 60s")),
         "window of `start_limit`; default 60s",
     ),
-    "depends_on": Key("depends_on", _str_list, "workers started before (and stopped after) this one"),
+    "depends_on": Key(
+        "depends_on",
+        _depends_on,
+        'workers started before (and stopped after) this one: a list (each waited for until it is running),'
+        ' or a table `{ api = "ready" }` to wait until its health port\'s /ready answers 200',
+    ),
     "instances": Key(
         "instances",
         _wrap(parse_instances),
@@ -334,6 +407,13 @@ _STACK_KEYS: dict[str, Key] = {
         " `interval` (default 5s): run ceil(sum of `metric` over the copies / `target`) copies within"
         " [min, max]; a `run` worker with a `health_port` (in `[workers.NAME]` only)",
     ),
+    "user": Key(
+        "user",
+        _account,
+        "run the worker as this user (name or id) under `procguard up` started as root; its groups too",
+    ),
+    "group": Key("group", _account, "run the worker with this group (default: the user's own group)"),
+    "umask": Key("umask", _umask, 'file mode mask of the worker, octal text like "027"; default: inherited'),
 }
 
 #: Keys that describe one worker and have no meaning in ``[defaults]``.
@@ -349,6 +429,8 @@ WORKER_KEYS: dict[str, Key] = {**_STACK_KEYS, **LIFECYCLE_KEYS}
 
 #: Lifecycle keys that mean something only for a loop procguard runs (``run =`` workers).
 _LOOP_ONLY: frozenset[str] = frozenset(s.field for s in SETTINGS if s.applies == "loop")
+#: Lifecycle keys that mean something only for a program run from outside (``command =`` workers).
+_COMMAND_ONLY: frozenset[str] = frozenset(s.field for s in SETTINGS if s.applies == "command")
 
 #: ``[project]`` keys.
 PROJECT_KEYS: dict[str, Key] = {
@@ -422,6 +504,27 @@ def _default_project_name(path: pathlib.Path) -> str:
     return name or "procguard"
 
 
+def _read_env_files(ctx: _Ctx, key: str, base: pathlib.Path, files: Sequence[str]) -> dict[str, str]:
+    """The variables of ``files`` (relative to ``base``), a later file winning; one line per mistake."""
+    from .dotenv import parse_dotenv
+
+    env: dict[str, str] = {}
+    for name in files:
+        path = base / name
+        try:
+            data = _read_config_bytes(path, hint="")
+            text = data.decode("utf-8")
+        except ConfigError as error:
+            raise ctx.error(key, str(error)) from None
+        except UnicodeDecodeError:
+            raise ctx.error(key, f"{path}: cannot read the file as UTF-8 text") from None
+        try:
+            env.update(parse_dotenv(text, where=str(path)))
+        except UsageError as error:
+            raise ctx.error(key, str(error)) from None
+    return env
+
+
 def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
     for worker in workers.values():
         for other in worker.depends_on:
@@ -431,6 +534,12 @@ def _check_depends(ctx: _Ctx, workers: Mapping[str, WorkerConfig]) -> None:
                     f"workers.{worker.name}.depends_on",
                     f"{shown(other)} is not another worker of this file"
                     f" (use one of: {_accepted(known) or 'none'})",
+                )
+            if worker.waits_for_ready(other) and not workers[other].limits.health_port:
+                raise ctx.error(
+                    f"workers.{worker.name}.depends_on.{other}",
+                    f"{other} has no health_port, so its readiness cannot be read"
+                    f' (give {other} a health_port, or use "running")',
                 )
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
 
@@ -585,7 +694,8 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
         values = {**defaults, **own}
         if "env" in defaults and "env" in own:
             values["env"] = {**defaults["env"], **own["env"]}
-        values["env"] = MappingProxyType(dict(values.get("env", {})))
+        from_files = _read_env_files(ctx, f"{prefix}.env_file", file_path.parent, values.get("env_file", ()))
+        values["env"] = MappingProxyType({**from_files, **values.get("env", {})})
         has_run, has_command = values.get("run") is not None, values.get("command") is not None
         if has_run == has_command:
             which = "both" if has_run else "neither"
@@ -603,6 +713,15 @@ def parse_config(text: str, *, path: str | pathlib.Path = DEFAULT_FILENAME) -> S
                     )
             # [defaults] values for run workers do not concern a command.
             lifecycle = {f: v for f, v in lifecycle.items() if f not in _LOOP_ONLY}
+        else:
+            for key in own:
+                if key in LIFECYCLE_KEYS and LIFECYCLE_KEYS[key].field in _COMMAND_ONLY:
+                    raise ctx.error(
+                        f"{prefix}.{key}",
+                        "applies to command workers only: a run worker is stopped by procguard's own"
+                        " runner (remove it here)",
+                    )
+            lifecycle = {f: v for f, v in lifecycle.items() if f not in _COMMAND_ONLY}
         if has_run and values.get("args"):
             raise ctx.error(f"{prefix}.args", "args apply to command workers only (put them in command)")
         if values.get("backoff_max_s", 30.0) < values.get("backoff_initial_s", 0.5):
@@ -724,7 +843,8 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
 
     Every setting with a flag that applies to the worker's mode is spelled
     out (from its declaration in :mod:`procguard.limits`), so the worker
-    does not depend on the defaults of the procguard version that runs it;
+    does not depend on the defaults of the procguard version that runs it
+    (a setting declared ``always_written=False`` only when it is set);
     ``health_host`` overrides the bind address (the Kubernetes renderer
     passes ``0.0.0.0``). ``procguard up`` does not use this: it hands the
     settings over as a value.
@@ -734,11 +854,13 @@ def lifecycle_flags(worker: WorkerConfig, *, health_host: str | None = None) -> 
     for setting in SETTINGS:
         if setting.flag_scope == "none":
             continue
-        if worker.run is None and setting.applies == "loop":
+        if setting.applies == ("loop" if worker.run is None else "command"):
             continue
         value = getattr(limits, setting.field)
         if setting.kind == "path" and (value is None or not limits.health_port):
             continue  # a file only where one is named, and only for a port that is served
+        if not setting.always_written and value == setting.default:
+            continue
         if setting.key == "health_host":
             if not limits.health_port:
                 continue

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import units
@@ -36,13 +37,15 @@ from .errors import UsageError, shown
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-#: Which workers a setting means something for: "all", or "loop" (workers whose
-#: loop procguard runs or sees: ProcessManager programs and ``run =`` targets).
-AppliesTo = Literal["all", "loop"]
+#: Which workers a setting means something for: "all", "loop" (workers whose
+#: loop procguard runs or sees: ProcessManager programs and ``run =`` targets),
+#: or "command" (programs procguard runs from outside: ``command =``,
+#: ``procguard run -- COMMAND``).
+AppliesTo = Literal["all", "loop", "command"]
 #: Where a setting has a flag: in every worker CLI (``add_lifecycle_arguments``,
 #: the seed's flags), only in ``procguard run``, or nowhere (library only).
 FlagScope = Literal["worker", "run", "none"]
-Kind = Literal["duration", "size", "percent", "count", "port", "address", "path"]
+Kind = Literal["duration", "size", "percent", "count", "port", "address", "path", "signal"]
 
 #: What a bare number means for each kind of value, in words for help and docs.
 _BARE_WORDS = {"s": "seconds", "m": "minutes", "h": "hours", "MB": "MB", "%": "percent"}
@@ -75,6 +78,9 @@ class Setting(NamedTuple):
     cli_default: Any = _SAME  # the CLI's default where it differs from the library's
     keyword: str | None = None  # the ProcessManager keyword (its name says the unit); None: not one
     metavar: str = "VALUE"
+    #: False: generated files carry its flag only when it differs from the default (a setting added
+    #: later, off by default: a file that does not use it runs on a procguard that predates it).
+    always_written: bool = True
     field: str = ""  # the WorkerLimits field; filled in from the declaration
 
     # -- derived names -----------------------------------------------------------
@@ -136,6 +142,8 @@ class Setting(NamedTuple):
         if self.kind == "percent":
             number = float(value)
             return str(int(number)) if number == int(number) else repr(number)
+        if self.kind == "signal":
+            return signal.Signals(value).name.removeprefix("SIG")
         return str(value)
 
     def accepted(self) -> str:
@@ -152,6 +160,8 @@ class Setting(NamedTuple):
             return "an IP address such as 127.0.0.1, 0.0.0.0 or ::1"
         if self.kind == "path":
             return "the path of a file"
+        if self.kind == "signal":
+            return "one of " + ", ".join(self.format(s) for s in STOP_SIGNALS)
         return "a whole number"
 
     def describe_default(self, value: Any) -> str:
@@ -211,6 +221,25 @@ def _parse_path(s: Setting, value: object, what: str) -> str:
     raise UsageError(msg)
 
 
+#: The signals a graceful stop may send a command: each one a program can catch to stop cleanly.
+#: KILL and STOP cannot be caught (a grace would mean nothing), the others mean something else.
+STOP_SIGNALS: tuple[int, ...] = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+)
+
+
+def _parse_signal(s: Setting, value: object, what: str) -> int:
+    label = f"{what}: " if what else ""
+    name = value.strip().upper().removeprefix("SIG") if isinstance(value, str) else ""
+    number = getattr(signal, f"SIG{name}", None) if name else None
+    if number in STOP_SIGNALS:
+        return int(number)
+    why = " (it cannot be caught: a graceful stop needs a signal the program can handle)" if name in (
+        "KILL", "STOP") else ""
+    msg = f"{label}{shown(value)} is not a stop signal{why} (use {s.accepted()})"
+    raise UsageError(msg)
+
+
 _PARSERS: dict[str, Callable[[Setting, object, str], Any]] = {
     "duration": _parse_duration,
     "size": _parse_size,
@@ -219,6 +248,7 @@ _PARSERS: dict[str, Callable[[Setting, object, str], Any]] = {
     "port": _parse_port,
     "address": _parse_address,
     "path": _parse_path,
+    "signal": _parse_signal,
 }
 
 
@@ -288,6 +318,33 @@ class _LimitFields(NamedTuple):
         applies="loop",
         metavar="N",
         help="recycle gracefully after this many iterations",
+    )
+    runtime_jitter_s: float = _setting(
+        0.0,
+        key="runtime_jitter",
+        keyword="runtime_jitter_s",
+        kind="duration",
+        bare="s",
+        zero="none",
+        zero_is_none=False,
+        flag_scope="run",
+        always_written=False,
+        metavar="DURATION",
+        help="recycle up to this much before max_runtime, drawn at random for each process, so workers "
+        "started together do not all recycle at once (gunicorn's max_requests_jitter)",
+    )
+    iterations_jitter: int = _setting(
+        0,
+        key="iterations_jitter",
+        keyword="iterations_jitter",
+        kind="count",
+        zero="none",
+        zero_is_none=False,
+        applies="loop",
+        flag_scope="run",
+        always_written=False,
+        metavar="N",
+        help="recycle up to this many iterations before max_iterations, drawn at random for each process",
     )
     memory_limit_bytes: int | None = _setting(
         2048 * units.MB,
@@ -431,6 +488,17 @@ class _LimitFields(NamedTuple):
         metavar="FILE",
         help="read the bearer token /metrics requires from this file (instead of PROCGUARD_HEALTH_TOKEN)",
     )
+    stop_signal: int = _setting(
+        int(signal.SIGTERM),
+        key="stop_signal",
+        kind="signal",
+        applies="command",
+        flag_scope="run",
+        always_written=False,
+        metavar="SIGNAL",
+        help="the signal a graceful stop sends the command (a drain, a limit, a stop or restart): "
+        "TERM, INT, QUIT, HUP, USR1 or USR2; with TERM, a Ctrl-C reaches it as INT",
+    )
 
 
 
@@ -542,6 +610,8 @@ def _is_base(setting: Setting, value: object) -> bool:
     """True for a value in base units of the right type (what :meth:`WorkerLimits.to_json` writes)."""
     if setting.kind in ("address", "path"):
         return isinstance(value, str)
+    if setting.kind == "signal":
+        return value in STOP_SIGNALS and not isinstance(value, bool)
     if isinstance(value, bool):
         return False
     if setting.kind in ("duration", "percent"):
@@ -574,6 +644,13 @@ def flag_help(setting: Setting) -> str:
     return f"{setting.help} ({'; '.join(parts)})"
 
 
+_APPLIES_WORDS = {
+    "all": "every worker",
+    "loop": "loops procguard sees (`run =`, ProcessManager)",
+    "command": "commands (`command =`, `procguard run -- COMMAND`)",
+}
+
+
 def reference_markdown() -> str:
     """The settings table of the docs, generated from the declarations above."""
     lines = [
@@ -591,7 +668,7 @@ def reference_markdown() -> str:
         default = s.describe_default(s.default)
         if s.cli_default is not _SAME:
             default += f" (command line: {s.describe_default(s.cli_default)})"
-        applies = "every worker" if s.applies == "all" else "loops procguard sees (`run =`, ProcessManager)"
+        applies = _APPLIES_WORDS[s.applies]
         lines.append(
             f"| {key} | {flag} | {keyword} | {bare or '-'} | {default} | {s.zero or '-'} | {applies} "
             f"| {s.help} |"

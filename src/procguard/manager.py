@@ -134,7 +134,10 @@ class ProcessManager:
     process at once, status 86], ``memory_strikes`` [3 consecutive samples
     over the memory limit before a graceful stop],
     ``max_consecutive_failures`` [5 :meth:`record_failure` in a row stop the
-    worker with ``iteration_failures``].
+    worker with ``iteration_failures``], ``runtime_jitter_s`` [0: recycle up
+    to this much *before* max runtime, drawn at random, so a fleet started
+    together does not recycle together], ``iterations_jitter`` [0: the same
+    for ``max_iterations``, in iterations].
 
     The manager's own knobs (keyword-only, defaults in brackets):
 
@@ -143,8 +146,6 @@ class ProcessManager:
     - ``include_children`` [True]: memory/CPU of the process and all its
       descendants; ``use_uss`` [False]: count USS instead of RSS (costlier).
     - ``handle_signals`` [True]: install SIGTERM/SIGINT handlers (main thread only).
-    - ``runtime_jitter_s`` [0]: recycle up to this much *before* max runtime,
-      chosen at random, so a fleet started together does not recycle together.
     - ``cleanup_timeout_s`` [10]: bound of each cleanup callback.
     - ``child_grace_s`` [5]: SIGTERM-to-SIGKILL wait for leftover children;
       ``terminate_children`` [True]: False leaves them running (your choice).
@@ -209,7 +210,6 @@ class ProcessManager:
         "include_children",
         "limits",
         "name",
-        "runtime_jitter_s",
         "sample_interval_s",
         "single_instance",
         "state_dir",
@@ -238,7 +238,8 @@ class ProcessManager:
         health_tls_cert: str | None = _UNSET,
         health_tls_key: str | None = _UNSET,
         health_token_file: str | None = _UNSET,
-        runtime_jitter_s: float = 0.0,
+        runtime_jitter_s: float | str = _UNSET,
+        iterations_jitter: int | str = _UNSET,
         memory_hard_limit_mb: float | str | None = _UNSET,
         memory_strikes: int = _UNSET,
         cleanup_timeout_s: float = DEFAULT_CLEANUP_TIMEOUT_S,
@@ -272,6 +273,8 @@ class ProcessManager:
             "memory_hard_limit_mb": memory_hard_limit_mb,
             "memory_strikes": memory_strikes,
             "max_consecutive_failures": max_consecutive_failures,
+            "runtime_jitter_s": runtime_jitter_s,
+            "iterations_jitter": iterations_jitter,
         }
         #: The worker's settings (base units, None = no limit): one value, read everywhere.
         self.limits: WorkerLimits = WorkerLimits.from_user(
@@ -289,7 +292,6 @@ class ProcessManager:
         self.include_children = bool(include_children)
         self.use_uss = bool(use_uss)
         self.handle_signals = bool(handle_signals)
-        self.runtime_jitter_s = parse_duration(runtime_jitter_s, what="runtime_jitter_s")
         self.cleanup_timeout_s = parse_duration(cleanup_timeout_s, what="cleanup_timeout_s")
         self.child_grace_s = parse_duration(child_grace_s, what="child_grace_s")
         self.terminate_children = bool(terminate_children)
@@ -299,7 +301,8 @@ class ProcessManager:
         # --- hot-path state: plain attributes only -------------------------
         self._halt = True  # not started, or a stop is due
         self._iterations = 0
-        self._iteration_cap = self.limits.max_iterations or _NEVER
+        cap = policy.iteration_cap(self.limits.max_iterations, self.limits.iterations_jitter)
+        self._iteration_cap = cap or _NEVER  # max_iterations less this process's jitter
         # should_continue() stays on its fast path while iterations < _gate: the
         # cap while running, -1 when halted. One compare covers both checks, and
         # only plain stores change it (no read-modify-write shared with the monitor).
@@ -359,6 +362,11 @@ class ProcessManager:
         kwargs: dict[str, Any] = {"name": getattr(args, "name", None), "limits": limits_from_args(args)}
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @property
+    def runtime_jitter_s(self) -> float:
+        """The most a recycle for max runtime comes early (``limits.runtime_jitter_s``)."""
+        return self.limits.runtime_jitter_s
 
     def __repr__(self) -> str:
         state = "stopping" if self.is_stopping else ("running" if self._started else "idle")
@@ -426,7 +434,7 @@ class ProcessManager:
         self._started_at = now
         self._started_wall = time.time()
         self._last_beat = now
-        self._deadline = policy.runtime_deadline(now, self.limits.max_runtime_s, self.runtime_jitter_s)
+        self._deadline = policy.runtime_deadline(now, self.limits.max_runtime_s, self.limits.runtime_jitter_s)
         self._link = claim()
         self._labels = metric_labels(self._label)
         self._sampler = ResourceSampler(

@@ -260,7 +260,7 @@ class Monitor(threading.Thread):
             w.begin_stop(
                 StopOutcome.decided(
                     StopReason.MAX_RUNTIME,
-                    f"ran {now - w.started_at:.1f}s, max runtime {w.limits.max_runtime_s:g}s",
+                    policy.runtime_detail(now, w.started_at, w.deadline, w.limits.max_runtime_s),
                     by=Ender.PROCGUARD,
                 )
             )

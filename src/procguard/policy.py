@@ -192,6 +192,36 @@ def runtime_deadline(
     return started_at + max_runtime_s - jitter
 
 
+def runtime_detail(now: float, started_at: float, deadline: float, max_runtime_s: float | None) -> str:
+    """The detail of a ``max_runtime`` stop at ``now``: how long it ran, the limit, and how early the
+    jitter made it (the same words from the manager, the command runner and the supervisor)."""
+    limit = max_runtime_s or 0.0
+    early = started_at + limit - deadline
+    jitter = f", {early:.1f}s early (runtime_jitter)" if early >= 0.05 else ""
+    return f"ran {now - started_at:.1f}s, max runtime {limit:g}s{jitter}"
+
+
+def iteration_cap(
+    max_iterations: int | None, jitter: int = 0, *, rng: random.Random | None = None
+) -> int | None:
+    """How many iterations this process runs before its recycle, or ``None`` (no limit).
+
+    Like :func:`runtime_deadline`, the jitter is *subtracted* (a uniform
+    whole draw in ``[0, jitter]``, never below one iteration), so
+    ``max_iterations`` stays a ceiling while copies started together recycle
+    apart.
+    """
+    if not max_iterations:
+        return None
+    if jitter <= 0 or max_iterations <= 1:
+        return max_iterations
+    if rng is None:
+        import random
+
+        rng = random.Random()
+    return max_iterations - rng.randint(0, min(jitter, max_iterations - 1))
+
+
 def heartbeat_age(now: float, last_beat: float, sleep_until: float) -> float:
     """Seconds since the work loop last showed progress.
 

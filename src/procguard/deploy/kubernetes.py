@@ -217,6 +217,13 @@ def deployment(
         container["workingDir"] = worker_workdir(worker, workdir)
     elif worker.cwd and worker.cwd.startswith("/"):
         container["workingDir"] = worker.cwd
+    for key in ("user", "group", "umask"):
+        if getattr(worker, key) is not None:
+            msg = (
+                f"workers.{worker.name}.{key}: a Kubernetes pod runs as a numeric uid set for the whole"
+                " stack ([deploy.kubernetes] run_as_user), not per worker: remove it to deploy to Kubernetes"
+            )
+            raise UsageError(msg)
     uid = int(own.get("run_as_user", DEFAULT_RUN_AS_USER))
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": limits.kubernetes_termination_s,

@@ -46,6 +46,20 @@ def conf_name(config: StackConfig) -> str:
     return f"{config.project.name}.conf"
 
 
+#: supervisord has no "retry forever": start_limit = 0 becomes this many retries (its delay grows
+#: by a second each time, so this outlasts any outage).
+SUPERVISORD_FOREVER = 1_000_000
+
+
+def _check_account(worker: WorkerConfig) -> None:
+    if worker.group:
+        msg = (
+            f"workers.{worker.name}.group: supervisord has no group per program (it runs a program with its"
+            " user's own group): remove group, or deploy to systemd"
+        )
+        raise UsageError(msg)
+
+
 def _exitcodes(worker: WorkerConfig) -> str:
     codes = {0} | set(SIGNAL_STOP_STATUSES)
     if worker.restart != "on-failure":
@@ -66,6 +80,7 @@ def render_program(
 ) -> list[str]:
     """The ``[program:<worker>]`` section, as lines (pure)."""
     own: Mapping[str, Any] = settings.get("supervisor", {})
+    _check_account(worker)
     limits = engine_limits(worker, settings)
     what = f"workers.{worker.name}"
     venv = own.get("venv")
@@ -95,8 +110,11 @@ def render_program(
         f"command={supervisor_command(argv, what + '.command')}",
         f"directory={supervisor_value(worker_workdir(worker, workdir), what + '.cwd')}",
     ]
-    if own.get("user"):
-        lines.append(f"user={own['user']}")
+    user = worker.user or own.get("user")  # the worker's own account first, as under procguard up
+    if user:
+        lines.append(f"user={user}")
+    if worker.umask is not None:
+        lines.append(f"umask={worker.umask:03o}")
     lines += [
         f"environment={supervisor_environment(env, what)}",
         f"priority={priority}",
@@ -104,7 +122,7 @@ def render_program(
         f"autorestart={_AUTORESTART[worker.restart]}",
         f"exitcodes={_exitcodes(worker)}",
         f"startsecs={math.ceil(own.get('startsecs', DEFAULT_STARTSECS))}",
-        f"startretries={worker.start_limit}",
+        f"startretries={worker.start_limit or SUPERVISORD_FOREVER}",
         "stopsignal=TERM",
         f"stopwaitsecs={limits.supervisor_stopwait_s}",
         "stopasgroup=true",

@@ -170,10 +170,13 @@ def render_unit(
     ]
     if with_target:
         unit.append(f"PartOf={target_name(config)}")
-    unit += [
-        f"StartLimitIntervalSec={_seconds(worker.start_limit_interval_s)}",
-        f"StartLimitBurst={worker.start_limit}",
-    ]
+    if worker.start_limit:
+        unit += [
+            f"StartLimitIntervalSec={_seconds(worker.start_limit_interval_s)}",
+            f"StartLimitBurst={worker.start_limit}",
+        ]
+    else:
+        unit.append("StartLimitIntervalSec=0")  # start_limit = 0: restarted forever, never failed for good
 
     if copies and any(_INSTANCE in text for text in [*own_texts(worker), *procguard, workdir, venv or ""]):
         msg = f"{what}: the text {_INSTANCE} cannot be written in a generated systemd unit"
@@ -204,8 +207,12 @@ def render_unit(
         service.append(f"LoadCredential={field}:{systemd_path(path, f'{what}.{field}')}")
     cwd = worker_workdir(worker, workdir)
     service.append(f"WorkingDirectory={systemd_path(cwd, what + '.cwd')}")
-    user = own.get("user")
+    user = worker.user or own.get("user")  # the worker's own account first, as under procguard up
     service.append(f"User={user}" if user else "DynamicUser=yes")
+    if worker.group:
+        service.append(f"Group={worker.group}")
+    if worker.umask is not None:
+        service.append(f"UMask={worker.umask:04o}")
     env: dict[str, str] = {"PYTHONUNBUFFERED": systemd_environment("PYTHONUNBUFFERED", "1")}
     # Programs named without a path (command = "python ...") resolve in the venv first.
     env["PATH"] = systemd_environment("PATH", search_path(procguard))

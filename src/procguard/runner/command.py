@@ -60,7 +60,7 @@ from ..instances.childproc import ChildHandle, reap_children, tree_pids
 from ..instances.watchdog import tell
 from ..outcome import StopOutcome, outcome_of_exit
 from ..parent_link import stop_for_signal
-from ..policy import LimitTracker, next_sample_delay, runtime_deadline
+from ..policy import LimitTracker, next_sample_delay, runtime_deadline, runtime_detail
 from ..reasons import REASONS, Ender, ExitStatus, StopReason, signal_name
 from ..signals import SignalCapture
 from .tree import TreeReading, TreeSampler, kill_tree, stop_pids
@@ -183,7 +183,8 @@ class CommandSupervisor:
         self._clock = clock
         self.started_at, self.started_wall = started or (clock(), time.time())
         self.tracker = LimitTracker(self.limits, started_at=self.started_at)
-        self.deadline = runtime_deadline(self.started_at, self.limits.max_runtime_s)
+        lim = self.limits
+        self.deadline = runtime_deadline(self.started_at, lim.max_runtime_s, lim.runtime_jitter_s)
         self.health: HealthServer | None = None
         self.health_listener: socket.socket | None = None  # bound before the command starts
         self.child: ChildHandle | None = None
@@ -442,7 +443,7 @@ class CommandSupervisor:
                     child,
                     StopOutcome.decided(
                         StopReason.MAX_RUNTIME,
-                        f"ran for {now - self.started_at:.1f}s, the limit is {self.limits.max_runtime_s:g}s",
+                        runtime_detail(now, self.started_at, self.deadline, self.limits.max_runtime_s),
                         by=Ender.PROCGUARD,
                     ),
                 )
@@ -508,8 +509,14 @@ class CommandSupervisor:
         self._kill_tree(child)
 
     def _forward(self, child: ChildHandle) -> None:
-        """Forward the first stop signal to the command; its grace starts now (after any drain)."""
+        """Forward the first stop signal to the command; its grace starts now (after any drain).
+
+        With a ``stop_signal`` other than TERM the command gets that signal, whatever stop
+        signal reached the runner; with TERM, the one that came (a Ctrl-C stays a SIGINT).
+        """
         signum = self._forward_signum or signal.SIGTERM
+        if self.limits.stop_signal != signal.SIGTERM:
+            signum = self.limits.stop_signal
         self._forward_at = None
         self._stop_asked_at = self._clock()
         log.info("%s: forwarding %s to pid %s (grace %gs)", self.options.name, signal_name(signum),
@@ -535,9 +542,10 @@ class CommandSupervisor:
         self._asked = decided
         self._stop_asked_at = self._clock()
         self._notify_stopping(f"stopping: {decided.reason} ({decided.detail})")
-        log.warning("%s: %s: %s; sending SIGTERM to pid %s (grace %gs)",
-                    self.options.name, decided.reason, decided.detail, child.pid, self.limits.grace_s)
-        child.terminate()
+        signum = self.limits.stop_signal
+        log.warning("%s: %s: %s; sending %s to pid %s (grace %gs)", self.options.name, decided.reason,
+                    decided.detail, signal_name(signum), child.pid, self.limits.grace_s)
+        child.send_signal(signum)
 
     def _kill_tree(self, child: ChildHandle) -> None:
         self._forced = True

@@ -101,13 +101,18 @@ def options_from_args(args: argparse.Namespace, *, base: WorkerLimits | None = N
     from ..lifecycle_args import given_settings, limits_from_args  # argparse: only where flags are read
 
     mode: Mode = "function" if target else "command"
+    given = given_settings(args)
     if mode == "command":
-        given = given_settings(args)
         loop_only = [s.flag for s in SETTINGS if s.applies == "loop" and s.field in given]
         if args.once:
             loop_only.insert(0, "--once")
         if loop_only:
             msg = f"{loop_only[0]} applies only to a package.module:function target, not to a command"
+            raise UsageError(msg)
+    else:
+        command_only = [s.flag for s in SETTINGS if s.applies == "command" and s.field in given]
+        if command_only:
+            msg = f"{command_only[0]} applies only to a command after '--', not to a module:function target"
             raise UsageError(msg)
     return RunOptions(
         mode=mode,

@@ -21,7 +21,9 @@ The rules, chosen against what the other supervisors do (systemd, Kubernetes, PM
 - **Start limit**: ``start_limit`` failures within ``start_limit_interval_s``
   -> FATAL, which stays until someone runs ``procguard start NAME``
   (systemd's StartLimitBurst/IntervalSec; unlike supervisord, a restarted
-  stable worker is never counted against an old burst).
+  stable worker is never counted against an old burst). ``start_limit = 0``
+  never gives up: a flaky worker is retried forever, each retry paced by
+  the backoff (at most ``max`` apart), as PM2 and Kubernetes do.
 """
 
 from __future__ import annotations
@@ -112,6 +114,6 @@ def decide(
     window_start = now - policy.start_limit_interval_s
     times = (*(t for t in record.failure_times if t > window_start), now)
     new = Record(consecutive_failures=base.consecutive_failures + 1, failure_times=times)
-    if len(times) >= policy.start_limit:
+    if policy.start_limit and len(times) >= policy.start_limit:
         return Decision(Action.FATAL, counted=True), new
     return Decision(Action.RESTART, backoff_delay(policy, new.consecutive_failures), counted=True), new

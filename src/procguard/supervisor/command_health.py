@@ -93,8 +93,9 @@ def command_snapshot(worker: Worker, now: float, wall: float) -> WorkerSnapshot:
     limits = worker.config.limits
     uptime = 0.0 if started_at is None or not running else max(0.0, now - started_at)
     remaining = None
-    if limits.max_runtime_s is not None and started_at is not None and running:
-        remaining = max(0.0, started_at + limits.max_runtime_s - now)
+    recycle_at = worker.recycle_at
+    if recycle_at is not None and running:
+        remaining = max(0.0, recycle_at - now)
     asked = worker.asked
     memory = sample.memory_bytes if sample is not None else 0
     threads = _threads(pid) if pid is not None and running else 0

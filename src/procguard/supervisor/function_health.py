@@ -28,7 +28,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ..snapshot import HealthStatus, WorkerSnapshot
-from .command_health import command_health, command_snapshot
+from .command_health import command_health, command_ready, command_snapshot
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -56,6 +56,15 @@ def published_circuits(worker: Worker, now: float, wall: float) -> list[dict[str
     if not (worker.publishes_health and worker.state.has_process):
         return []
     return [circuit.to_json() for circuit in function_snapshot(worker, now, wall).circuits]
+
+
+def answers_ready(worker: Worker, now: float, wall: float) -> bool:
+    """True when ``GET /ready`` on the worker's health port answers 200 now (what ``depends_on = { X =
+    "ready" }`` waits for): a function worker's published readiness, a command's running and not stopping.
+    """
+    if worker.publishes_health:
+        return function_snapshot(worker, now, wall).ready.is_healthy
+    return command_ready(worker, command_health(worker, now)).is_healthy
 
 
 def port_verdict(worker: Worker, now: float, wall: float) -> tuple[bool, str]:

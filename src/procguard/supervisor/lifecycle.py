@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 from ..errors import UsageError
 from ..outcome import StopOutcome, outcome_of_exit
-from ..policy import next_sample_delay
+from ..policy import next_sample_delay, runtime_detail
 from ..reasons import STOP_SIGNUMS, Ender, StopReason, signal_name
 from .backoff import Action, decide
 from .history import Event, History
@@ -60,15 +60,32 @@ def next_deadline(worker: Worker, start_period_s: float) -> float | None:
     return None
 
 
-def deps_ready(worker: Worker, workers: Mapping[str, Worker]) -> bool:
-    """True when every copy of every worker ``worker`` depends on runs, or is stopped and not coming."""
+def deps_ready(
+    worker: Worker, workers: Mapping[str, Worker], answers_ready: Callable[[Worker], bool] = lambda dep: True
+) -> bool:
+    """True when every copy of every worker ``worker`` depends on is there, or is stopped and not coming.
+
+    "There" is what ``depends_on`` asks of it: running (alive through its
+    start period), or for ``{ X = "ready" }`` running with ``answers_ready(copy)``
+    (its health port's /ready answers 200 now).
+    """
     for dep in workers.values():
-        if dep.group not in worker.config.depends_on or dep.state is S.RUNNING:
+        if dep.group not in worker.config.depends_on:
             continue
         if dep.state in (S.STOPPED, S.FATAL) and not dep.want_start:
             continue  # not coming: do not wait for it forever
-        return False
+        if worker.config.waits_for_ready(dep.group):
+            if dep.state in (S.STARTING, S.RUNNING) and answers_ready(dep):
+                continue
+            return False
+        if dep.state is not S.RUNNING:
+            return False
     return True
+
+
+def waits_for_readiness(worker: Worker) -> bool:
+    """True while ``worker`` is to start once a dependency's /ready answers 200 (the loop polls for it)."""
+    return worker.want_start and "ready" in worker.config.depends_on.values()
 
 
 def operator_stop(detail: str) -> StopOutcome:
@@ -132,8 +149,9 @@ class Lifecycle:
             self.spawn(worker, now)
         elif state is S.STOPPING and worker.term_at is not None and now >= worker.term_at:
             worker.term_at = None
-            logger.info("%s: drain over, sending SIGTERM (pid %s)", worker.name, worker.pid)
-            worker.signal(signal.SIGTERM, group=worker.group_signals)
+            logger.info("%s: drain over, sending %s (pid %s)", worker.name,
+                        signal_name(worker.stop_signum), worker.pid)
+            worker.signal(worker.stop_signum, group=worker.group_signals)
         if state is S.STOPPING and worker.stop_deadline is not None and now >= worker.stop_deadline:
             logger.warning(
                 "%s: did not stop within %.1fs (drain + grace), killing its process group (pid %s)",
@@ -359,9 +377,10 @@ class Lifecycle:
             # Its /ready (served here) reads 503 from now on while it keeps working, as a runner's
             # drain does; a limit or a failed probe stops it at once, as a runner's own verdicts do.
             worker.term_at = now + drain
-            logger.info("%s: not ready, draining for %gs before SIGTERM", worker.name, drain)
+            logger.info("%s: not ready, draining for %gs before %s", worker.name, drain,
+                        signal_name(worker.stop_signum))
             return
-        worker.signal(signal.SIGTERM, group=worker.group_signals)
+        worker.signal(worker.stop_signum, group=worker.group_signals)
 
     def worker_reported(self, worker: Worker, now: float) -> None:
         """What the worker said on its link: a stop it decided itself makes it STOPPING now.
@@ -448,9 +467,9 @@ class Lifecycle:
             regular_s=self.settings.sample_interval_s,
             rest_s=self.settings.rest_sample_interval_s,
         )
-        runtime = limits.max_runtime_s
-        if runtime is not None and worker.started_at is not None:
-            delay = min(delay, max(0.0, worker.started_at + runtime - now))  # the recycle comes on time
+        recycle_at = worker.recycle_at  # max_runtime less this process's jitter
+        if recycle_at is not None:
+            delay = min(delay, max(0.0, recycle_at - now))  # the recycle comes on time
         worker.next_sample_at = now + delay
         if verdict is not None:
             why = StopOutcome.decided(
@@ -461,13 +480,13 @@ class Lifecycle:
             else:
                 self.request_stop(worker, now, why)
             return
-        if runtime is not None and worker.started_at is not None and now - worker.started_at >= runtime:
+        if recycle_at is not None and worker.started_at is not None and now >= recycle_at:
             self.request_stop(
                 worker,
                 now,
                 StopOutcome.decided(
                     StopReason.MAX_RUNTIME,
-                    f"ran {now - worker.started_at:.1f}s, max runtime {runtime:g}s",
+                    runtime_detail(now, worker.started_at, recycle_at, limits.max_runtime_s),
                     by=Ender.PROCGUARD,
                 ),
             )

@@ -40,6 +40,7 @@ _STACK_FIELDS: dict[str, str] = {
     "command": "command",
     "args": "args",
     "env": "env",
+    "env_file": "env_file",
     "cwd": "cwd",
     "restart": "restart",
     "backoff_initial": "backoff_initial_s",
@@ -50,6 +51,9 @@ _STACK_FIELDS: dict[str, str] = {
     "depends_on": "depends_on",
     "instances": "instances",
     "autoscale": "autoscale",
+    "user": "user",
+    "group": "group",
+    "umask": "umask",
 }
 
 _DURATION_FIELDS = frozenset(
@@ -94,9 +98,15 @@ def _text(field_name: str, value: Any) -> str:
     if field_name in ("command", "args"):
         return shlex.join(value) if value else "[]"
     if field_name == "depends_on":
+        if "ready" in value.values():
+            return "{ " + ", ".join(f'{name} = "{value[name]}"' for name in value) + " }"
         return "[" + ", ".join(value) + "]"
     if field_name == "autoscale":
         return f"{value.min}..{value.max} on {value.metric} target {value.target:g}"
+    if field_name == "env_file":
+        return "[" + ", ".join(value) + "]"
+    if field_name == "umask" and value is not None:
+        return f"{value:03o}"
     return str(value)
 
 

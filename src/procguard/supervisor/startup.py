@@ -80,7 +80,10 @@ def serve(
     answers ``already`` and returns 0 (repeating ``up --detach`` is
     idempotent).
     """
+    from .accounts import check_accounts
+
     try:
+        check_accounts(config)  # a worker's user that cannot be had fails `up` in one line, not each start
         return _serve(config, state_dir, list(names), status_port, ready_fd)
     except AlreadyRunningError as error:
         if ready_fd is not None:

@@ -45,13 +45,15 @@ from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
 from ..instances.statedir import namespace_of
+from .accounts import check_accounts
 from .autoscaler import Autoscaler
 from .bulk import Batch
 from .commands import ControlCommands
 from .control import ControlServer, Peer, socket_path
+from .function_health import answers_ready
 from .history import History, db_path
 from .leftovers import LeftoverGroups
-from .lifecycle import Lifecycle, deps_ready, next_deadline
+from .lifecycle import Lifecycle, deps_ready, next_deadline, waits_for_readiness
 from .logs import RotatingFile, WorkerOutput, log_dir, log_path
 from .probe import Prober, probe_health, probe_targets
 from .reload import StackReload
@@ -74,6 +76,8 @@ S = WorkerState
 
 #: The status page's view is refreshed at most this often (and after each sample).
 PUBLISH_INTERVAL_S = 0.25
+#: How often a worker waiting for a dependency's /ready reads it again.
+READINESS_POLL_S = 0.1
 #: A worker due for a sample this close after a regular tick is sampled at that tick.
 TICK_SLACK_S = 0.001
 #: At most this many reads of a reaped worker's output before its stop note (64 KiB each).
@@ -405,6 +409,8 @@ class Supervisor:
         scaling = self._autoscaler.next_due()
         if scaling is not None and not self.lifecycle.exiting:
             deadlines.append(scaling)
+        if any(waits_for_readiness(w) for w in self.workers.values()):
+            deadlines.append(now + READINESS_POLL_S)  # a dependency's /ready is read, nothing wakes us
         if not deadlines:  # nothing is due: the loop waits for an event (or the longest sampling period)
             return self.settings.rest_sample_interval_s
         return max(0.0, min(deadlines) - now)
@@ -421,7 +427,7 @@ class Supervisor:
                 if (
                     worker.want_start
                     and worker.state in (S.STOPPED, S.FATAL)
-                    and deps_ready(worker, self.workers)
+                    and deps_ready(worker, self.workers, lambda dep: answers_ready(dep, now, wall))
                     and self._port_free_for(worker)
                 ):
                     worker.want_start = False
@@ -615,6 +621,7 @@ class Supervisor:
         from .reconfig import plan_reload
 
         new = load_config(self.config.path)
+        check_accounts(new)
         keep = ("status_port",) if self._status_port_origin == "--status-port" else ()
         plan = plan_reload(self.config, new, keep=keep)
         logger.info(

@@ -68,8 +68,9 @@ from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..outcome import StopOutcome
 from ..parent_link import HealthMapping
-from ..policy import LimitTracker
+from ..policy import LimitTracker, runtime_deadline
 from ..snapshot import label_environment
+from .accounts import Account, resolve_account
 from .backoff import Policy, Record
 from .function_health import port_verdict, published_circuits
 from .logs import WorkerOutput
@@ -136,6 +137,8 @@ class Worker:
         #: Stops by reason token, counted by the supervisor: they survive every restart.
         self.stops_total: collections.Counter[str] = collections.Counter()
         self.started_at: float | None = None  # monotonic
+        #: When the current process is recycled for max_runtime (less its jitter, drawn at each spawn).
+        self.recycle_at: float | None = None
         self.started_wall: float | None = None
         self.want_start = False  # waiting for dependencies to run
         #: The autoscale rule with its latest reading (set by the autoscaler): status and the page.
@@ -207,6 +210,11 @@ class Worker:
         return not self.via_runner
 
     @property
+    def stop_signum(self) -> int:
+        """The signal a graceful stop sends: the command's ``stop_signal``; a runner always gets SIGTERM."""
+        return signal.SIGTERM if self.via_runner else self.config.limits.stop_signal
+
+    @property
     def instance_name(self) -> str:
         """The copy's instance name (locks, markers, cleanup): ``PROJECT.WORKER`` or ``PROJECT.WORKER:K``."""
         return f"{self.project}.{self.name}"
@@ -218,9 +226,11 @@ class Worker:
         command = [*self.config.command, *self.config.args]
         return command
 
-    def environment(self, link_fd: int) -> dict[str, str]:
+    def environment(self, link_fd: int, account: Account | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if account is not None:
+            env.update(account.env)  # HOME, USER, LOGNAME of the worker's user (its env wins)
         env.update(self.config.env)
         env.update(label_environment(self.project, self.group))  # labels its series like everywhere else
         env.update(copy_environment(self.index, self.count))
@@ -273,6 +283,7 @@ class Worker:
 
     def spawn(self, now: float, wall: float) -> int:
         """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
+        account = resolve_account(self.config)  # before anything is opened: an unknown user fails the start
         read_fd, write_fd = os.pipe()
         self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
         link = WorkerLink(self.config.limits)
@@ -290,16 +301,19 @@ class Worker:
             proc = spawn_process(
                 self.argv(),
                 marker=self.marker,
-                env=self.environment(link.child_fd),
+                env=self.environment(link.child_fd, account),
                 cwd=self.cwd(),
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
                 pass_fds=tuple(pass_fds),
+                **account.popen_kwargs(),
             )
-        except BaseException:
+        except BaseException as error:
             os.close(read_fd)
             link.close()
+            if isinstance(error, PermissionError) and account.who:
+                raise account.denied(error) from None
             raise
         finally:
             os.close(write_fd)
@@ -316,6 +330,8 @@ class Worker:
         self.started_at = now
         self.started_wall = wall
         self.run_starts.append(round(wall, 1))
+        limits = self.config.limits
+        self.recycle_at = runtime_deadline(now, limits.max_runtime_s, limits.runtime_jitter_s)
         self.peak_memory_bytes = 0
         self.last_sample = None
         self.last_sample_at = None
