@@ -39,6 +39,7 @@ from .copies import MAX_INSTANCES, copy_port
 from .copies import parse_count as parse_instances
 from .errors import ConfigError, UsageError, shown
 from .limits import SETTINGS, Setting, WorkerLimits
+from .listen_fds import ListenAddress, parse_listen
 from .units import MB, parse_count, parse_duration, parse_port, parse_size
 
 if sys.version_info >= (3, 11):
@@ -92,6 +93,9 @@ class WorkerConfig:
     start_limit_interval_s: float = 60.0
     depends_on: tuple[str, ...] = ()
     instances: int = 1
+    listen: ListenAddress | None = None
+    ready_after_s: float = 2.0
+    ready_timeout_s: float = 60.0
 
     @property
     def mode(self) -> str:
@@ -301,10 +305,28 @@ _STACK_KEYS: dict[str, Key] = {
         f"copies of this worker, each its own process `NAME:K` with health port P+K-1; 1 to"
         f" {MAX_INSTANCES}, default 1 (in `[workers.NAME]` only)",
     ),
+    "listen": Key(
+        "listen",
+        _wrap(parse_listen),
+        '`"HOST:PORT"` bound once by `procguard up` and handed to every copy and generation as fd 3'
+        " (`LISTEN_FDS`/`LISTEN_PID`, systemd's protocol); in `[workers.NAME]` only",
+    ),
+    "ready_after": Key(
+        "ready_after_s",
+        _wrap(parse_duration),
+        "`procguard reload NAME`: a new process without a health port to read (or a command) is ready"
+        " once it has run this long; default 2s",
+    ),
+    "ready_timeout": Key(
+        "ready_timeout_s",
+        _wrap(_positive(parse_duration, "a duration like 60s")),
+        "`procguard reload NAME`: a new process not ready within this is stopped and the old one kept;"
+        " default 60s",
+    ),
 }
 
 #: Keys that describe one worker and have no meaning in ``[defaults]``.
-_WORKER_ONLY = frozenset({"instances"})
+_WORKER_ONLY = frozenset({"instances", "listen"})
 
 #: The lifecycle keys, from their one declaration in procguard.limits.
 LIFECYCLE_KEYS: dict[str, Key] = {
@@ -425,6 +447,12 @@ def _owners(
     clash: tuple[str, int, str] | None = None
     if project.status_port:
         owners[project.status_port] = "project.status_port"
+    for worker in workers.values():
+        if worker.listen is not None:
+            who = f"workers.{worker.name}.listen"
+            if worker.listen.port in owners and clash is None:
+                clash = (who, worker.listen.port, owners[worker.listen.port])
+            owners.setdefault(worker.listen.port, who)
     for worker in workers.values():
         count = counts.get(worker.name, worker.instances)
         for index in range(1, count + 1):

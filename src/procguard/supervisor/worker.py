@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import os
 import shlex
@@ -66,6 +67,7 @@ from ..health.shared import DEFAULT_SIZE, PublishedView, SnapshotReader, create_
 from ..instances.marker import new_marker
 from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
+from ..listen_fds import LISTEN_FD, listen_environment, with_listen_pid
 from ..outcome import StopOutcome
 from ..parent_link import HealthMapping
 from ..policy import LimitTracker
@@ -168,6 +170,8 @@ class Worker:
         self.pending_config: WorkerConfig | None = None
         #: Removed from procguard.toml by a reload: dropped once its process is gone.
         self.retiring = False
+        #: The worker's ``listen`` socket (the supervisor's, shared by every copy): fd 3 of each process.
+        self.listen_fd: int | None = None
 
     # -- facts ---------------------------------------------------------------
 
@@ -267,7 +271,11 @@ class Worker:
     # -- process -------------------------------------------------------------
 
     def spawn(self, now: float, wall: float) -> int:
-        """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
+        """Start the process (caller has set STARTING); returns the pid. Raises OSError.
+
+        With a ``listen`` socket the process gets it as fd 3, with ``LISTEN_FDS``/``LISTEN_FDNAMES``
+        and, through :func:`~procguard.listen_fds.with_listen_pid`, its own pid as ``LISTEN_PID``.
+        """
         read_fd, write_fd = os.pipe()
         self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
         link = WorkerLink(self.config.limits)
@@ -282,15 +290,22 @@ class Worker:
                 assert port is not None
                 link.send_health_mapping(HealthMapping(shared_fd, DEFAULT_SIZE, port))
                 pass_fds.append(shared_fd)
+            argv, env = self.argv(), self.environment(link.child_fd)
+            if self.listen_fd is not None:
+                if LISTEN_FD in pass_fds:
+                    raise OSError(errno.EBUSY, f"descriptor {LISTEN_FD} is taken by the worker's link")
+                argv = with_listen_pid(argv)
+                env.update(listen_environment(self.group))
             proc = spawn_process(
-                self.argv(),
+                argv,
                 marker=self.marker,
-                env=self.environment(link.child_fd),
+                env=env,
                 cwd=self.cwd(),
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
                 pass_fds=tuple(pass_fds),
+                stdin=subprocess.DEVNULL if self.listen_fd is None else self.listen_fd,  # -> fd 3
             )
         except BaseException:
             os.close(read_fd)
@@ -456,6 +471,11 @@ class Worker:
         if self.config.limits.health_port is None or not self.state.has_process:
             return None
         return port_verdict(self, now, time.time())[1]  # what its port answers now (the supervisor serves it)
+
+
+def port_rebound(old: WorkerConfig, new: WorkerConfig) -> bool:
+    """True when ``new`` settings need the health port bound again (port, address, token, kind)."""
+    return _port_identity(old) != _port_identity(new)
 
 
 def _port_identity(config: WorkerConfig) -> tuple[object, ...]:
