@@ -314,8 +314,8 @@ _STACK_KEYS: dict[str, Key] = {
     "ready_after": Key(
         "ready_after_s",
         _wrap(parse_duration),
-        "`procguard reload NAME`: a new process without a health port to read (or a command) is ready"
-        " once it has run this long; default 2s",
+        "`procguard reload NAME`: a new process is ready once it has run this long (and, for a `run`"
+        " worker with a health port, its /ready answers 200); default 2s",
     ),
     "ready_timeout": Key(
         "ready_timeout_s",

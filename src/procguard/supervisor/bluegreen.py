@@ -8,18 +8,21 @@ serving, and if the new one is not ready within ``ready_timeout`` or exits
 first, the new one is stopped and the old one stays: the command exits 1
 naming why. Both generations have their start and stop rows in history.
 
-When is the new generation ready:
+When is the new generation ready: once it has run ``ready_after`` (default
+2 s) and, for a function worker (``run =``) with a health port, its own
+/ready answers 200 (checked again until ``ready_timeout``):
 
-- a function worker (``run =``) with a health port: when its own /ready says
-  so. The supervisor answers the copy's port from the old process's
-  snapshots until the switch, so the new process cannot be asked over HTTP
-  there (and a second, temporary port would be a port nobody configured):
-  its readiness is read from the snapshots it publishes into the mapping
-  handed to it at its spawn, exactly what its port will answer after the
-  switch;
-- otherwise (a command, whose /ready the supervisor answers from its own
-  facts, i.e. "its process runs"; or no health port): once it has run
-  ``ready_after`` (default 2 s) and is still running.
+- the supervisor answers the copy's port from the old process's snapshots
+  until the switch, so the new process cannot be asked over HTTP there (and
+  a second, temporary port would be a port nobody configured): its /ready is
+  read from the snapshots it publishes into the mapping handed to it at its
+  spawn, exactly what the port will answer after the switch;
+- ``ready_after`` counts for it too: a ProcessManager publishes "ready" as
+  soon as it starts, before the program had a chance to say it is not
+  (``set_ready(False)`` while it warms up);
+- a command's /ready is the supervisor's own view ("its process runs"), so
+  for a command, and without a health port, ``ready_after`` of running is
+  the rule.
 
 At most two generations of a copy exist: a copy being reloaded is not
 reloaded again until its reload is over. A new generation is spawned with the
@@ -70,9 +73,9 @@ def is_ready(worker: Worker, now: float, wall: float) -> bool:
     """Whether a new generation is ready (the rules in the module docstring)."""
     if worker.state not in (S.STARTING, S.RUNNING) or worker.started_at is None:
         return False
-    if worker.publishes_health:
-        return function_snapshot(worker, now, wall).ready.is_healthy
-    return now - worker.started_at >= worker.config.ready_after_s
+    if now - worker.started_at < worker.config.ready_after_s:
+        return False
+    return not worker.publishes_health or function_snapshot(worker, now, wall).ready.is_healthy
 
 
 class BlueGreen:
@@ -130,6 +133,7 @@ class BlueGreen:
         new.policy = dataclasses.replace(new.policy, restart="never")  # an early exit fails the reload
         new.generation = copy.generation
         new.stops_total = copy.stops_total  # one count per copy, whichever generation stopped
+        new.beside_pid = copy.pid  # a runner takes the copy's second instance lock, not a third
         self._lifecycle.spawn(new, now)
         if new.proc is None:
             why = new.last_outcome.detail if new.last_outcome is not None else "it did not start"

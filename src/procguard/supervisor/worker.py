@@ -65,6 +65,7 @@ from ..config import WorkerConfig
 from ..copies import copy_environment, copy_name, copy_port
 from ..health.shared import DEFAULT_SIZE, PublishedView, SnapshotReader, create_buffer
 from ..instances.marker import new_marker
+from ..instances.replace import BESIDE_ENV
 from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
 from ..listen_fds import LISTEN_FD, listen_environment, with_listen_pid
@@ -172,6 +173,8 @@ class Worker:
         self.retiring = False
         #: The worker's ``listen`` socket (the supervisor's, shared by every copy): fd 3 of each process.
         self.listen_fd: int | None = None
+        #: A reload's new generation: the pid of the process it starts beside (it takes the second lock).
+        self.beside_pid: int | None = None
 
     # -- facts ---------------------------------------------------------------
 
@@ -224,6 +227,8 @@ class Worker:
         env.update(label_environment(self.project, self.group))  # labels its series like everywhere else
         env.update(copy_environment(self.index, self.count))
         env[LINK_ENV] = str(link_fd)
+        if self.beside_pid is not None:
+            env[BESIDE_ENV] = str(self.beside_pid)
         # The stack's state directory reaches every process it starts, so a runner,
         # a ProcessManager in the worker and any nested procguard lock and mark in
         # the stack's namespace, never in some default directory (whatever env says).
