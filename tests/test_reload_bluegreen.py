@@ -115,7 +115,7 @@ def test_a_new_process_that_never_gets_ready_leaves_the_old_one_serving(tmp_path
     facts, flag = tmp_path / "facts", tmp_path / "not-ready"
     facts.mkdir()
     config = write_config(tmp_path, {
-        "fn": {"run": "tests.supervisor_workers.listener:serve", "cwd": str(REPO_ROOT), "interval": "0.2s",
+        "fn": {"run": "bench.head_to_head.workers.listener:serve", "cwd": str(REPO_ROOT), "interval": "0.2s",
                "listen": f"127.0.0.1:{port}", "health_port": health,
                "env": {"FACTS_DIR": str(facts), "NOT_READY": str(flag)}},
     }, project=f"nr{os.getpid()}", defaults={"grace": "3s", "ready_timeout": "3s"})

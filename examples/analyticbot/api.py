@@ -211,11 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.DEFAULT_API_PORT,
                         help=f"port to listen on, 0 picks one (default: {settings.DEFAULT_API_PORT})")
     parser.add_argument("--data-dir", help=settings.DATA_DIR_HELP)
+    parser.add_argument("--fd", type=int, help="serve on this inherited listening socket (circus' "
+                        "$(circus.sockets.NAME)); without it, fd 3 when LISTEN_FDS/LISTEN_PID say so")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s api[%(process)d] %(levelname)s %(message)s")
 
     try:
-        inherited = inherited_socket()
+        inherited = socket.socket(fileno=args.fd) if args.fd is not None else inherited_socket()
         db_path = settings.data_dir(args.data_dir) / settings.API_DB
         server = serve(args.host, args.port, db_path, sock=inherited)
     except OSError as error:
@@ -232,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thread = threading.Thread(target=server.serve_forever, name="api-http", daemon=True)
     thread.start()
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    how = " (socket handed down as fd 3)" if inherited is not None else ""
+    how = f" (socket handed down as fd {inherited.fileno()})" if inherited is not None else ""
     log.info("listening on http://%s:%d%s (data %s)", host, port, how, server.store.path)
     print(f"api listening on http://{host}:{port}{how}", flush=True)
     while not stopping.wait(1.0):

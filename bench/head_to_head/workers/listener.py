@@ -1,4 +1,4 @@
-"""``run = "tests.supervisor_workers.listener:serve"``: a function worker serving HTTP on its ``listen`` socket.
+"""``run = "bench.head_to_head.workers.listener:serve"``: a function worker serving HTTP on its ``listen`` socket.
 
 The first call takes fd 3 (``LISTEN_FDS=1``, ``LISTEN_PID`` = this process) and
 serves ``GET /`` (200, its pid) from a thread; it writes what it found to
