@@ -211,3 +211,24 @@ def test_check_refuses_a_listen_address_that_clashes_or_is_not_one(tmp_path: Pat
                                 text=True, timeout=60, check=False)
         assert result.returncode == 2, (text, result.stdout, result.stderr)
         assert result.stderr.strip() == f"procguard check: {path}: {expected}"
+
+
+def test_deploy_says_in_one_line_that_listen_is_not_carried_over(tmp_path: Path, state_dir: Path) -> None:
+    path = tmp_path / "procguard.toml"
+    path.write_text("[project]\nname = 'dl'\n[workers.api]\ncommand = 'python3 -m api'\nlisten = '127.0.0.1:9410'\n"
+                    "[workers.other]\ncommand = 'python3 -m other'\n")
+    env = python_env(PROCGUARD_STATE_DIR=str(state_dir))
+    why = {
+        "systemd": "no .socket unit: the unit's main process is procguard run, which does not pass a socket on",
+        "supervisor": "supervisord shares no listening socket between plain programs",
+        "kubernetes": "pods share no socket: put a Service in front of them, rolling updates keep it answering",
+    }
+    for target, reason in why.items():
+        image = ["--image", "example/api:1"] if target == "kubernetes" else []
+        result = subprocess.run([*PROCGUARD, "deploy", target, "-c", str(path), "-o", str(tmp_path / target), *image],
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines() == [
+            f"procguard deploy {target}: note: workers.api.listen = '127.0.0.1:9410' is not carried over "
+            f"({reason}); the program binds its own port there"
+        ]

@@ -52,6 +52,10 @@ def run_deploy(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key) for key in ("user", "venv", "workdir", "image", "namespace")}
     settings = all_settings(config, flags)
     files = render(args.target, config, settings)
+    from ..deploy.listen_note import listen_notes
+
+    for note in listen_notes(args.target, config):
+        sys.stderr.write(f"procguard deploy {args.target}: note: {note}\n")
     if args.output == "-":
         for record in files:
             sys.stdout.write(f"# ---- {record.filename}\n{record.text}")
