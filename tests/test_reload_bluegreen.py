@@ -232,3 +232,28 @@ def test_deploy_says_in_one_line_that_listen_is_not_carried_over(tmp_path: Path,
             f"procguard deploy {target}: note: workers.api.listen = '127.0.0.1:9410' is not carried over "
             f"({reason}); the program binds its own port there"
         ]
+
+
+def test_reload_of_one_copy_a_stopped_copy_and_a_copy_already_reloading(tmp_path: Path, state_dir: Path,
+                                                                        spawn: Any) -> None:
+    project = f"rc{os.getpid()}"
+    config = write_config(tmp_path, {"w": {"command": ["sleep", "300"], "instances": 3, "ready_after": "3s"}},
+                          project=project, defaults={"grace": "3s"})
+    stack = Stack(config, state_dir, spawn, project=project, tuning=FAST)
+    stack.up()
+    pids = {name: stack.wait_state(name, "running")["pid"] for name in ("w:1", "w:2", "w:3")}
+    assert stack.cli("stop", "w:3").returncode == 0
+
+    env = {**stack.env, "PROCGUARD_LOG_LEVEL": "WARNING"}
+    first = spawn([*PROCGUARD, "reload", "w:2", "-c", str(config)], env=env)
+    wait_for(lambda: sum(e["event"] == "start" for e in _history(stack)) == 4, message="w:2's new process")
+    again = stack.cli("reload", "w")  # w:2 is being reloaded, w:3 is stopped: only w:1 is reloaded
+    assert again.returncode == 1
+    assert again.stderr.splitlines() == [
+        "procguard reload: w:2: a reload is already under way (wait for it to finish)",
+        "procguard reload: w:3 is stopped: not reloaded (use 'procguard start w:3')",
+    ]
+    assert again.stdout.startswith(f"w:1: reloaded (pid {pids['w:1']} -> ")
+    assert first.wait(timeout=30) == 0
+    after = {w["name"]: w["pid"] for w in stack.status() or []}
+    assert after["w:1"] != pids["w:1"] and after["w:2"] != pids["w:2"] and after["w:3"] is None
