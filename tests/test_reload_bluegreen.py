@@ -218,6 +218,9 @@ def test_deploy_says_in_one_line_that_listen_is_not_carried_over(tmp_path: Path,
     path.write_text("[project]\nname = 'dl'\n[workers.api]\ncommand = 'python3 -m api'\nlisten = '127.0.0.1:9410'\n"
                     "[workers.other]\ncommand = 'python3 -m other'\n")
     env = python_env(PROCGUARD_STATE_DIR=str(state_dir))
+    check = subprocess.run([*PROCGUARD, "check", "-c", str(path)], env=env, capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert check.returncode == 0 and ", listen 127.0.0.1:9410)" in check.stdout.splitlines()[1], check.stdout
     why = {
         "systemd": "no .socket unit: the unit's main process is procguard run, which does not pass a socket on",
         "supervisor": "supervisord shares no listening socket between plain programs",

@@ -49,6 +49,8 @@ def run_check(args: argparse.Namespace) -> int:
         if port:
             ports = f", health :{port}" + (f"-{port + worker.instances - 1}" if worker.instances > 1 else "")
         copies = f", {worker.instances} copies" if worker.instances > 1 else ""
+        if worker.listen is not None:
+            copies += f", listen {worker.listen}"
         grace = worker.limits.grace_s
         print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{ports}{copies})")
     return ExitStatus.OK
