@@ -27,13 +27,14 @@ about a millisecond per start.
 
 from __future__ import annotations
 
-import fcntl
 import re
-import socket
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import UsageError, shown
 from .units import parse_port
+
+if TYPE_CHECKING:
+    import socket
 
 #: The descriptor every process of a ``listen`` worker finds its socket on (``SD_LISTEN_FDS_START``).
 LISTEN_FD = 3
@@ -73,11 +74,16 @@ def parse_listen(value: object) -> ListenAddress:
     return ListenAddress(match["v6"] or match["host"], port)
 
 
-def bind(address: ListenAddress, *, backlog: int = socket.SOMAXCONN) -> socket.socket:
+def bind(address: ListenAddress, *, backlog: int = 4096) -> socket.socket:
     """The listening socket for ``address``, kept out of every child but those it is handed to.
 
-    A port that cannot be had is one line (:class:`UsageError`).
+    A port that cannot be had is one line (:class:`UsageError`). ``backlog``
+    is capped by the kernel's ``net.core.somaxconn``. (``socket`` and
+    ``fcntl`` are imported here: reading procguard.toml does not need them.)
     """
+    import fcntl
+    import socket
+
     from .health.listen import bind_listener
 
     try:
