@@ -250,6 +250,11 @@ def test_reload_of_one_copy_a_stopped_copy_and_a_copy_already_reloading(tmp_path
     env = {**stack.env, "PROCGUARD_LOG_LEVEL": "WARNING"}
     first = spawn([*PROCGUARD, "reload", "w:2", "-c", str(config)], env=env)
     wait_for(lambda: sum(e["event"] == "start" for e in _history(stack)) == 4, message="w:2's new process")
+    new = next(e["pid"] for e in _history(stack) if e["event"] == "start")  # newest first
+    reloading = stack.worker("w:2")
+    assert reloading is not None and reloading["pid"] == pids["w:2"]  # the old one serves until the switch
+    assert reloading["next_generation"]["pid"] == new and reloading["next_generation"]["state"] in ("starting",
+                                                                                                    "running")
     again = stack.cli("reload", "w")  # w:2 is being reloaded, w:3 is stopped: only w:1 is reloaded
     assert again.returncode == 1
     assert again.stderr.splitlines() == [
@@ -259,4 +264,5 @@ def test_reload_of_one_copy_a_stopped_copy_and_a_copy_already_reloading(tmp_path
     assert again.stdout.startswith(f"w:1: reloaded (pid {pids['w:1']} -> ")
     assert first.wait(timeout=30) == 0
     after = {w["name"]: w["pid"] for w in stack.status() or []}
-    assert after["w:1"] != pids["w:1"] and after["w:2"] != pids["w:2"] and after["w:3"] is None
+    assert after["w:1"] != pids["w:1"] and after["w:2"] == new and after["w:3"] is None
+    assert all(w["next_generation"] is None for w in stack.status() or [])

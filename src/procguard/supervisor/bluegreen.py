@@ -142,6 +142,7 @@ class BlueGreen:
                         f"pid {copy.pid} keeps serving")
             return
         new.held_by_operator = True  # whatever ends it before the switch, it is not restarted
+        copy.next_generation = new
         timeout = config.ready_timeout_s
         self._swaps[copy.name] = Swap(copy, new, now + timeout, done)
         logger.info("%s: reload: new process pid %s beside pid %s, waiting up to %gs for it to be ready",
@@ -159,6 +160,7 @@ class BlueGreen:
             new, copy = swap.new, swap.copy
             if not new.state.has_process:
                 del self._swaps[name]
+                copy.next_generation = None
                 self._forget(new)
                 why = swap.failing or self._exit_text(new)
                 swap.done(False, f"{name}: not reloaded: {why}; pid {copy.pid} keeps serving"
@@ -171,6 +173,7 @@ class BlueGreen:
                 self._fail(swap, f"{name} was stopped meanwhile", now)
             elif is_ready(new, now, wall):
                 del self._swaps[name]
+                copy.next_generation = None
                 self._switch(swap, now)
             elif now >= swap.deadline:
                 timeout = new.config.ready_timeout_s

@@ -175,6 +175,8 @@ class Worker:
         self.listen_fd: int | None = None
         #: A reload's new generation: the pid of the process it starts beside (it takes the second lock).
         self.beside_pid: int | None = None
+        #: The copy's new generation while a reload waits for it to be ready (``status --json``).
+        self.next_generation: Worker | None = None
 
     # -- facts ---------------------------------------------------------------
 
@@ -470,7 +472,17 @@ class Worker:
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
             ),
+            "next_generation": self._next_generation_json(now),
         }
+
+    def _next_generation_json(self, now: float) -> dict[str, Any] | None:
+        """The new process a reload is waiting for, beside this one (None: no reload under way)."""
+        new = self.next_generation
+        if new is None:
+            return None
+        uptime = new.uptime(now)
+        return {"pid": new.pid, "state": new.state.value,
+                "uptime_seconds": None if uptime is None else round(uptime, 1)}
 
     def _health_text(self, now: float) -> str | None:
         if self.config.limits.health_port is None or not self.state.has_process:
