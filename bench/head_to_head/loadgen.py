@@ -15,6 +15,7 @@ else a short token: ``refused``, ``reset``, ``timeout``, ``status NNN``,
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -136,7 +137,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(round(q * len(ordered), 9)) - 1))
     return ordered[rank]
 
 
