@@ -222,21 +222,25 @@ class Supervisor:
                 backups=self.config.project.log_backups,
             )
             output = WorkerOutput(name, log, terminal=self._terminal, width=width, clock=self._wall)
-            worker = Worker(
-                config,
-                project=self.project,
-                base_dir=self.config.path.parent,
-                procguard=self._procguard,
-                output=output,
-                state_dir=self.state_dir,
-                run=self.run_id,
-                index=index,
-                count=count,
-            )
+            worker = self._new_worker(config, output, index, count)
             self.workers[worker.name] = worker
             made.append(worker)
         self._order_workers()
         return made
+
+    def _new_worker(self, config: WorkerConfig, output: WorkerOutput, index: int, count: int) -> Worker:
+        """A :class:`Worker` of this stack for copy ``index`` of ``count`` (a copy, or a copy's new generation)."""
+        return Worker(
+            config,
+            project=self.project,
+            base_dir=self.config.path.parent,
+            procguard=self._procguard,
+            output=output,
+            state_dir=self.state_dir,
+            run=self.run_id,
+            index=index,
+            count=count,
+        )
 
     def _order_workers(self) -> None:
         """Keep the workers in procguard.toml's order, each worker's copies by number."""
@@ -279,17 +283,7 @@ class Supervisor:
         """A second process for ``copy`` (a reload's new generation): its own pipes, the copy's log."""
         output = WorkerOutput(copy.name, copy.output.log, terminal=self._terminal, width=self._width,
                               clock=self._wall)
-        worker = Worker(
-            config,
-            project=self.project,
-            base_dir=self.config.path.parent,
-            procguard=self._procguard,
-            output=output,
-            state_dir=self.state_dir,
-            run=self.run_id,
-            index=copy.index,
-            count=copy.count,
-        )
+        worker = self._new_worker(config, output, copy.index, copy.count)
         worker.name = copy.name  # the copy's name, whatever the new config's count makes of it
         worker.group = copy.group
         return worker
