@@ -229,7 +229,7 @@ class Supervisor:
         return made
 
     def _new_worker(self, config: WorkerConfig, output: WorkerOutput, index: int, count: int) -> Worker:
-        """A :class:`Worker` of this stack for copy ``index`` of ``count`` (a copy, or a copy's new generation)."""
+        """A :class:`Worker` of this stack: copy ``index`` of ``count``, or a new generation of that copy."""
         return Worker(
             config,
             project=self.project,
