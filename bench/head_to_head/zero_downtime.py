@@ -128,10 +128,10 @@ def procguard_run(work: Path, reloads: int, rate: float) -> dict[str, Any]:
         f'cwd = "{REPO}"\nlisten = "127.0.0.1:{port}"\ninstances = 2\n'
         f'env = {{ ANALYTICBOT_DATA_DIR = "{work / "data"}" }}\n'
     )
-    rc, out, _ = run([*PROCGUARD, "up", "-d", "-c", str(config)], env)
-    if rc != 0:
-        raise RuntimeError(out)
     try:
+        rc, out, _ = run([*PROCGUARD, "up", "-d", "-c", str(config)], env)
+        if rc != 0:
+            raise RuntimeError(out)
         wait_until(lambda: answers(port), 30, "the api")
         time.sleep(2.5)  # both copies running
         figures = measure(port, "/health", lambda: run([*PROCGUARD, "reload", "api", "-c", str(config)], env),
@@ -155,10 +155,10 @@ def procguard_never_ready(work: Path, rate: float) -> dict[str, Any]:
         f'listen = "127.0.0.1:{port}"\nhealth_port = {health}\n'
         f'env = {{ FACTS_DIR = "{work / "facts"}", NOT_READY = "{flag}" }}\n'
     )
-    rc, out, _ = run([*PROCGUARD, "up", "-d", "-c", str(config)], env)
-    if rc != 0:
-        raise RuntimeError(out)
     try:
+        rc, out, _ = run([*PROCGUARD, "up", "-d", "-c", str(config)], env)
+        if rc != 0:
+            raise RuntimeError(out)
         wait_until(lambda: answers(port, "/"), 30, "the listener")
         time.sleep(2.5)
         flag.touch()
@@ -186,10 +186,10 @@ def pm2_run(work: Path, reloads: int, rate: float) -> dict[str, Any]:
         f"module.exports = {{ apps: [{{ name: 'api', script: '{work / 'server.js'}', exec_mode: 'cluster', instances: 2,"
         f" env: {{ PORT: '{port}' }} }}] }};\n"
     )
-    rc, out, _ = run([str(pm2), "start", str(work / "ecosystem.config.js")], env)
-    if rc != 0:
-        raise RuntimeError(out)
-    try:
+    try:  # pm2 start leaves a daemon even when it fails: killed in every case
+        rc, out, _ = run([str(pm2), "start", str(work / "ecosystem.config.js")], env)
+        if rc != 0:
+            raise RuntimeError(out)
         wait_until(lambda: answers(port), 30, "the node server")
         time.sleep(2.0)
         figures = measure(port, "/", lambda: run([str(pm2), "reload", "api"], env), reloads, rate)
