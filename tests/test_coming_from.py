@@ -81,7 +81,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "PM2: pm2 logs": ("test_logs_interleaved::test_logs_of_several_workers_interleave_in_time_order",),
     "PM2: pm2 scale": ("test_supervisor_copies::test_three_copies_run_are_shown_stopped_and_scaled",),
     "PM2: pm2 sendSignal": ("test_bulk_commands::test_signal_reaches_the_workers_main_process",),
-    "PM2: pm2 reload": ("test_stack_cli::test_status_stop_start_restart_logs_history",),
+    "PM2: pm2 reload": ("test_reload_bluegreen::test_reloads_of_the_api_under_load_fail_no_request",),
     "PM2: pm2 startup, pm2 save": ("test_deploy_engines::test_units_pass_systemd_analyze_verify_and_score_low",),
     "circus: numprocesses": ("test_supervisor_copies::test_three_copies_run_are_shown_stopped_and_scaled",),
     "circus: circusctl incr, decr": ("test_supervisor_copies::test_three_copies_run_are_shown_stopped_and_scaled",),
@@ -171,7 +171,7 @@ def test_reload_reads_the_env_file_again(tmp_path: Path, state_dir: Path, spawn:
     (tmp_path / ".env").write_text("GREETING=bonjour\n")
     result = stack.cli("reload")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith("app: changed: env changed GREETING (app is starting")
+    assert result.stdout.splitlines()[0].startswith("app: changed: env changed GREETING (reloaded (pid ")
     wait_for(lambda: lines(out) == ["hello", "bonjour"], message=lambda: stack.output()[-2000:])
     assert stack.worker("other")["pid"] == other  # type: ignore[index]
 

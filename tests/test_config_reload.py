@@ -55,7 +55,9 @@ def _check_applied(stack: Stack, before: dict[str, dict[str, Any]]) -> None:
     assert list(after) == ["keep", "chg", "new"], after.keys()
     assert after["keep"]["pid"] == before["keep"]["pid"] and after["keep"]["restarts"] == 0
     assert after["chg"]["pid"] != before["chg"]["pid"] and after["chg"]["memory_limit_mb"] == 300.0
-    assert after["chg"]["last_exit"]["detail"] == "procguard reload: settings changed"
+    # A running worker whose settings changed is reloaded blue-green: the new process first, then the old stops.
+    assert after["chg"]["last_exit"]["detail"] == f"procguard reload: replaced by pid {after['chg']['pid']}"
+    assert after["chg"]["restarts"] == 1
     assert after["new"]["state"] in ("starting", "running") and after["new"]["pid"]
     gone = [e for e in json.loads(stack.cli("history", "--json", "-n", "0").stdout) if e["worker"] == "gone"]
     assert gone[0]["event"] == "stop" and gone[0]["reason"] == "stopped"
@@ -74,7 +76,8 @@ def test_reload_adds_removes_changes_and_leaves_the_rest_alone(tmp_path: Path, s
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert out[0] == "gone: removed"
-    assert out[1].startswith("chg: changed: memory_limit 200MB -> 300MB (chg is starting (pid ")
+    assert out[1] == (f"chg: changed: memory_limit 200MB -> 300MB (reloaded (pid {before['chg']['pid']} -> "
+                      f"{_by_name(stack)['chg']['pid']}))")
     assert out[2].startswith("new: added (new is starting (pid ")
     assert out[3:] == ["1 unchanged"]
     _check_applied(stack, before)
@@ -131,7 +134,8 @@ def test_sighup_to_the_supervisor_reloads_like_the_command(tmp_path: Path, state
     write_config(tmp_path, _edited(tmp_path), defaults={"grace": "5s"})
     os.kill(stack.proc.pid, signal.SIGHUP)
     stack.wait_state("new", "running")
-    stack.wait_worker("chg", lambda w: w["pid"] not in (None, pids["chg"]), what="running again")
+    stack.wait_worker("chg", lambda w: w["pid"] not in (None, pids["chg"]) and w["last_exit"] is not None,
+                      what="reloaded (new process in, old one stopped)")
     wait_for(lambda: "gone" not in _by_name(stack), message="gone to leave the stack")
     _check_applied(stack, before)
     assert "gone: removed" in stack.output() and "1 unchanged" in stack.output()

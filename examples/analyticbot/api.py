@@ -17,6 +17,13 @@ start. Every stats request moves the numbers on a little (the "activity" of
 the channel), in one transaction, so the collector sees changing data and the
 demo does work that can be checked. Binds 127.0.0.1 unless ``--host`` says
 otherwise; SIGTERM/SIGINT stop it after the requests in flight.
+
+Given a listening socket the systemd way (``LISTEN_FDS=1`` and ``LISTEN_PID``
+its own pid: ``listen = "HOST:PORT"`` under ``procguard up``, or systemd's
+socket activation), it serves on fd 3 instead of binding ``--port``. Several
+processes then share one socket: on SIGTERM a process stops accepting, finishes
+the requests it took and leaves; connections it did not take wait in the
+socket's queue for the others (a blue-green ``procguard reload api``).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -183,9 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
+        if self.server.stopping.is_set():
+            self.close_connection = True  # a process on its way out keeps no connection open
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -194,18 +207,43 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
+    # Requests in flight are finished before the process exits (server_close joins them);
+    # an idle keep-alive connection is dropped after `timeout` so that it cannot hold the exit.
+    daemon_threads = False
+    block_on_close = True
 
-    def __init__(self, address: tuple[str, int], store: StatsStore, jobs: JobQueue) -> None:
+    def __init__(
+        self, address: tuple[str, int], store: StatsStore, jobs: JobQueue, sock: socket.socket | None = None
+    ) -> None:
         self.store = store
         self.jobs = jobs
-        super().__init__(address, _Handler)
+        self.stopping = threading.Event()
+        super().__init__(address, _Handler, bind_and_activate=sock is None)
+        if sock is not None:
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()[:2]
+        # Non-blocking accept: with a socket shared by several processes, another one may take
+        # the connection this one was woken for; then accept fails at once instead of waiting.
+        self.socket.setblocking(False)
 
 
-def serve(host: str, port: int, db_path: Path) -> _ApiServer:
-    """Initialise the database and bind the server (port 0 picks a free one)."""
+_Handler.timeout = 5.0  # seconds an idle keep-alive connection is kept
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket handed down as fd 3 (``LISTEN_FDS=1`` and ``LISTEN_PID`` = this pid), if any."""
+    if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for the children this process may start
+    return socket.socket(fileno=3)
+
+
+def serve(host: str, port: int, db_path: Path, *, sock: socket.socket | None = None) -> _ApiServer:
+    """Initialise the database and bind the server (port 0 picks a free one), or serve on ``sock``."""
     init_db(db_path)
-    return _ApiServer((host, port), StatsStore(db_path), JobQueue(db_path.parent / JOBS_DB))
+    return _ApiServer((host, port), StatsStore(db_path), JobQueue(db_path.parent / JOBS_DB), sock)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,28 +252,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.DEFAULT_API_PORT,
                         help=f"port to listen on, 0 picks one (default: {settings.DEFAULT_API_PORT})")
     parser.add_argument("--data-dir", help=settings.DATA_DIR_HELP)
+    parser.add_argument("--fd", type=int, help="serve on this inherited listening socket (circus' "
+                        "$(circus.sockets.NAME)); without it, fd 3 when LISTEN_FDS/LISTEN_PID say so")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s api[%(process)d] %(levelname)s %(message)s")
 
     try:
-        server = serve(args.host, args.port, settings.data_dir(args.data_dir) / settings.API_DB)
+        inherited = socket.socket(fileno=args.fd) if args.fd is not None else inherited_socket()
+        db_path = settings.data_dir(args.data_dir) / settings.API_DB
+        server = serve(args.host, args.port, db_path, sock=inherited)
     except OSError as error:
         print(f"analyticbot-api: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
         return 2
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        server.stopping.set()  # answers from now on close their connections
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=server.serve_forever, name="api-http", daemon=True)
     thread.start()
-    log.info("listening on http://%s:%d (data %s)", args.host, server.server_address[1], server.store.path)
-    print(f"api listening on http://{args.host}:{server.server_address[1]}", flush=True)
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    how = f" (socket handed down as fd {inherited.fileno()})" if inherited is not None else ""
+    log.info("listening on http://%s:%d%s (data %s)", host, port, how, server.store.path)
+    print(f"api listening on http://{host}:{port}{how}", flush=True)
     while not stopping.wait(1.0):
         pass
     log.info("stopping")
+    server.stopping.set()
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)

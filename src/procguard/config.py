@@ -40,6 +40,7 @@ from .copies import MAX_INSTANCES, copy_port
 from .copies import parse_count as parse_instances
 from .errors import ConfigError, UsageError, shown
 from .limits import SETTINGS, SETTINGS_BY_KEY, Setting, WorkerLimits
+from .listen_fds import ListenAddress, parse_listen
 from .units import MB, parse_count, parse_duration, parse_port, parse_size
 
 if sys.version_info >= (3, 11):
@@ -111,14 +112,17 @@ class WorkerConfig:
     instances: int = 1
     #: ``[workers.NAME.autoscale]`` (None: a fixed number of copies).
     autoscale: AutoscaleRule | None = None
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
+    listen: ListenAddress | None = None
+    ready_after_s: float = 2.0
+    ready_timeout_s: float = 60.0
 
     @property
     def most_copies(self) -> int:
         """The most copies the worker may run: ``autoscale``'s max, else ``instances``."""
         return self.autoscale.max if self.autoscale is not None else self.instances
-    user: str | None = None
-    group: str | None = None
-    umask: int | None = None
 
     def waits_for_ready(self, other: str) -> bool:
         """True when this worker starts only once ``other`` answers /ready with 200."""
@@ -414,10 +418,28 @@ _STACK_KEYS: dict[str, Key] = {
     ),
     "group": Key("group", _account, "run the worker with this group (default: the user's own group)"),
     "umask": Key("umask", _umask, 'file mode mask of the worker, octal text like "027"; default: inherited'),
+    "listen": Key(
+        "listen",
+        _wrap(parse_listen),
+        '`"HOST:PORT"` bound once by `procguard up` and handed to every copy and generation as fd 3'
+        " (`LISTEN_FDS`/`LISTEN_PID`, systemd's protocol); in `[workers.NAME]` only",
+    ),
+    "ready_after": Key(
+        "ready_after_s",
+        _wrap(parse_duration),
+        "`procguard reload NAME`: a new process is ready once it has run this long (and, for a `run`"
+        " worker with a health port, its /ready answers 200); default 2s",
+    ),
+    "ready_timeout": Key(
+        "ready_timeout_s",
+        _wrap(_positive(parse_duration, "a duration like 60s")),
+        "`procguard reload NAME`: a new process not ready within this is stopped and the old one kept;"
+        " default 60s",
+    ),
 }
 
 #: Keys that describe one worker and have no meaning in ``[defaults]``.
-_WORKER_ONLY = frozenset({"instances", "autoscale"})
+_WORKER_ONLY = frozenset({"instances", "autoscale", "listen"})
 
 #: The lifecycle keys, from their one declaration in procguard.limits.
 LIFECYCLE_KEYS: dict[str, Key] = {
@@ -589,6 +611,12 @@ def _owners(
     clash: tuple[str, int, str] | None = None
     if project.status_port:
         owners[project.status_port] = "project.status_port"
+    for worker in workers.values():
+        if worker.listen is not None:
+            who = f"workers.{worker.name}.listen"
+            if worker.listen.port in owners and clash is None:
+                clash = (who, worker.listen.port, owners[worker.listen.port])
+            owners.setdefault(worker.listen.port, who)
     for worker in workers.values():
         count = counts.get(worker.name, worker.most_copies)
         for index in range(1, count + 1):

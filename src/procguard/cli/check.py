@@ -56,6 +56,8 @@ def run_check(args: argparse.Namespace) -> int:
         copies = f", {worker.instances} copies" if worker.instances > 1 else ""
         if ports and worker.limits.health_tls_cert:
             ports += " https"
+        if worker.listen is not None:
+            copies += f", listen {worker.listen}"
         grace = worker.limits.grace_s
         print(f"  {name}: {target} (memory {memory}, max runtime {runtime}, grace {grace:g}s{ports}{copies})")
         if worker.autoscale is not None:

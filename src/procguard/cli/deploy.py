@@ -82,6 +82,10 @@ def run_deploy(args: argparse.Namespace) -> int:
         files = render(args.target, config, settings)
         workdir, procguard = host_paths(args.target, config, settings)
         warnings = deploy_warnings(args.target, config, settings, workdir=workdir, procguard=procguard)
+        from ..deploy.listen_note import listen_notes
+
+        for note in listen_notes(args.target, config):
+            sys.stderr.write(f"procguard deploy {args.target}: note: {note}\n")
     on = wanted(sys.stderr)
 
     def warn() -> None:  # once the files are out: a failed write stays one line

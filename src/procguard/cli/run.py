@@ -105,7 +105,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def run_run(args: argparse.Namespace) -> int:
     """Run the worker described by ``args``; return its exit status."""
     from ..instances.marker import MARKER_ENV, inherited_marker, new_marker
-    from ..instances.replace import acquire_instance
+    from ..instances.replace import BESIDE_ENV, acquire_instance
     from ..instances.statedir import namespace_of
     from ..limits import WorkerLimits
     from ..parent_link import claim
@@ -130,8 +130,10 @@ def run_run(args: argparse.Namespace) -> int:
         from ..runner.command import check_command
 
         check_command(options.command)
+    beside = os.environ.pop(BESIDE_ENV, "") if link is not None else ""
     lock = acquire_instance(
         options.name,
+        beside=int(beside) if beside.isdigit() else None,  # a reload's new generation (procguard up)
         state_dir=options.state_dir,
         info={"mode": options.mode, "target": options.target or list(options.command)},
         marker=marker,

@@ -597,8 +597,16 @@ def configure_reload(parser: argparse.ArgumentParser) -> None:
         "(same PID). One line per worker. An invalid file "
         "changes nothing (exit status 2, the error 'procguard check' gives); so does a change of "
         "project.name, status_port or status_host, which cannot change while the stack runs. "
-        "Exit status 1 if a worker could not be started. SIGHUP to 'procguard up' does the same."
+        "Exit status 1 if a worker could not be started. SIGHUP to 'procguard up' does the same. "
+        "With NAME (a worker, NAME:K, 'all' or a shell pattern): a zero-downtime reload of each copy "
+        "instead: a new process starts beside the old one, and once it is ready (its /ready, or "
+        "ready_after of running) the old one is drained and stopped; not ready within ready_timeout, "
+        "or exited first: the new one is stopped, the old one keeps serving, exit status 1 naming why."
     )
+    from ..supervisor.selection import ACCEPTED
+
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"reload these workers blue-green ({ACCEPTED}); none: re-read procguard.toml")
     _common(parser)
 
 
@@ -619,8 +627,29 @@ def configure_scale(parser: argparse.ArgumentParser) -> None:
 
 
 def run_reload(args: argparse.Namespace) -> int:
+    if args.names:
+        return _reload_copies(args)
     target = _target(args, read_config=False)
     reply = _request(target, {"cmd": "reload"}, timeout=target.budget())
+    return _print_lines("reload", reply)
+
+
+def _reload_copies(args: argparse.Namespace) -> int:
+    """``procguard reload NAME...``: waits for the slowest copy: its ready_timeout, then its stop."""
+    from ..supervisor.control import NotRunningError
+    from ..supervisor.selection import check_words
+
+    check_words(args.names)
+    target = _target(args)
+    ready = UNKNOWN_STOP_BUDGET_S
+    if target.config is not None:
+        ready = max(w.ready_timeout_s for w in target.config.workers.values())
+    try:
+        payload = {"cmd": "reload", "names": args.names}
+        reply = _request(target, payload, timeout=target.budget(args.names) + ready)
+    except NotRunningError:
+        target.check_names(args.names)
+        raise
     return _print_lines("reload", reply)
 
 

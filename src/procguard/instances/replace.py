@@ -21,6 +21,21 @@ from .lock import InstanceLock
 
 log = logging.getLogger(__name__)
 
+#: The environment variable that tells a worker's new generation (``procguard reload NAME``) the pid of
+#: the process it is started beside: it may take the name's second lock, :func:`next_generation`.
+BESIDE_ENV = "PROCGUARD_RELOAD_BESIDE"
+
+
+def next_generation(name: str) -> str:
+    """The second lock of instance ``name``: held by a new generation while the old one still runs.
+
+    During a blue-green reload two processes of one copy run at once; each
+    holds one of the two locks (``NAME`` and ``NAME+next``), so a third one is
+    refused as any second start is. The generation after takes whichever is free.
+    """
+    return f"{name}+next"
+
+
 #: After the cleanup, how long the old holder may take to close its files
 #: (the kernel frees the lock as it exits).
 RELEASE_WAIT_S = 1.0
@@ -35,6 +50,7 @@ def acquire_instance(
     info: Mapping[str, Any] | None = None,
     health_port: int | None = None,
     marker: str | None = None,
+    beside: int | None = None,
 ) -> InstanceLock:
     """Take the lock of ``name``; with ``replace``, stop its running instance first.
 
@@ -45,13 +61,17 @@ def acquire_instance(
     the lock is taken over. Raises
     :class:`~procguard.errors.AlreadyRunningError` when the holder cannot be
     stopped (one procguard cannot confirm as ours is never signalled).
+    ``beside``: the pid of the generation this one is started beside (a
+    reload): held by it, the name's second lock is taken instead.
     """
     keywords: dict[str, Any] = {
         "state_dir": state_dir, "info": info, "health_port": health_port, "marker": marker,
     }
     try:
         return InstanceLock.acquire(name, **keywords)
-    except AlreadyRunningError:
+    except AlreadyRunningError as error:
+        if beside is not None and error.pid == beside:
+            return InstanceLock.acquire(next_generation(name), **keywords)
         if not replace:
             raise
     from .cleanup import cleanup_instances  # psutil: only when there is something to stop

@@ -20,6 +20,7 @@ returns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from ..copies import parse_address, parse_count
 from ..errors import ProcguardError, UsageError
 from .backoff import Record
+from .bluegreen import BlueGreen
 from .bulk import Batch, OrderedStop, started_line, stopped_line
 from .control import Peer
 from .lifecycle import Lifecycle, operator_stop
@@ -79,9 +81,11 @@ class ControlCommands:
         publish: Callable[[float], None],
         reloader: Callable[[Peer], None] = lambda peer: None,
         copies: Copies | None = None,
+        bluegreen: BlueGreen | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._project = project
+        self._bluegreen = bluegreen
         self._workers = workers
         self._copies = copies
         self._scaling: set[str] = set()
@@ -134,7 +138,7 @@ class ControlCommands:
         if self._lifecycle.exiting:
             peer.send(_error("the supervisor is shutting down", 1))
             return
-        if cmd == "reload":
+        if cmd == "reload" and not request.get("names"):
             self._reload(peer)
             self._publish(now)
             return
@@ -154,6 +158,8 @@ class ControlCommands:
             self._start(workers, peer)
         elif cmd == "restart":
             self._restart(workers, peer)
+        elif cmd == "reload":
+            self._reload_copies(workers, peer)
         else:
             self._signal(workers, signum, peer)
         self._publish(now)
@@ -242,6 +248,25 @@ class ControlCommands:
                 batch.done(worker.name, True, f"{worker.name}: {name} sent to pid {worker.pid}")
             else:
                 batch.done(worker.name, False, f"{worker.name} is {worker.state}: not signalled")
+
+    def _reload_copies(self, workers: list[Worker], peer: Peer) -> None:
+        """``procguard reload NAME...``: a blue-green reload of each copy (:mod:`.bluegreen`), at once.
+
+        A copy that is not running has nothing to hand over: its line says so
+        and the command exits 1 (``start`` is what starts it).
+        """
+        batch = Batch(peer, [w.name for w in workers])
+        bluegreen = self._bluegreen
+        for worker in workers:
+            if bluegreen is None:
+                batch.done(worker.name, False, f"{worker.name}: this supervisor cannot reload a worker")
+            elif not bluegreen.can_replace(worker):
+                batch.done(worker.name, False, f"{worker.name} is {worker.state}: not reloaded"
+                           f" (use 'procguard start {worker.name}')")
+            else:
+                config = worker.pending_config or worker.config
+                bluegreen.begin(worker, config, functools.partial(batch.done, worker.name))
+        batch.send_if_complete()
 
     def _reload(self, peer: Peer) -> None:
         try:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from ..health.endpoints import Endpoints, worker_token
 from ..health.listen import bind_listener
 from ..health.loop import HttpLoop
+from ..snapshot import WorkerSnapshot
 from .command_health import command_snapshot
 from .function_health import function_snapshot
 from .states import WorkerState
@@ -104,6 +105,8 @@ class HealthPorts:
         self._clock = clock
         self._wall = wall_clock
         self._held: dict[str, socket.socket] = {}
+        #: Whose answers each held port gives: the copy, or its new generation after a reload's switch.
+        self._serving_for: dict[str, Worker] = {}
 
     def held(self, name: str) -> bool:
         return name in self._held
@@ -130,9 +133,16 @@ class HealthPorts:
         listener = bind_listener(limits.health_host, limits.health_port)
         listener.set_inheritable(False)
         clock, wall = self._clock, self._wall
-        snapshot = function_snapshot if worker.publishes_health else command_snapshot
+        name, serving_for = worker.name, self._serving_for
+        serving_for[name] = worker
+
+        def current() -> WorkerSnapshot:
+            serving = serving_for.get(name, worker)  # one dict read: safe from the HTTP thread
+            snapshot = function_snapshot if serving.publishes_health else command_snapshot
+            return snapshot(serving, clock(), wall())
+
         endpoints = Endpoints(
-            lambda: snapshot(worker, clock(), wall()),
+            current,
             token or None,
             allow_host=HostCheck(limits.health_host).allows,
         )
@@ -140,6 +150,11 @@ class HealthPorts:
         self._serving.loop().add_listener(listener, endpoints.handle, tls)
         logger.info("%s: health on %s:%s (served by the supervisor)", worker.name, limits.health_host,
                     listener.getsockname()[1])
+
+    def hand_over(self, worker: Worker) -> None:
+        """``worker`` (a copy's new generation) answers on the copy's port from now on."""
+        if worker.name in self._held:
+            self._serving_for[worker.name] = worker
 
     def reconcile(self, workers: Iterable[Worker]) -> None:
         """Release the ports of workers that are no longer meant to run (stopped, fatal)."""
@@ -151,6 +166,7 @@ class HealthPorts:
 
     def close(self, name: str) -> None:
         listener = self._held.pop(name, None)
+        self._serving_for.pop(name, None)
         if listener is not None:
             self._serving.loop().remove_listener(listener)
             logger.debug("%s: health port released", name)

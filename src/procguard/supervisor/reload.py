@@ -38,11 +38,12 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 
 from ..config import StackConfig, WorkerConfig
 from ..outcome import StopOutcome
+from .bluegreen import BlueGreen
 from .bulk import Batch, OrderedStop, state_line
 from .lifecycle import Lifecycle, operator_stop
 from .reconfig import Change, ReloadPlan
 from .states import WorkerState
-from .worker import Worker
+from .worker import Worker, port_rebound
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +51,42 @@ S = WorkerState
 
 
 def change_worker(
-    worker: Worker, config: WorkerConfig, lifecycle: Lifecycle, now: float, why: StopOutcome
-) -> str:
+    worker: Worker,
+    config: WorkerConfig,
+    lifecycle: Lifecycle,
+    now: float,
+    why: StopOutcome,
+    *,
+    bluegreen: BlueGreen | None = None,
+    answer: Callable[[bool, str], None] | None = None,
+) -> str | None:
     """Give ``worker`` its new settings (the one place a reload's "changed" action lives).
 
-    Returns what happens, in a few words, for the reload's answer. A worker
-    with a process is stopped gracefully and started again at once with the
-    new settings (unless an operator's stop is already under way: then it
-    stays stopped and takes them at its next start). Without a process the
+    Returns what happens, in a few words, for the reload's answer, or None
+    when ``answer(ok, words)`` says it later: a running worker is reloaded
+    blue-green (:mod:`.bluegreen`: its new process with the new settings
+    beside the old one, which is stopped once the new one is ready; if the
+    new one never gets ready, the old one keeps running and takes the new
+    settings at its next start). So is every change but one of the health
+    port (its port, address, token or kind of answers: the port is bound
+    again, which needs the old process gone): then, or without ``bluegreen``,
+    the worker is stopped gracefully and started again at once with the new
+    settings (unless an operator's stop is already under way: then it stays
+    stopped and takes them at its next start). Without a process the
     settings are in force now; a worker waiting in backoff or FATAL is
     started again with them (the change may be its fix), a stopped one stays
     stopped.
     """
     worker.pending_config = config
+    if (
+        bluegreen is not None
+        and answer is not None
+        and bluegreen.can_replace(worker)
+        and not bluegreen.busy(worker.name)
+        and not port_rebound(worker.config, config)
+    ):
+        bluegreen.begin(worker, config, answer)
+        return None
     if worker.proc is not None:
         operator_stopping = (
             worker.state is S.STOPPING and worker.held_by_operator and not worker.restart_after_stop
@@ -116,8 +140,10 @@ class StackReload:
         lifecycle: Lifecycle,
         make_copies: Callable[[WorkerConfig, Sequence[int], int], list[Worker]],
         clock: Callable[[], float],
+        bluegreen: BlueGreen | None = None,
     ) -> None:
         self._workers = workers
+        self._bluegreen = bluegreen
         self._lifecycle = lifecycle
         self._make_copies = make_copies
         self._clock = clock
@@ -170,7 +196,11 @@ class StackReload:
             batch.done(group, True, line)
         for worker, text in changed:
             config = new.workers[worker.group]
-            what = change_worker(worker, config, self._lifecycle, now, _why("settings changed"))
+            answer = functools.partial(_reloaded, batch, worker.name, text)
+            what = change_worker(worker, config, self._lifecycle, now, _why("settings changed"),
+                                 bluegreen=self._bluegreen, answer=answer)
+            if what is None:
+                continue  # reloaded blue-green: answered when the switch is over (or failed)
             if worker.state.has_process or worker.want_start:
                 worker.waiters.append(batch.waiter(worker.name, functools.partial(_started, what=text)))
             else:
@@ -210,6 +240,12 @@ class StackReload:
 
 def _why(what: str) -> StopOutcome:
     return operator_stop(f"procguard reload: {what}")
+
+
+def _reloaded(batch: Batch, name: str, what: str, ok: bool, line: str) -> None:
+    """A blue-green reload's line in a config reload's answer: ``api: changed: ... (reloaded ...)``."""
+    words = line.split(": ", 1)[-1] if line.startswith(f"{name}: ") else line
+    batch.done(name, ok, f"{name}: {what} ({words})")
 
 
 def _started(worker: Worker, what: str) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .leftovers import LeftoverGroups
 from .lifecycle import Lifecycle, operator_stop
@@ -39,9 +39,16 @@ class StopAll:
     """The stack-wide stop; ``forced`` once a second signal had to kill."""
 
     def __init__(
-        self, workers: Mapping[str, Worker], lifecycle: Lifecycle, leftovers: LeftoverGroups
+        self,
+        workers: Mapping[str, Worker],
+        lifecycle: Lifecycle,
+        leftovers: LeftoverGroups,
+        *,
+        generations: Callable[[], Iterable[Worker]] = list,
     ) -> None:
         self._workers = workers
+        #: Processes of a copy beside it during a blue-green reload: stopped with it, never left behind.
+        self._generations = generations
         self._lifecycle = lifecycle
         self._leftovers = leftovers
         self.forced = False
@@ -59,8 +66,14 @@ class StopAll:
         self._why = why
         self._lifecycle.exiting = True
 
+    def _all(self) -> list[Worker]:
+        return [*self._workers.values(), *self._generations()]
+
     def step(self, now: float) -> None:
-        """Ask each worker to stop whose dependents are all down."""
+        """Ask each worker to stop whose dependents are all down (a reload's generations at once)."""
+        for worker in self._generations():
+            if worker.state.has_process and worker.state is not S.STOPPING:
+                self._lifecycle.request_stop(worker, now, operator_stop(self._why))
         for worker in self._workers.values():
             worker.want_start = False
             if worker.state is S.STOPPING or worker.state is S.STOPPED:
@@ -71,13 +84,13 @@ class StopAll:
 
     def done(self) -> bool:
         """True when no worker has a process and no leftover group remains."""
-        return not self._leftovers and all(not w.state.has_process for w in self._workers.values())
+        return not self._leftovers and all(not w.state.has_process for w in self._all())
 
     def force(self) -> None:
         """A second interrupt: SIGKILL every worker's group and every leftover group now."""
         logger.warning("second interrupt: killing all workers now")
         self.forced = True
-        for worker in self._workers.values():
+        for worker in self._all():
             worker.signal(signal.SIGKILL, group=True)
         self._leftovers.kill_all()
 
@@ -87,12 +100,12 @@ class StopAll:
         SIGKILLs what still runs, then calls ``reap`` until every worker's
         process has been reaped or :data:`REAP_WAIT_S` has passed.
         """
-        for worker in self._workers.values():
+        for worker in self._all():
             if worker.state.has_process:
                 worker.signal(signal.SIGKILL, group=True)
         self._leftovers.kill_all()
         deadline = clock() + REAP_WAIT_S
-        while any(w.proc is not None for w in self._workers.values()) and clock() < deadline:
+        while any(w.proc is not None for w in self._all()) and clock() < deadline:
             reap()
             time.sleep(0.01)
         reap()

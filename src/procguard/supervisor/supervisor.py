@@ -33,6 +33,7 @@ import math
 import os
 import selectors
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,8 +46,10 @@ from ..heap import release_memory
 from ..instances.marker import new_run, run_pattern
 from ..instances.spawn import become_child_subreaper
 from ..instances.statedir import namespace_of
+from ..listen_fds import ListenAddress
 from .accounts import check_accounts
 from .autoscaler import Autoscaler
+from .bluegreen import BlueGreen
 from .bulk import Batch
 from .commands import ControlCommands
 from .control import ControlServer, Peer, socket_path
@@ -150,6 +153,8 @@ class Supervisor:
         #: Every copy of every worker, by copy name, in procguard.toml's order then by copy.
         self.workers: dict[str, Worker] = {}
         self._leaving: list[Worker] = []  # copies taken away, forgotten at the end of the loop's turn
+        #: Each ``listen`` worker's socket: bound before its first process, shared by copies and generations.
+        self._listen: dict[str, tuple[ListenAddress, socket.socket]] = {}
         self._width = max(len(copy_name(n, c.instances, plain_first=c.instances == 1))
                           for n, c in config.workers.items())
         for name, worker_config in config.workers.items():
@@ -170,13 +175,22 @@ class Supervisor:
             watchdog=self._watchdog,
             on_spawned=self._watch_output,
             on_changed=self._probe_targets_changed,
-            open_health=self._open_health,
+            open_health=self._open_sockets,
             release_health=self._release_health,
             may_spawn=self._port_free_for,
             clock=clock,
             wall_clock=wall_clock,
         )
-        self._stop_all = StopAll(self.workers, self.lifecycle, self._leftovers)
+        self._bluegreen = BlueGreen(
+            lifecycle=self.lifecycle,
+            make_generation=self._make_generation,
+            replace=self._replace,
+            forget=self._forget_generation,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self._stop_all = StopAll(self.workers, self.lifecycle, self._leftovers,
+                                 generations=self._bluegreen.processes)
         self._commands = ControlCommands(
             project=self.project,
             workers=self.workers,
@@ -185,6 +199,7 @@ class Supervisor:
             publish=self._publish,
             reloader=self.reload,
             copies=self,
+            bluegreen=self._bluegreen,
             clock=clock,
         )
         self._autoscaler = Autoscaler(
@@ -196,7 +211,8 @@ class Supervisor:
             warn_missing_after_s=self.settings.autoscale_missing_warn_s,
         )
         self._stack_reload = StackReload(
-            workers=self.workers, lifecycle=self.lifecycle, make_copies=self._make_copies, clock=clock
+            workers=self.workers, lifecycle=self.lifecycle, make_copies=self._make_copies, clock=clock,
+            bluegreen=self._bluegreen,
         )
         self._probing = False
 
@@ -220,17 +236,7 @@ class Supervisor:
                 backups=self.config.project.log_backups,
             )
             output = WorkerOutput(name, log, terminal=self._terminal, width=width, clock=self._wall)
-            worker = Worker(
-                config,
-                project=self.project,
-                base_dir=self.config.path.parent,
-                procguard=self._procguard,
-                output=output,
-                state_dir=self.state_dir,
-                run=self.run_id,
-                index=index,
-                count=count,
-            )
+            worker = self._new_worker(config, output, index, count)
             self.workers[worker.name] = worker
             made.append(worker)
         self._order_workers()
@@ -239,6 +245,20 @@ class Supervisor:
     def _autoscale_rules(self) -> dict[str, AutoscaleRule]:
         """The autoscaled workers of the running config, with their rules."""
         return {name: c.autoscale for name, c in self.config.workers.items() if c.autoscale is not None}
+
+    def _new_worker(self, config: WorkerConfig, output: WorkerOutput, index: int, count: int) -> Worker:
+        """A :class:`Worker` of this stack: copy ``index`` of ``count``, or a new generation of that copy."""
+        return Worker(
+            config,
+            project=self.project,
+            base_dir=self.config.path.parent,
+            procguard=self._procguard,
+            output=output,
+            state_dir=self.state_dir,
+            run=self.run_id,
+            index=index,
+            count=count,
+        )
 
     def _order_workers(self) -> None:
         """Keep the workers in procguard.toml's order, each worker's copies by number."""
@@ -264,6 +284,8 @@ class Supervisor:
         self._close_output(worker)
         self._release_health(worker)
         del self.workers[worker.name]
+        if not any(w.group == worker.group for w in self.workers.values()):
+            self._release_listen(worker.group)
         self._probe_targets_changed()
         self._publish_pending = True
 
@@ -276,6 +298,39 @@ class Supervisor:
             os.close(worker.output_fd)
             worker.output_fd = None
         worker.output.close()
+
+    # -- generations of a copy (a blue-green reload) ----------------------------------
+
+    def _make_generation(self, copy: Worker, config: WorkerConfig) -> Worker:
+        """A second process for ``copy`` (a reload's new generation): its own pipes, the copy's log."""
+        output = WorkerOutput(copy.name, copy.output.log, terminal=self._terminal, width=self._width,
+                              clock=self._wall)
+        worker = self._new_worker(config, output, copy.index, copy.count)
+        worker.name = copy.name  # the copy's name, whatever the new config's count makes of it
+        worker.group = copy.group
+        return worker
+
+    def _replace(self, old: Worker, new: Worker) -> None:
+        """``new`` takes ``old``'s place: among the workers, on its health port, for the probes."""
+        self.workers[old.name] = new
+        if self._health_ports is not None:
+            self._health_ports.hand_over(new)
+        self._probe_targets_changed()
+        self._publish_pending = True
+
+    def _forget_generation(self, worker: Worker) -> None:
+        """Drop a generation whose process is gone (not a copy: its log and ports stay the copy's)."""
+        self._unwatch_link(worker)
+        if worker.output_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.output_fd)
+            os.close(worker.output_fd)
+            worker.output_fd = None
+        worker.output.flush()
+
+    def _every(self) -> list[Worker]:
+        """Every process the loop watches: the copies, and the generations a reload has beside them."""
+        return [*self.workers.values(), *self._bluegreen.processes()]
 
     def port_clash(self, group: str, count: int) -> str | None:
         """The health port ``group`` with ``count`` copies would share (the others as they run now)."""
@@ -393,17 +448,20 @@ class Supervisor:
 
     def _next_timeout(self, now: float) -> float:
         deadlines = []
-        if any(w.next_sample_at is None and w.sampler is not None for w in self.workers.values()):
+        if any(w.next_sample_at is None and w.sampler is not None for w in self._every()):
             deadlines.append(self._next_sample)  # a worker not sampled yet: at the next tick
         early = self._next_early_sample()
         if early is not None:
             deadlines.append(early)
         if self._publish_pending:
             deadlines.append(self._next_publish)
-        for worker in self.workers.values():
+        for worker in self._every():
             deadline = next_deadline(worker, self.settings.start_period_s)
             if deadline is not None:
                 deadlines.append(deadline)
+        polling = self._bluegreen.next_deadline()
+        if polling is not None:
+            deadlines.append(polling)
         if self._leftovers:
             deadlines.append(now + 0.05)
         scaling = self._autoscaler.next_due()
@@ -418,8 +476,9 @@ class Supervisor:
     def _tick(self, now: float) -> None:
         wall = self._wall()
         states = [worker.state for worker in self.workers.values()]
-        for worker in self.workers.values():
+        for worker in self._every():
             self.lifecycle.tick(worker, now)
+        self._bluegreen.step()
         if self.lifecycle.exiting:
             self._stop_all.step(now)
         else:
@@ -450,7 +509,7 @@ class Supervisor:
 
     def _next_early_sample(self) -> float | None:
         """When the next worker is due for a sample (None: no worker is; nothing wakes the loop for it)."""
-        due = [w.next_sample_at for w in self.workers.values() if w.next_sample_at is not None]
+        due = [w.next_sample_at for w in self._every() if w.next_sample_at is not None]
         return min(due) if due else None
 
     def _sample(self, now: float, wall: float, *, regular: bool) -> None:
@@ -465,7 +524,7 @@ class Supervisor:
         if regular:  # the next tick: the ticks stay on one grid, whatever else wakes the loop
             self._next_sample += interval * (math.floor((now - self._next_sample) / interval) + 1)
         tick = self._next_sample
-        for worker in self.workers.values():
+        for worker in self._every():
             due = worker.next_sample_at
             if due is None and not regular:
                 continue
@@ -506,7 +565,7 @@ class Supervisor:
                 return
             if self._watchdog.reaped(pid, status):
                 continue
-            for worker in self.workers.values():
+            for worker in self._every():
                 if worker.pid == pid:
                     self._unwatch_link(worker)
                     self._drain_output(worker)
@@ -574,6 +633,39 @@ class Supervisor:
 
             self._serving = ServingThread()
         return self._serving
+
+    def _open_sockets(self, worker: Worker) -> None:
+        """What the supervisor binds for a worker before its spawn: its ``listen`` socket, its health port."""
+        self._open_listen(worker)
+        self._open_health(worker)
+
+    def _open_listen(self, worker: Worker) -> None:
+        """Hand ``worker`` its group's ``listen`` socket, bound now if it is not yet (or at a new address).
+
+        A socket stays bound while any copy of the worker is part of the stack;
+        processes started before a change of address keep the socket they have.
+        """
+        from ..listen_fds import bind
+
+        address = worker.config.listen
+        held = self._listen.get(worker.group)
+        if held is not None and held[0] != address:
+            self._release_listen(worker.group)
+            held = None
+        if address is None:
+            worker.listen_fd = None
+            return
+        if held is None:
+            held = (address, bind(address))
+            self._listen[worker.group] = held
+            logger.info("%s: listening on %s (handed to each process as fd 3)", worker.group, address)
+        worker.listen_fd = held[1].fileno()
+
+    def _release_listen(self, group: str) -> None:
+        held = self._listen.pop(group, None)
+        if held is not None:
+            held[1].close()
+            logger.info("%s: %s released", group, held[0])
 
     def _open_health(self, worker: Worker) -> None:
         """Bind the health port the supervisor serves for a worker (before its spawn)."""
@@ -658,7 +750,11 @@ class Supervisor:
         self._view = build_view(self.project, os.getpid(), self.workers.values(), now, self._wall())
 
     def _close(self) -> None:
-        """Close what the loop used: output pipes and logs, watchdog, servers, history."""
+        """Close what the loop used: output pipes and logs, listen sockets, watchdog, servers, history."""
+        for worker in self._bluegreen.processes():
+            self._forget_generation(worker)
+        for group in list(self._listen):
+            self._release_listen(group)
         for worker in self.workers.values():
             self._close_output(worker)
         self._watchdog.close()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import os
 import shlex
@@ -64,8 +65,10 @@ from ..config import WorkerConfig
 from ..copies import copy_environment, copy_name, copy_port
 from ..health.shared import DEFAULT_SIZE, PublishedView, SnapshotReader, create_buffer
 from ..instances.marker import new_marker
+from ..instances.replace import BESIDE_ENV
 from ..instances.spawn import spawn_process
 from ..instances.statedir import STATE_DIR_ENV, namespace_of
+from ..listen_fds import LISTEN_FD, listen_environment, with_listen_pid
 from ..outcome import StopOutcome
 from ..parent_link import HealthMapping
 from ..policy import LimitTracker, runtime_deadline
@@ -176,6 +179,12 @@ class Worker:
         self.pending_config: WorkerConfig | None = None
         #: Removed from procguard.toml by a reload: dropped once its process is gone.
         self.retiring = False
+        #: The worker's ``listen`` socket (the supervisor's, shared by every copy): fd 3 of each process.
+        self.listen_fd: int | None = None
+        #: A reload's new generation: the pid of the process it starts beside (it takes the second lock).
+        self.beside_pid: int | None = None
+        #: The copy's new generation while a reload waits for it to be ready (``status --json``).
+        self.next_generation: Worker | None = None
 
     # -- facts ---------------------------------------------------------------
 
@@ -235,6 +244,8 @@ class Worker:
         env.update(label_environment(self.project, self.group))  # labels its series like everywhere else
         env.update(copy_environment(self.index, self.count))
         env[LINK_ENV] = str(link_fd)
+        if self.beside_pid is not None:
+            env[BESIDE_ENV] = str(self.beside_pid)
         # The stack's state directory reaches every process it starts, so a runner,
         # a ProcessManager in the worker and any nested procguard lock and mark in
         # the stack's namespace, never in some default directory (whatever env says).
@@ -282,7 +293,11 @@ class Worker:
     # -- process -------------------------------------------------------------
 
     def spawn(self, now: float, wall: float) -> int:
-        """Start the process (caller has set STARTING); returns the pid. Raises OSError."""
+        """Start the process (caller has set STARTING); returns the pid. Raises OSError.
+
+        With a ``listen`` socket the process gets it as fd 3, with ``LISTEN_FDS``/``LISTEN_FDNAMES``
+        and, through :func:`~procguard.listen_fds.with_listen_pid`, its own pid as ``LISTEN_PID``.
+        """
         account = resolve_account(self.config)  # before anything is opened: an unknown user fails the start
         read_fd, write_fd = os.pipe()
         self.marker = new_marker(self.instance_name, self.namespace, run=self.run)
@@ -298,15 +313,22 @@ class Worker:
                 assert port is not None
                 link.send_health_mapping(HealthMapping(shared_fd, DEFAULT_SIZE, port))
                 pass_fds.append(shared_fd)
+            argv, env = self.argv(), self.environment(link.child_fd, account)
+            if self.listen_fd is not None:
+                if LISTEN_FD in pass_fds:
+                    raise OSError(errno.EBUSY, f"descriptor {LISTEN_FD} is taken by the worker's link")
+                argv = with_listen_pid(argv)
+                env.update(listen_environment(self.group))
             proc = spawn_process(
-                self.argv(),
+                argv,
                 marker=self.marker,
-                env=self.environment(link.child_fd, account),
+                env=env,
                 cwd=self.cwd(),
                 stdout=write_fd,
                 stderr=write_fd,
                 parent_death_signal=signal.SIGTERM,
                 pass_fds=tuple(pass_fds),
+                stdin=subprocess.DEVNULL if self.listen_fd is None else self.listen_fd,  # -> fd 3
                 **account.popen_kwargs(),
             )
         except BaseException as error:
@@ -473,6 +495,7 @@ class Worker:
             "next_start_in_seconds": (
                 None if self.next_start_at is None else round(max(0.0, self.next_start_at - now), 1)
             ),
+            "next_generation": self._next_generation_json(now),
         }
 
     def _autoscale_status(self) -> dict[str, Any] | None:
@@ -486,10 +509,24 @@ class Worker:
         return {**rule.to_json(), "value": None, "copies_read": 0, "copies_unknown": None, "wanted": None,
                 "why": "no reading yet"}
 
+    def _next_generation_json(self, now: float) -> dict[str, Any] | None:
+        """The new process a reload is waiting for, beside this one (None: no reload under way)."""
+        new = self.next_generation
+        if new is None:
+            return None
+        uptime = new.uptime(now)
+        return {"pid": new.pid, "state": new.state.value,
+                "uptime_seconds": None if uptime is None else round(uptime, 1)}
+
     def _health_text(self, now: float) -> str | None:
         if self.config.limits.health_port is None or not self.state.has_process:
             return None
         return port_verdict(self, now, time.time())[1]  # what its port answers now (the supervisor serves it)
+
+
+def port_rebound(old: WorkerConfig, new: WorkerConfig) -> bool:
+    """True when ``new`` settings need the health port bound again (port, address, token, kind)."""
+    return _port_identity(old) != _port_identity(new)
 
 
 def _port_identity(config: WorkerConfig) -> tuple[object, ...]:
