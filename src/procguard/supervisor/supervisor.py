@@ -289,15 +289,19 @@ class Supervisor:
         self._probe_targets_changed()
         self._publish_pending = True
 
-    def _close_output(self, worker: Worker) -> None:
-        """Stop reading a worker's link and output pipe; close its log."""
+    def _close_output(self, worker: Worker, *, keep_log: bool = False) -> None:
+        """Stop reading a worker's link and output pipe; close its log (``keep_log``: only flush it,
+        for a generation whose log is its copy's)."""
         self._unwatch_link(worker)
         if worker.output_fd is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.output_fd)
             os.close(worker.output_fd)
             worker.output_fd = None
-        worker.output.close()
+        if keep_log:
+            worker.output.flush()
+        else:
+            worker.output.close()
 
     # -- generations of a copy (a blue-green reload) ----------------------------------
 
@@ -320,13 +324,7 @@ class Supervisor:
 
     def _forget_generation(self, worker: Worker) -> None:
         """Drop a generation whose process is gone (not a copy: its log and ports stay the copy's)."""
-        self._unwatch_link(worker)
-        if worker.output_fd is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(worker.output_fd)
-            os.close(worker.output_fd)
-            worker.output_fd = None
-        worker.output.flush()
+        self._close_output(worker, keep_log=True)
 
     def _every(self) -> list[Worker]:
         """Every process the loop watches: the copies, and the generations a reload has beside them."""
