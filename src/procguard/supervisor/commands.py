@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ..copies import parse_address, parse_count
 from ..errors import ProcguardError, UsageError
+from ..reasons import signal_name
 from .backoff import Record
 from .bluegreen import BlueGreen
 from .bulk import Batch, OrderedStop, started_line, stopped_line
@@ -371,11 +372,3 @@ def _signal_number(value: object) -> int:
 
 
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
-
-
-def signal_name(signum: int) -> str:
-    """``SIGHUP`` for 1; a real-time signal has no name of its own: ``signal 40``."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
