@@ -106,3 +106,13 @@ def slowloris_is_cut(port: int, path: str, *, within: float = 10.0) -> bool:
         except (ConnectionResetError, BrokenPipeError):
             pass
         return time.monotonic() - started < within
+
+
+def assert_token_guards_metrics(port: int, token: str) -> None:
+    """/health and /ready open, /metrics 401 (with the Bearer challenge) without or with a wrong token,
+    200 with ``token``."""
+    assert get(port, "/health")[0] == 200 and get(port, "/ready")[0] == 200
+    status, headers, _ = get(port, "/metrics")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert get(port, "/metrics", Authorization="Bearer wrong")[0] == 401
+    assert get(port, "/metrics", Authorization=f"Bearer {token}")[0] == 200

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,14 @@ from typing import Any
 from bench.head_to_head.loadgen import LoadGen, summary
 
 from .helpers import PROCGUARD, REPO_ROOT, free_port, python_env, wait_for
-from .supervisor_workers.stackkit import Stack, alive, lines, worker_cmd, write_config
+from .supervisor_workers.stackkit import (
+    Stack,
+    alive,
+    kill_and_expect_no_survivors,
+    lines,
+    worker_cmd,
+    write_config,
+)
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
 
@@ -185,10 +191,7 @@ def test_sigkill_of_the_supervisor_with_two_generations_leaves_none(tmp_path: Pa
                    message="the second generation's facts")
     everyone = [pid for facts in (old, new) for pid in (facts["pid"], *facts["family"])]
     assert len(set(everyone)) == 8 and all(alive(pid) for pid in everyone)  # 2 generations, 3 children each
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=15,
-             message=lambda: f"no survivors; alive: {[pid for pid in everyone if alive(pid)]}")
+    kill_and_expect_no_survivors(proc, everyone)
 
 
 def test_check_refuses_a_listen_address_that_clashes_or_is_not_one(tmp_path: Path, state_dir: Path) -> None:

@@ -18,7 +18,14 @@ from procguard.instances.statedir import namespace_of
 from procguard.supervisor.history import db_path, read_events
 
 from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for, wait_for_file
-from .supervisor_workers.stackkit import Stack, alive, lines, worker_cmd, write_config
+from .supervisor_workers.stackkit import (
+    Stack,
+    alive,
+    kill_and_expect_no_survivors,
+    lines,
+    worker_cmd,
+    write_config,
+)
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2,probe_delay_s=0.2,probe_period_s=0.2,probe_timeout_s=1"
 
@@ -297,11 +304,8 @@ def test_sigkill_of_the_supervisor_leaves_no_survivors(tmp_path: Path, state_dir
                            what="running and healthy")["pid"]
     watchdogs = [p.pid for p in psutil.Process(proc.pid).children() if _cmdline_has(p, "procguard-watchdog")]
     assert len(watchdogs) == 1
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
     everyone = [*family, ticker, fn, *watchdogs]
-    wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=15,
-             message=lambda: f"no survivors; alive: {[pid for pid in everyone if alive(pid)]}")
+    kill_and_expect_no_survivors(proc, everyone)
     for gone in (port, fn_port):
         with pytest.raises(ConnectionRefusedError):  # the ports went with the supervisor
             socket.create_connection(("127.0.0.1", gone), timeout=2).close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -34,7 +33,14 @@ from procguard.supervisor.history import db_path, read_events
 
 from .helpers import PROCGUARD, free_port, free_ports, python_env, wait_for
 from .http_abuse import get
-from .supervisor_workers.stackkit import Stack, alive, lines, worker_cmd, write_config
+from .supervisor_workers.stackkit import (
+    Stack,
+    alive,
+    kill_and_expect_no_survivors,
+    lines,
+    worker_cmd,
+    write_config,
+)
 
 FAST = "start_period_s=0.3,sample_interval_s=0.2"
 
@@ -224,10 +230,7 @@ def test_sigkill_of_the_supervisor_leaves_no_copy_behind(tmp_path: Path, state_d
     facts = {k: _facts(directory, f"env-{k}") for k in (1, 2, 3)}
     everyone = [pid for f in facts.values() for pid in (f["pid"], *f["family"])]
     assert len(set(everyone)) == 12 and all(alive(pid) for pid in everyone)  # 3 copies, 2 children + 1 escaped each
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=15,
-             message=lambda: f"no survivors; alive: {[pid for pid in everyone if alive(pid)]}")
+    kill_and_expect_no_survivors(proc, everyone)
 
 
 def test_check_and_up_refuse_copies_whose_ports_overlap(tmp_path: Path, state_dir: Path) -> None:

@@ -32,7 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for
-from .http_abuse import FOREIGN_HOSTS, get
+from .http_abuse import FOREIGN_HOSTS, assert_token_guards_metrics, get
 from .supervisor_workers.stackkit import Stack, alive, write_config
 from .test_supervisor_health_ports import _cmdline, _descendants, listening_pid, refused
 
@@ -124,11 +124,7 @@ def test_the_supervisor_answers_from_the_workers_own_snapshot(stack: tuple[Stack
 def test_token_and_host_check_on_a_function_workers_port(stack: tuple[Stack, dict[str, int]]) -> None:
     _up, ports = stack
     port = ports["locked"]
-    assert get(port, "/health")[0] == 200 and get(port, "/ready")[0] == 200
-    status, headers, _ = get(port, "/metrics")
-    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
-    assert get(port, "/metrics", Authorization="Bearer wrong")[0] == 401
-    assert get(port, "/metrics", Authorization=f"Bearer {TOKEN}")[0] == 200
+    assert_token_guards_metrics(port, TOKEN)
     for host in FOREIGN_HOSTS:
         status, _headers, body = get(ports["fn"], "/health", host=host.format(port=ports["fn"]))
         assert status == 403 and b"healthy" not in body, (host, body)

@@ -33,6 +33,7 @@ from .helpers import PROCGUARD, free_port, stop_process_tree, wait_for
 from .http_abuse import (
     FOREIGN_HOSTS,
     OTHER_METHODS,
+    assert_token_guards_metrics,
     exchange,
     get,
     malformed_heads,
@@ -166,11 +167,7 @@ def test_health_ready_metrics_are_answered_by_the_supervisor(stack: tuple[Stack,
 def test_the_bearer_token_guards_metrics_only(stack: tuple[Stack, dict[str, int]]) -> None:
     _up, ports = stack
     port = ports["locked"]
-    assert get(port, "/health")[0] == 200 and get(port, "/ready")[0] == 200
-    status, headers, _ = get(port, "/metrics")
-    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
-    assert get(port, "/metrics", Authorization="Bearer wrong")[0] == 401
-    assert get(port, "/metrics", Authorization=f"Bearer {TOKEN}")[0] == 200
+    assert_token_guards_metrics(port, TOKEN)
     assert get(ports["web"], "/metrics")[0] == 200  # another worker's port: no token of its own
 
 

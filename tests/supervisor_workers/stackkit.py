@@ -4,6 +4,7 @@ ask the running supervisor for its status, wait for worker states."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,4 +136,12 @@ def alive(pid: int) -> bool:
     return stat is not None and not stat.exited
 
 
-__all__ = ["Stack", "alive", "lines", "read_output", "worker_cmd", "write_config"]
+def kill_and_expect_no_survivors(supervisor: subprocess.Popen[bytes], pids: list[int]) -> None:
+    """SIGKILL the supervisor (reaped) and wait until none of ``pids`` is alive (its watchdog's job)."""
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait(timeout=10)
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=15,
+             message=lambda: f"no survivors; alive: {[pid for pid in pids if alive(pid)]}")
+
+
+__all__ = ["Stack", "alive", "kill_and_expect_no_survivors", "lines", "read_output", "worker_cmd", "write_config"]
